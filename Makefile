@@ -1,0 +1,50 @@
+# Everything here runs as root on a fresh Debian 12 machine with only Python.
+# Each target installs what it needs; re-running does no work when nothing changed.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config attr gcc python3-dev
+STAMP_APT := $(VENV)/.apt-ok
+STAMP_PIP := $(VENV)/.pip-ok
+
+.PHONY: all test lint unit check deps bench clean demo demo-stop install
+
+all: test
+
+# apt packages: installed only when one is missing.
+$(STAMP_APT):
+	@missing=""; for p in $(APT_PACKAGES); do \
+	    dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	    echo "installing apt packages:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@mkdir -p $(VENV)
+	@touch $@
+
+$(STAMP_PIP): $(STAMP_APT) pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@
+
+deps: $(STAMP_PIP)
+
+lint: deps
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest -q tests
+
+unit: deps
+	$(BIN)/python -m pytest -q tests/unit tests/contract
+
+bench: deps
+	$(BIN)/python bench/rpc_bench.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

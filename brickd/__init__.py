@@ -1,0 +1,1 @@
+"""The brick server: POSIX storage under one brick root, addressed by gfid."""

@@ -1,0 +1,1 @@
+"""The FUSE client and its layers (protocol client, replicate)."""

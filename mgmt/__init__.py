@@ -1,0 +1,1 @@
+"""pyglfsd and the pyglfs CLI: peers, volumes, volfiles, brick supervision."""

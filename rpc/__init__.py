@@ -1,0 +1,1 @@
+"""Wire protocol shared by every pyglfs process: framing, messages, connections, errors."""

@@ -1,0 +1,1 @@
+"""The volfile format: parser, generator, examples."""
