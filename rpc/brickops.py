@@ -1,0 +1,256 @@
+"""The brick operations: names, argument schemas and the iatt wire shape.
+
+This table is the contract between the brick server and the client's protocol
+layer. The brick validates every request against it at the boundary, before any
+storage code runs, so storage code may trust types and sizes (not names: the
+brick checks those itself, because confinement is its job).
+
+Conventions
+- gfid: 16 raw bytes. The root directory's gfid is ``ROOT_GFID``.
+- name: one path component as raw bytes (the brick refuses ``/``, NUL, ``.``,
+  ``..``, over 255 bytes, and ``.pyglfs`` in the root).
+- Times are integer nanoseconds since the epoch.
+- An inode's attributes travel as an *iatt*: a list in ``IATT_FIELDS`` order.
+- Modifying ops accept ``xattrop``: ``{xattr name: 12-byte delta}``, applied
+  atomically (three big-endian signed 32-bit counter additions) to the changed
+  inode *before* the change: the parent directory for entry ops (create, mkdir,
+  mknod, symlink, link, unlink, rmdir, rename: both parents), the inode itself
+  for data and metadata ops. This is how replicate sets its dirty mark in the
+  same round trip as the change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+PROTOCOL_VERSION = 1
+ROOT_GFID = b"\x00" * 15 + b"\x01"
+GFID_LEN = 16
+NAME_MAX = 255
+MAX_IO = 16 * 1024 * 1024
+
+# Internal xattrs. Clients may not set or remove them (EPERM) and listxattr hides
+# them; changelog counters change only through ``xattrop``.
+GFID_XATTR = "trusted.gfid"
+AFR_PREFIX = "trusted.afr."
+AFR_DIRTY = "trusted.afr.dirty"
+VOLUME_ID_XATTR = "trusted.pyglfs.volume-id"
+INTERNAL_XATTR_PREFIXES = ("trusted.gfid", "trusted.afr.", "trusted.pyglfs.")
+
+
+def afr_xattr(volume: str, brick_index: int) -> str:
+    """The changelog xattr in which a brick blames brick ``brick_index``."""
+    return f"{AFR_PREFIX}{volume}-client-{brick_index}"
+
+
+IATT_FIELDS = (
+    "gfid", "ino", "mode", "nlink", "uid", "gid", "rdev", "size", "blocks",
+    "atime_ns", "mtime_ns", "ctime_ns",
+)
+
+
+class Iatt(NamedTuple):
+    """Attributes of one inode as a brick reports them."""
+
+    gfid: bytes
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    blocks: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+
+    @classmethod
+    def from_wire(cls, v: list[Any]) -> Iatt:
+        return cls(*v)
+
+    def to_wire(self) -> list[Any]:
+        return list(self)
+
+
+class ArgError(ValueError):
+    """A request's arguments do not fit the op's schema (becomes EINVAL)."""
+
+
+Check = Callable[[Any], bool]
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int
+
+
+def _is_uint(v: Any) -> bool:
+    return type(v) is int and v >= 0
+
+
+def _is_bool(v: Any) -> bool:
+    return type(v) is bool
+
+
+def _is_gfid(v: Any) -> bool:
+    return type(v) is bytes and len(v) == GFID_LEN
+
+
+def _is_name(v: Any) -> bool:
+    return type(v) is bytes and 0 < len(v) <= 4096
+
+
+def _is_bytes(v: Any) -> bool:
+    return type(v) is bytes and len(v) <= MAX_IO
+
+
+def _is_str(v: Any) -> bool:
+    return type(v) is str and len(v) <= 4096
+
+
+def _is_xattrop(v: Any) -> bool:
+    return (
+        type(v) is dict
+        and len(v) <= 16
+        and all(type(k) is str and type(d) is bytes and len(d) == 12 for k, d in v.items())
+    )
+
+
+def _one_of(*allowed: str) -> Check:
+    def check(v: Any) -> bool:
+        return v in allowed
+
+    return check
+
+
+def _opt(check: Check) -> Check:
+    def optional(v: Any) -> bool:
+        return v is None or check(v)
+
+    optional.optional = True  # type: ignore[attr-defined]
+    return optional
+
+
+_LOCK_TYPE = _one_of("rd", "wr", "un")
+_XOP = _opt(_is_xattrop)
+
+# op -> {arg: check}. Args whose check is _opt(...) may be absent.
+#
+# Results (the reply's "ok" value):
+#   null, flush, release, fsync, unlink, rmdir, setxattr, removexattr -> {}
+#   lookup, lookup_gfid -> {"iatt": iatt, "xattrs": {afr changelog xattr: bytes}}
+#   stat, setattr, create, mkdir, mknod, symlink, link, rename, open,
+#   fallocate -> {"iatt": iatt}   (rename: the moved inode)
+#   write -> {"iatt": iatt}   (post-write attributes)
+#   read -> {"data": bytes}   (short at end of file)
+#   readlink -> {"target": bytes}
+#   readdir -> {"entries": [[name, cookie, d_type, iatt | None], ...], "eof": bool}
+#       the cookie of an entry resumes the listing after it; iatt only when plus
+#   getxattr -> {"value": bytes}; listxattr -> {"names": [str]}
+#   xattrop -> {"xattrs": {name: new 12-byte value}}
+#   statfs -> {"bsize", "frsize", "blocks", "bfree", "bavail", "files", "ffree",
+#              "namemax"}
+#   inodelk, entrylk -> {}  (EAGAIN when not blocking and held elsewhere)
+#   lk -> {} for setlk/setlkw; getlk -> {"type": "un"} or the conflicting lock
+#       {"type", "start", "len", "pid", "owner"}
+#   checksum -> {"sums": [xxh3_64 int per block]}
+#   index_list -> {"gfids": [gfid], "cookie": int, "eof": bool}
+#
+# Events pushed by the brick: "lock-contention" {"gfid", "domain", "owner"} to
+# the holder of an inode lock another client is waiting for.
+OPS: dict[str, dict[str, Check]] = {
+    "null": {},
+    "statfs": {},
+    "lookup": {"pgfid": _is_gfid, "name": _is_name},
+    "lookup_gfid": {"gfid": _is_gfid},
+    "stat": {"gfid": _is_gfid},
+    "setattr": {
+        "gfid": _is_gfid, "mode": _opt(_is_uint), "uid": _opt(_is_uint), "gid": _opt(_is_uint),
+        "size": _opt(_is_uint), "atime_ns": _opt(_is_int), "mtime_ns": _opt(_is_int),
+        "atime_now": _opt(_is_bool), "mtime_now": _opt(_is_bool), "xattrop": _XOP,
+    },
+    "create": {
+        "pgfid": _is_gfid, "name": _is_name, "gfid": _is_gfid, "mode": _is_uint,
+        "uid": _is_uint, "gid": _is_uint, "flags": _opt(_is_uint), "xattrop": _XOP,
+    },
+    "mkdir": {
+        "pgfid": _is_gfid, "name": _is_name, "gfid": _is_gfid, "mode": _is_uint,
+        "uid": _is_uint, "gid": _is_uint, "xattrop": _XOP,
+    },
+    "mknod": {
+        "pgfid": _is_gfid, "name": _is_name, "gfid": _is_gfid, "mode": _is_uint,
+        "rdev": _is_uint, "uid": _is_uint, "gid": _is_uint, "xattrop": _XOP,
+    },
+    "symlink": {
+        "pgfid": _is_gfid, "name": _is_name, "gfid": _is_gfid, "target": _is_name,
+        "uid": _is_uint, "gid": _is_uint, "xattrop": _XOP,
+    },
+    "link": {"gfid": _is_gfid, "pgfid": _is_gfid, "name": _is_name, "xattrop": _XOP},
+    "unlink": {"pgfid": _is_gfid, "name": _is_name, "xattrop": _XOP},
+    "rmdir": {"pgfid": _is_gfid, "name": _is_name, "xattrop": _XOP},
+    "rename": {
+        "old_pgfid": _is_gfid, "old_name": _is_name, "new_pgfid": _is_gfid,
+        "new_name": _is_name, "flags": _opt(_is_uint), "xattrop": _XOP,
+    },
+    "readlink": {"gfid": _is_gfid},
+    "open": {"gfid": _is_gfid, "flags": _is_uint},
+    "release": {"gfid": _is_gfid},
+    "flush": {"gfid": _is_gfid},
+    "fsync": {"gfid": _is_gfid, "datasync": _opt(_is_bool)},
+    "read": {"gfid": _is_gfid, "offset": _is_uint, "size": _is_uint},
+    "write": {"gfid": _is_gfid, "offset": _is_uint, "data": _is_bytes, "xattrop": _XOP},
+    "fallocate": {
+        "gfid": _is_gfid, "mode": _is_uint, "offset": _is_uint, "length": _is_uint,
+        "xattrop": _XOP,
+    },
+    "readdir": {
+        "gfid": _is_gfid, "cookie": _is_uint, "count": _is_uint, "plus": _opt(_is_bool),
+    },
+    "getxattr": {"gfid": _is_gfid, "name": _is_str},
+    "listxattr": {"gfid": _is_gfid},
+    "setxattr": {
+        "gfid": _is_gfid, "name": _is_str, "value": _is_bytes, "flags": _opt(_is_uint),
+        "xattrop": _XOP,
+    },
+    "removexattr": {"gfid": _is_gfid, "name": _is_str, "xattrop": _XOP},
+    "xattrop": {"gfid": _is_gfid, "xattrop": _is_xattrop},
+    "inodelk": {
+        "gfid": _is_gfid, "domain": _is_str, "type": _LOCK_TYPE, "start": _is_uint,
+        "len": _is_uint, "owner": _is_bytes, "block": _opt(_is_bool),
+    },
+    "entrylk": {
+        "pgfid": _is_gfid, "name": _opt(_is_name), "domain": _is_str, "type": _LOCK_TYPE,
+        "owner": _is_bytes, "block": _opt(_is_bool),
+    },
+    "lk": {
+        "gfid": _is_gfid, "cmd": _one_of("getlk", "setlk", "setlkw"), "type": _LOCK_TYPE,
+        "start": _is_uint, "len": _is_uint, "pid": _is_int, "owner": _is_bytes,
+    },
+    "checksum": {"gfid": _is_gfid, "offset": _is_uint, "size": _is_uint, "block": _is_uint},
+    "index_list": {"cookie": _opt(_is_uint), "count": _opt(_is_uint)},
+}
+
+MODIFYING_OPS = frozenset(
+    op for op, schema in OPS.items() if "xattrop" in schema
+)
+
+
+def validate(op: Any, args: Any) -> dict[str, Any]:
+    """Check ``args`` against ``op``'s schema; unknown args are refused too.
+
+    Raises KeyError for an unknown op and ArgError for bad arguments.
+    """
+    schema = OPS[op]
+    if type(args) is not dict:
+        raise ArgError(f"{op}: arguments must be a map")
+    for key in args:
+        if key not in schema:
+            raise ArgError(f"{op}: unknown argument {key!r}")
+    for key, check in schema.items():
+        if key in args:
+            if not check(args[key]):
+                raise ArgError(f"{op}: bad value for {key!r}")
+        elif not getattr(check, "optional", False):
+            raise ArgError(f"{op}: missing argument {key!r}")
+    return args
