@@ -1,0 +1,207 @@
+"""The operations every client layer offers, and the pass-through default.
+
+The client is a graph of layers built from the volfile, as GlusterFS builds
+translators: FUSE bridge -> replicate -> protocol clients (one per brick). Each
+layer offers the same async operations with the same arguments as the brick ops
+in ``pyglfs.rpc.brickops``; a layer overrides what it changes and inherits
+forwarding to its single child for the rest, so a new layer (distribute, a
+cache) is added without touching the others.
+
+Errors: every operation raises ``OSError`` with an errno; transport failures are
+mapped once, in ``pyglfs.rpc.errors.transport_errno``. Only the FUSE bridge turns
+them into ``FUSEError``.
+
+Status: a layer is *up* when it can serve operations. Children report changes
+with ``child_up``/``child_down`` to their parent, which decides its own status
+(replicate: quorum) and reports further up.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import trio
+
+from pyglfs.rpc.brickops import Iatt
+
+
+class Lookup(NamedTuple):
+    """A lookup's answer: the inode's attributes and its changelog xattrs.
+
+    ``xattrs`` carries the ``trusted.afr.*`` counters a brick holds on the inode;
+    replicate consumes them and hands ``{}`` upwards.
+    """
+
+    iatt: Iatt
+    xattrs: dict[str, bytes]
+
+
+class DirEntry(NamedTuple):
+    """One readdir entry; ``cookie`` resumes the listing after it."""
+
+    name: bytes
+    cookie: int
+    d_type: int
+    iatt: Iatt | None
+
+
+class Layer:
+    """Base of every client layer: forwards each operation to ``children[0]``."""
+
+    def __init__(self, name: str, children: list[Layer] | None = None) -> None:
+        self.name = name
+        self.children: list[Layer] = list(children or [])
+        self.parent: Layer | None = None
+        for child in self.children:
+            child.parent = self
+
+    @property
+    def child(self) -> Layer:
+        return self.children[0]
+
+    # -- life cycle -------------------------------------------------------
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run this layer and its children until cancelled.
+
+        ``task_status.started()`` is called once every child has started, which
+        for protocol clients means a first connection attempt was made (not that
+        it succeeded: a brick that is down is reported with ``child_down``).
+        """
+        async with trio.open_nursery() as nursery:
+            for child in self.children:
+                await nursery.start(child.serve)
+            task_status.started()
+            await trio.sleep_forever()
+
+    @property
+    def is_up(self) -> bool:
+        return all(c.is_up for c in self.children) if self.children else True
+
+    def child_up(self, child: Layer) -> None:
+        if self.parent is not None:
+            self.parent.child_up(self)
+
+    def child_down(self, child: Layer, reason: str) -> None:
+        if self.parent is not None:
+            self.parent.child_down(self, reason)
+
+    def on_event(self, child: Layer, name: str, args: dict[str, Any]) -> None:
+        """A server-pushed event from below (lock contention, invalidation)."""
+        if self.parent is not None:
+            self.parent.on_event(self, name, args)
+
+    # -- entry operations -------------------------------------------------
+    async def lookup(self, pgfid: bytes, name: bytes) -> Lookup:
+        return await self.child.lookup(pgfid, name)
+
+    async def lookup_gfid(self, gfid: bytes) -> Lookup:
+        return await self.child.lookup_gfid(gfid)
+
+    async def create(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
+                     gid: int, flags: int = 0,
+                     xattrop: dict[str, bytes] | None = None) -> Iatt:
+        return await self.child.create(pgfid, name, gfid, mode, uid, gid, flags, xattrop)
+
+    async def mkdir(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
+                    gid: int, xattrop: dict[str, bytes] | None = None) -> Iatt:
+        return await self.child.mkdir(pgfid, name, gfid, mode, uid, gid, xattrop)
+
+    async def mknod(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, rdev: int,
+                    uid: int, gid: int, xattrop: dict[str, bytes] | None = None) -> Iatt:
+        return await self.child.mknod(pgfid, name, gfid, mode, rdev, uid, gid, xattrop)
+
+    async def symlink(self, pgfid: bytes, name: bytes, gfid: bytes, target: bytes, uid: int,
+                      gid: int, xattrop: dict[str, bytes] | None = None) -> Iatt:
+        return await self.child.symlink(pgfid, name, gfid, target, uid, gid, xattrop)
+
+    async def link(self, gfid: bytes, pgfid: bytes, name: bytes,
+                   xattrop: dict[str, bytes] | None = None) -> Iatt:
+        return await self.child.link(gfid, pgfid, name, xattrop)
+
+    async def unlink(self, pgfid: bytes, name: bytes,
+                     xattrop: dict[str, bytes] | None = None) -> None:
+        await self.child.unlink(pgfid, name, xattrop)
+
+    async def rmdir(self, pgfid: bytes, name: bytes,
+                    xattrop: dict[str, bytes] | None = None) -> None:
+        await self.child.rmdir(pgfid, name, xattrop)
+
+    async def rename(self, old_pgfid: bytes, old_name: bytes, new_pgfid: bytes,
+                     new_name: bytes, flags: int = 0,
+                     xattrop: dict[str, bytes] | None = None) -> Iatt:
+        return await self.child.rename(old_pgfid, old_name, new_pgfid, new_name, flags, xattrop)
+
+    async def readdir(self, gfid: bytes, cookie: int, count: int,
+                      plus: bool = False) -> tuple[list[DirEntry], bool]:
+        return await self.child.readdir(gfid, cookie, count, plus)
+
+    # -- inode operations -------------------------------------------------
+    async def stat(self, gfid: bytes) -> Iatt:
+        return await self.child.stat(gfid)
+
+    async def setattr(self, gfid: bytes, *, mode: int | None = None, uid: int | None = None,
+                      gid: int | None = None, size: int | None = None,
+                      atime_ns: int | None = None, mtime_ns: int | None = None,
+                      atime_now: bool = False, mtime_now: bool = False,
+                      xattrop: dict[str, bytes] | None = None) -> Iatt:
+        return await self.child.setattr(
+            gfid, mode=mode, uid=uid, gid=gid, size=size, atime_ns=atime_ns,
+            mtime_ns=mtime_ns, atime_now=atime_now, mtime_now=mtime_now, xattrop=xattrop)
+
+    async def readlink(self, gfid: bytes) -> bytes:
+        return await self.child.readlink(gfid)
+
+    async def open(self, gfid: bytes, flags: int) -> Iatt:
+        return await self.child.open(gfid, flags)
+
+    async def release(self, gfid: bytes) -> None:
+        await self.child.release(gfid)
+
+    async def flush(self, gfid: bytes) -> None:
+        await self.child.flush(gfid)
+
+    async def fsync(self, gfid: bytes, datasync: bool = False) -> None:
+        await self.child.fsync(gfid, datasync)
+
+    async def read(self, gfid: bytes, offset: int, size: int) -> bytes:
+        return await self.child.read(gfid, offset, size)
+
+    async def write(self, gfid: bytes, offset: int, data: bytes,
+                    xattrop: dict[str, bytes] | None = None) -> Iatt:
+        return await self.child.write(gfid, offset, data, xattrop)
+
+    async def fallocate(self, gfid: bytes, mode: int, offset: int, length: int,
+                        xattrop: dict[str, bytes] | None = None) -> Iatt:
+        return await self.child.fallocate(gfid, mode, offset, length, xattrop)
+
+    async def getxattr(self, gfid: bytes, name: str) -> bytes:
+        return await self.child.getxattr(gfid, name)
+
+    async def listxattr(self, gfid: bytes) -> list[str]:
+        return await self.child.listxattr(gfid)
+
+    async def setxattr(self, gfid: bytes, name: str, value: bytes, flags: int = 0,
+                       xattrop: dict[str, bytes] | None = None) -> None:
+        await self.child.setxattr(gfid, name, value, flags, xattrop)
+
+    async def removexattr(self, gfid: bytes, name: str,
+                          xattrop: dict[str, bytes] | None = None) -> None:
+        await self.child.removexattr(gfid, name, xattrop)
+
+    async def statfs(self) -> dict[str, int]:
+        return await self.child.statfs()
+
+    # -- internal operations (replication, heal) --------------------------
+    async def xattrop(self, gfid: bytes, xattrop: dict[str, bytes]) -> dict[str, bytes]:
+        return await self.child.xattrop(gfid, xattrop)
+
+    async def inodelk(self, gfid: bytes, domain: str, type: str, start: int, len: int,
+                      owner: bytes, block: bool = False) -> None:
+        await self.child.inodelk(gfid, domain, type, start, len, owner, block)
+
+    async def entrylk(self, pgfid: bytes, name: bytes | None, domain: str, type: str,
+                      owner: bytes, block: bool = False) -> None:
+        await self.child.entrylk(pgfid, name, domain, type, owner, block)
+
+    async def checksum(self, gfid: bytes, offset: int, size: int, block: int) -> list[int]:
+        return await self.child.checksum(gfid, offset, size, block)
