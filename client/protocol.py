@@ -1,0 +1,223 @@
+"""protocol/client: the bottom layer, one per brick, speaking the wire protocol.
+
+It turns each layer operation into one brick request and each reply back into
+Python values (``Iatt``, ``Lookup``, ``DirEntry``). Connection state comes from
+``ReconnectingClient``: a brick going away is reported with ``child_down`` and
+its operations fail at once with ENOTCONN until it comes back.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from pyglfs.client.layer import DirEntry, Layer, Lookup
+from pyglfs.rpc.brickops import Iatt
+from pyglfs.rpc.reconnect import ReconnectingClient
+
+log = logging.getLogger(__name__)
+
+
+class ProtocolClient(Layer):
+    """Talks to one brick: ``host:port`` serving ``brick_path`` of ``volume``."""
+
+    def __init__(self, name: str, *, host: str, port: int, volume: str, brick_path: str,
+                 client_id: str, username: str | None = None, password: str | None = None,
+                 ping_timeout: float = 10.0, call_timeout: float | None = None) -> None:
+        super().__init__(name)
+        self.host = host
+        self.port = port
+        self.brick_path = brick_path
+        self.call_timeout = call_timeout
+        auth = {"username": username, "password": password} if username else None
+        self.rpc = ReconnectingClient(
+            host, port, volume=volume, client_id=client_id, auth=auth,
+            on_up=self._up, on_down=self._down, on_event=self._event,
+            ping_timeout=ping_timeout)
+
+    def __repr__(self) -> str:
+        return f"<ProtocolClient {self.name} {self.host}:{self.port}:{self.brick_path}>"
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        await self.rpc.serve(task_status=task_status)
+
+    @property
+    def is_up(self) -> bool:
+        return self.rpc.is_up
+
+    def _up(self) -> None:
+        log.info("connected to brick %s:%s brick=%s", self.host, self.port, self.brick_path)
+        if self.parent is not None:
+            self.parent.child_up(self)
+
+    def _down(self, reason: str) -> None:
+        log.warning("disconnected from brick %s:%s brick=%s: %s",
+                    self.host, self.port, self.brick_path, reason)
+        if self.parent is not None:
+            self.parent.child_down(self, reason)
+
+    def _event(self, name: str, args: dict[str, Any]) -> None:
+        if self.parent is not None:
+            self.parent.on_event(self, name, args)
+
+    async def _call(self, op: str, args: dict[str, Any]) -> Any:
+        return await self.rpc.call(op, args, timeout=self.call_timeout)
+
+    async def _call_opt(self, op: str, **args: Any) -> Any:
+        """Send ``op`` leaving out arguments that are None (optional on the wire)."""
+        return await self._call(op, {k: v for k, v in args.items() if v is not None})
+
+    # -- entry operations -------------------------------------------------
+    async def lookup(self, pgfid: bytes, name: bytes) -> Lookup:
+        r = await self._call("lookup", {"pgfid": pgfid, "name": name})
+        return Lookup(Iatt(*r["iatt"]), r["xattrs"])
+
+    async def lookup_gfid(self, gfid: bytes) -> Lookup:
+        r = await self._call("lookup_gfid", {"gfid": gfid})
+        return Lookup(Iatt(*r["iatt"]), r["xattrs"])
+
+    async def create(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
+                     gid: int, flags: int = 0,
+                     xattrop: dict[str, bytes] | None = None) -> Iatt:
+        r = await self._call_opt("create", pgfid=pgfid, name=name, gfid=gfid, mode=mode,
+                                 uid=uid, gid=gid, flags=flags, xattrop=xattrop)
+        return Iatt(*r["iatt"])
+
+    async def mkdir(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
+                    gid: int, xattrop: dict[str, bytes] | None = None) -> Iatt:
+        r = await self._call_opt("mkdir", pgfid=pgfid, name=name, gfid=gfid, mode=mode,
+                                 uid=uid, gid=gid, xattrop=xattrop)
+        return Iatt(*r["iatt"])
+
+    async def mknod(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, rdev: int,
+                    uid: int, gid: int, xattrop: dict[str, bytes] | None = None) -> Iatt:
+        r = await self._call_opt("mknod", pgfid=pgfid, name=name, gfid=gfid, mode=mode,
+                                 rdev=rdev, uid=uid, gid=gid, xattrop=xattrop)
+        return Iatt(*r["iatt"])
+
+    async def symlink(self, pgfid: bytes, name: bytes, gfid: bytes, target: bytes, uid: int,
+                      gid: int, xattrop: dict[str, bytes] | None = None) -> Iatt:
+        r = await self._call_opt("symlink", pgfid=pgfid, name=name, gfid=gfid, target=target,
+                                 uid=uid, gid=gid, xattrop=xattrop)
+        return Iatt(*r["iatt"])
+
+    async def link(self, gfid: bytes, pgfid: bytes, name: bytes,
+                   xattrop: dict[str, bytes] | None = None) -> Iatt:
+        r = await self._call_opt("link", gfid=gfid, pgfid=pgfid, name=name, xattrop=xattrop)
+        return Iatt(*r["iatt"])
+
+    async def unlink(self, pgfid: bytes, name: bytes,
+                     xattrop: dict[str, bytes] | None = None) -> None:
+        await self._call_opt("unlink", pgfid=pgfid, name=name, xattrop=xattrop)
+
+    async def rmdir(self, pgfid: bytes, name: bytes,
+                    xattrop: dict[str, bytes] | None = None) -> None:
+        await self._call_opt("rmdir", pgfid=pgfid, name=name, xattrop=xattrop)
+
+    async def rename(self, old_pgfid: bytes, old_name: bytes, new_pgfid: bytes,
+                     new_name: bytes, flags: int = 0,
+                     xattrop: dict[str, bytes] | None = None) -> Iatt:
+        r = await self._call_opt("rename", old_pgfid=old_pgfid, old_name=old_name,
+                                 new_pgfid=new_pgfid, new_name=new_name, flags=flags,
+                                 xattrop=xattrop)
+        return Iatt(*r["iatt"])
+
+    async def readdir(self, gfid: bytes, cookie: int, count: int,
+                      plus: bool = False) -> tuple[list[DirEntry], bool]:
+        r = await self._call("readdir", {"gfid": gfid, "cookie": cookie, "count": count,
+                                         "plus": plus})
+        entries = [DirEntry(name, ck, dt, Iatt(*ia) if ia is not None else None)
+                   for name, ck, dt, ia in r["entries"]]
+        return entries, r["eof"]
+
+    # -- inode operations -------------------------------------------------
+    async def stat(self, gfid: bytes) -> Iatt:
+        return Iatt(*(await self._call("stat", {"gfid": gfid}))["iatt"])
+
+    async def setattr(self, gfid: bytes, *, mode: int | None = None, uid: int | None = None,
+                      gid: int | None = None, size: int | None = None,
+                      atime_ns: int | None = None, mtime_ns: int | None = None,
+                      atime_now: bool = False, mtime_now: bool = False,
+                      xattrop: dict[str, bytes] | None = None) -> Iatt:
+        r = await self._call_opt("setattr", gfid=gfid, mode=mode, uid=uid, gid=gid, size=size,
+                                 atime_ns=atime_ns, mtime_ns=mtime_ns,
+                                 atime_now=atime_now or None, mtime_now=mtime_now or None,
+                                 xattrop=xattrop)
+        return Iatt(*r["iatt"])
+
+    async def readlink(self, gfid: bytes) -> bytes:
+        target: bytes = (await self._call("readlink", {"gfid": gfid}))["target"]
+        return target
+
+    async def open(self, gfid: bytes, flags: int) -> Iatt:
+        return Iatt(*(await self._call("open", {"gfid": gfid, "flags": flags}))["iatt"])
+
+    async def release(self, gfid: bytes) -> None:
+        await self._call("release", {"gfid": gfid})
+
+    async def flush(self, gfid: bytes) -> None:
+        await self._call("flush", {"gfid": gfid})
+
+    async def fsync(self, gfid: bytes, datasync: bool = False) -> None:
+        await self._call("fsync", {"gfid": gfid, "datasync": datasync})
+
+    async def read(self, gfid: bytes, offset: int, size: int) -> bytes:
+        data: bytes = (await self._call("read", {"gfid": gfid, "offset": offset,
+                                                 "size": size}))["data"]
+        return data
+
+    async def write(self, gfid: bytes, offset: int, data: bytes,
+                    xattrop: dict[str, bytes] | None = None) -> Iatt:
+        r = await self._call_opt("write", gfid=gfid, offset=offset, data=data, xattrop=xattrop)
+        return Iatt(*r["iatt"])
+
+    async def fallocate(self, gfid: bytes, mode: int, offset: int, length: int,
+                        xattrop: dict[str, bytes] | None = None) -> Iatt:
+        r = await self._call_opt("fallocate", gfid=gfid, mode=mode, offset=offset,
+                                 length=length, xattrop=xattrop)
+        return Iatt(*r["iatt"])
+
+    async def getxattr(self, gfid: bytes, name: str) -> bytes:
+        value: bytes = (await self._call("getxattr", {"gfid": gfid, "name": name}))["value"]
+        return value
+
+    async def listxattr(self, gfid: bytes) -> list[str]:
+        names: list[str] = (await self._call("listxattr", {"gfid": gfid}))["names"]
+        return names
+
+    async def setxattr(self, gfid: bytes, name: str, value: bytes, flags: int = 0,
+                       xattrop: dict[str, bytes] | None = None) -> None:
+        await self._call_opt("setxattr", gfid=gfid, name=name, value=value, flags=flags,
+                             xattrop=xattrop)
+
+    async def removexattr(self, gfid: bytes, name: str,
+                          xattrop: dict[str, bytes] | None = None) -> None:
+        await self._call_opt("removexattr", gfid=gfid, name=name, xattrop=xattrop)
+
+    async def statfs(self) -> dict[str, int]:
+        result: dict[str, int] = await self._call("statfs", {})
+        return result
+
+    # -- internal operations ----------------------------------------------
+    async def xattrop(self, gfid: bytes, xattrop: dict[str, bytes]) -> dict[str, bytes]:
+        r = await self._call("xattrop", {"gfid": gfid, "xattrop": xattrop})
+        xattrs: dict[str, bytes] = r["xattrs"]
+        return xattrs
+
+    async def inodelk(self, gfid: bytes, domain: str, type: str, start: int, len: int,
+                      owner: bytes, block: bool = False) -> None:
+        await self._call("inodelk", {"gfid": gfid, "domain": domain, "type": type,
+                                     "start": start, "len": len, "owner": owner,
+                                     "block": block})
+
+    async def entrylk(self, pgfid: bytes, name: bytes | None, domain: str, type: str,
+                      owner: bytes, block: bool = False) -> None:
+        await self._call_opt("entrylk", pgfid=pgfid, name=name, domain=domain, type=type,
+                             owner=owner, block=block)
+
+    async def checksum(self, gfid: bytes, offset: int, size: int, block: int) -> list[int]:
+        sums: list[int] = (await self._call("checksum", {"gfid": gfid, "offset": offset,
+                                                         "size": size, "block": block}))["sums"]
+        return sums
