@@ -1,0 +1,413 @@
+"""Brick locks, kept in memory: internal inode and entry locks, POSIX locks.
+
+Three lock families, all owned by ``(conn_id, owner bytes)`` so that a
+client's disconnect can drop exactly its locks (:meth:`LockManager.release_all`):
+
+* inode locks (``inodelk``) order replicate's writers per ``(gfid, domain)``
+  over byte ranges. A blocked request tells each conflicting holder once, via
+  the contention callback, so a client holding a lock eagerly gives it up.
+* entry locks (``entrylk``) per ``(pgfid, domain)`` on one name, or on the
+  whole directory when the name is None.
+* POSIX locks (``lk``) for applications, with fcntl semantics.
+
+Internal locks are granted first come, first served: a request that conflicts
+with a waiter queued before it waits too, so a stream of readers cannot starve
+a writer. Locks of one owner never conflict with each other. An internal
+unlock removes every lock of that owner overlapping the range (no splitting;
+replicate locks and unlocks whole ranges). POSIX locks instead behave like
+fcntl: an owner holds a set of disjoint ranges, a new lock replaces the
+owner's locks in its range (converting rd/wr), unlocking splits, and adjacent
+ranges of one type merge; blocked requests retry whenever the file's locks
+change, and a wait that would close a cycle fails with EDEADLK.
+
+Nothing here awaits except a blocked request, so each grant or release is
+atomic within the brick's event loop. Blocked requests are cancellable.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import trio
+
+log = logging.getLogger(__name__)
+
+Owner = tuple[Hashable, bytes]
+# (holder's conn_id, gfid, domain, holder's owner bytes)
+ContentionCallback = Callable[[Hashable, bytes, str, bytes], None]
+
+OFFSET_MAX = 1 << 63
+"""Exclusive end of a lock that runs to end of file (``len`` 0)."""
+
+
+def _span(start: int, length: int) -> tuple[int, int]:
+    end = OFFSET_MAX if length == 0 else start + length
+    if start >= OFFSET_MAX or end > OFFSET_MAX:
+        raise OSError(errno.EINVAL, "lock range beyond the largest file offset")
+    return start, end
+
+
+def _ranges_overlap(a: Any, b: Any) -> bool:
+    return bool(a[0] < b[1] and b[0] < a[1])
+
+
+def _names_overlap(a: Any, b: Any) -> bool:
+    return a is None or b is None or a == b
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in ("rd", "wr", "un"):
+        raise OSError(errno.EINVAL, f"bad lock type {kind!r}")
+
+
+@dataclass(eq=False)
+class _Req:
+    owner: Owner
+    kind: str
+    span: Any
+    event: trio.Event | None = None
+    granted: bool = False
+    error: OSError | None = None
+    notified: set[Owner] = field(default_factory=set)
+
+
+@dataclass(eq=False)
+class _Queue:
+    granted: list[_Req] = field(default_factory=list)
+    waiting: list[_Req] = field(default_factory=list)
+
+
+class _FairLocks:
+    """Granted locks and a FIFO of waiters per resource key."""
+
+    def __init__(
+        self,
+        overlap: Callable[[Any, Any], bool],
+        on_contention: Callable[[Hashable, Owner], None] | None = None,
+    ) -> None:
+        self._overlap = overlap
+        self._on_contention = on_contention
+        self._res: dict[Hashable, _Queue] = {}
+
+    def __len__(self) -> int:
+        return len(self._res)
+
+    def _conflict(self, a: _Req, b: _Req) -> bool:
+        return (
+            a.owner != b.owner
+            and (a.kind == "wr" or b.kind == "wr")
+            and self._overlap(a.span, b.span)
+        )
+
+    async def lock(self, key: Hashable, req: _Req, block: bool) -> None:
+        q = self._res.get(key)
+        if q is None:
+            q = self._res[key] = _Queue()
+        if not any(self._conflict(req, g) for g in q.granted) and not any(
+            self._conflict(req, w) for w in q.waiting
+        ):
+            req.granted = True
+            q.granted.append(req)
+            return
+        if not block:
+            self._tidy(key, q)
+            raise OSError(errno.EAGAIN, "lock held by another owner")
+        req.event = trio.Event()
+        q.waiting.append(req)
+        self._notify(key, q, req)
+        try:
+            await req.event.wait()
+        except BaseException:
+            if req.granted:
+                _remove(q.granted, req)
+            else:
+                _remove(q.waiting, req)
+            self._regrant(key, q)
+            raise
+        if req.error is not None:
+            raise req.error
+
+    def unlock(self, key: Hashable, owner: Owner, span: Any) -> None:
+        q = self._res.get(key)
+        if q is None:
+            return
+        q.granted = [
+            g for g in q.granted if not (g.owner == owner and self._overlap(g.span, span))
+        ]
+        self._regrant(key, q)
+
+    def release_conn(self, conn_id: Hashable) -> None:
+        for key, q in list(self._res.items()):
+            q.granted = [g for g in q.granted if g.owner[0] != conn_id]
+            for w in q.waiting:
+                if w.owner[0] == conn_id and w.event is not None:
+                    w.error = OSError(errno.ENOTCONN, "connection closed")
+                    w.event.set()
+            q.waiting = [w for w in q.waiting if w.owner[0] != conn_id]
+            self._regrant(key, q)
+
+    def _regrant(self, key: Hashable, q: _Queue) -> None:
+        still: list[_Req] = []
+        for w in q.waiting:
+            if any(self._conflict(w, g) for g in q.granted) or any(
+                self._conflict(w, s) for s in still
+            ):
+                still.append(w)
+                continue
+            w.granted = True
+            q.granted.append(w)
+            assert w.event is not None
+            w.event.set()
+        q.waiting = still
+        for w in still:
+            self._notify(key, q, w)
+        self._tidy(key, q)
+
+    def _notify(self, key: Hashable, q: _Queue, waiter: _Req) -> None:
+        if self._on_contention is None:
+            return
+        for g in q.granted:
+            if g.owner not in waiter.notified and self._conflict(waiter, g):
+                waiter.notified.add(g.owner)
+                try:
+                    self._on_contention(key, g.owner)
+                except Exception:
+                    log.exception("lock contention callback failed for key=%r", key)
+
+    def _tidy(self, key: Hashable, q: _Queue) -> None:
+        if not q.granted and not q.waiting and self._res.get(key) is q:
+            del self._res[key]
+
+
+def _remove(seq: list[Any], item: Any) -> None:
+    for i, x in enumerate(seq):
+        if x is item:
+            del seq[i]
+            return
+
+
+@dataclass(eq=False)
+class _PLock:
+    owner: Owner
+    kind: str
+    start: int
+    end: int
+    pid: int
+
+    def to_wire(self) -> dict[str, Any]:
+        length = 0 if self.end == OFFSET_MAX else self.end - self.start
+        return {"type": self.kind, "start": self.start, "len": length, "pid": self.pid,
+                "owner": self.owner[1]}
+
+
+@dataclass(eq=False)
+class _PWaiter:
+    owner: Owner
+    blocked_by: set[Owner]
+    event: trio.Event = field(default_factory=trio.Event)
+    error: OSError | None = None
+
+
+@dataclass(eq=False)
+class _PFile:
+    locks: list[_PLock] = field(default_factory=list)
+    waiters: list[_PWaiter] = field(default_factory=list)
+
+
+class _PosixLocks:
+    """fcntl-style record locks per gfid."""
+
+    def __init__(self) -> None:
+        self._files: dict[bytes, _PFile] = {}
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    @staticmethod
+    def _conflicts(f: _PFile, owner: Owner, kind: str, s: int, e: int) -> list[_PLock]:
+        return [
+            lk for lk in f.locks
+            if lk.owner != owner and (kind == "wr" or lk.kind == "wr")
+            and lk.start < e and s < lk.end
+        ]
+
+    def getlk(self, gfid: bytes, owner: Owner, kind: str, s: int, e: int) -> dict[str, Any]:
+        if kind == "un":
+            raise OSError(errno.EINVAL, "getlk needs a rd or wr type")
+        f = self._files.get(gfid)
+        found = self._conflicts(f, owner, kind, s, e) if f is not None else []
+        return found[0].to_wire() if found else {"type": "un"}
+
+    async def setlk(
+        self, gfid: bytes, owner: Owner, kind: str, s: int, e: int, pid: int, wait: bool
+    ) -> None:
+        while True:
+            f = self._files.get(gfid)
+            if f is None:
+                if kind == "un":
+                    return
+                f = self._files[gfid] = _PFile()
+            blockers = [] if kind == "un" else self._conflicts(f, owner, kind, s, e)
+            if not blockers:
+                _apply(f, owner, kind, s, e, pid)
+                self._changed(gfid, f)
+                return
+            if not wait:
+                self._tidy(gfid, f)
+                raise OSError(errno.EAGAIN, "range locked by another owner")
+            blocked_by = {b.owner for b in blockers}
+            if self._would_deadlock(owner, blocked_by):
+                self._tidy(gfid, f)
+                raise OSError(errno.EDEADLK, "lock wait would deadlock")
+            w = _PWaiter(owner, blocked_by)
+            f.waiters.append(w)
+            try:
+                await w.event.wait()
+            finally:
+                _remove(f.waiters, w)
+                self._tidy(gfid, f)
+            if w.error is not None:
+                raise w.error
+
+    def _would_deadlock(self, owner: Owner, blocked_by: set[Owner]) -> bool:
+        waits_for: dict[Owner, set[Owner]] = {}
+        for f in self._files.values():
+            for w in f.waiters:
+                waits_for.setdefault(w.owner, set()).update(w.blocked_by)
+        seen: set[Owner] = set()
+        stack = list(blocked_by)
+        while stack:
+            o = stack.pop()
+            if o == owner:
+                return True
+            if o not in seen:
+                seen.add(o)
+                stack.extend(waits_for.get(o, ()))
+        return False
+
+    def release_conn(self, conn_id: Hashable) -> None:
+        for gfid, f in list(self._files.items()):
+            before = len(f.locks)
+            f.locks = [lk for lk in f.locks if lk.owner[0] != conn_id]
+            for w in f.waiters:
+                if w.owner[0] == conn_id:
+                    w.error = OSError(errno.ENOTCONN, "connection closed")
+                    w.event.set()
+            if len(f.locks) != before:
+                self._changed(gfid, f)
+            else:
+                self._tidy(gfid, f)
+
+    def _changed(self, gfid: bytes, f: _PFile) -> None:
+        # Every waiter re-checks; fcntl makes no fairness promise either.
+        for w in f.waiters:
+            w.event.set()
+        self._tidy(gfid, f)
+
+    def _tidy(self, gfid: bytes, f: _PFile) -> None:
+        if not f.locks and not f.waiters and self._files.get(gfid) is f:
+            del self._files[gfid]
+
+
+def _apply(f: _PFile, owner: Owner, kind: str, s: int, e: int, pid: int) -> None:
+    """Make ``owner``'s locks over ``[s, e)`` be ``kind`` ("un" = none), merging."""
+    kept: list[_PLock] = []
+    for lk in f.locks:
+        if lk.owner != owner or lk.end <= s or lk.start >= e:
+            kept.append(lk)
+            continue
+        if lk.start < s:
+            kept.append(_PLock(owner, lk.kind, lk.start, s, lk.pid))
+        if lk.end > e:
+            kept.append(_PLock(owner, lk.kind, e, lk.end, lk.pid))
+    if kind != "un":
+        # The owner's same-type ranges were disjoint and not adjacent, so only
+        # the neighbours touching [s, e) can merge with it.
+        merged: list[_PLock] = []
+        for lk in kept:
+            if lk.owner == owner and lk.kind == kind and lk.start <= e and lk.end >= s:
+                s, e = min(s, lk.start), max(e, lk.end)
+            else:
+                merged.append(lk)
+        merged.append(_PLock(owner, kind, s, e, pid))
+        kept = merged
+    f.locks = kept
+
+
+class LockManager:
+    """All of one brick's locks. Methods take the rpc arguments by name.
+
+    ``on_contention(conn_id, gfid, domain, owner)`` is called synchronously,
+    once per (blocked inode-lock request, conflicting holder), with the
+    holder's connection and owner; it must not block (the server spawns the
+    event send). Results are the ops' reply values.
+    """
+
+    def __init__(self, on_contention: ContentionCallback | None = None) -> None:
+        self._on_contention = on_contention
+        self._inode = _FairLocks(_ranges_overlap, self._inode_contention)
+        self._entry = _FairLocks(_names_overlap)
+        self._posix = _PosixLocks()
+
+    def _inode_contention(self, key: Hashable, holder: Owner) -> None:
+        if self._on_contention is not None:
+            gfid, domain = cast(tuple[bytes, str], key)
+            self._on_contention(holder[0], gfid, domain, holder[1])
+
+    def is_idle(self) -> bool:
+        """True when no lock is held or awaited (memory follows use)."""
+        return not (len(self._inode) or len(self._entry) or len(self._posix))
+
+    async def inodelk(
+        self, *, conn_id: Hashable, gfid: bytes, domain: str, type: str, start: int,
+        len: int, owner: bytes, block: bool | None = None,
+    ) -> dict[str, Any]:
+        """Take (rd/wr) or drop (un) an inode lock; EAGAIN if held and not ``block``."""
+        _check_kind(type)
+        span = _span(start, len)
+        key = (gfid, domain)
+        o: Owner = (conn_id, owner)
+        if type == "un":
+            self._inode.unlock(key, o, span)
+        else:
+            await self._inode.lock(key, _Req(o, type, span), bool(block))
+        return {}
+
+    async def entrylk(
+        self, *, conn_id: Hashable, pgfid: bytes, domain: str, type: str, owner: bytes,
+        name: bytes | None = None, block: bool | None = None,
+    ) -> dict[str, Any]:
+        """Lock one name in a directory, or all of it (``name`` None)."""
+        _check_kind(type)
+        key = (pgfid, domain)
+        o: Owner = (conn_id, owner)
+        if type == "un":
+            self._entry.unlock(key, o, name)
+        else:
+            await self._entry.lock(key, _Req(o, type, name), bool(block))
+        return {}
+
+    async def lk(
+        self, *, conn_id: Hashable, gfid: bytes, cmd: str, type: str, start: int, len: int,
+        pid: int, owner: bytes,
+    ) -> dict[str, Any]:
+        """fcntl F_GETLK / F_SETLK / F_SETLKW on ``gfid`` for ``(conn_id, owner)``."""
+        _check_kind(type)
+        s, e = _span(start, len)
+        o: Owner = (conn_id, owner)
+        if cmd == "getlk":
+            return self._posix.getlk(gfid, o, type, s, e)
+        if cmd not in ("setlk", "setlkw"):
+            raise OSError(errno.EINVAL, f"bad lock command {cmd!r}")
+        await self._posix.setlk(gfid, o, type, s, e, pid, wait=cmd == "setlkw")
+        return {}
+
+    def release_all(self, conn_id: Hashable) -> None:
+        """Drop every lock ``conn_id`` holds; its blocked requests fail with ENOTCONN."""
+        self._inode.release_conn(conn_id)
+        self._entry.release_conn(conn_id)
+        self._posix.release_conn(conn_id)
