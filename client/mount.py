@@ -1,8 +1,290 @@
-"""Entry point of `pyglfs-mount` (placeholder until the FUSE client issue lands)."""
+"""``pyglfs-mount``: the FUSE client process.
 
+``pyglfs-mount [--volfile FILE] MOUNTPOINT [-o OPTS] [--foreground]``
+
+Start-up, in order, each step failing with one clear line and exit status 1
+(2 for bad usage) before anything is mounted:
+
+1. re-exec with glibc malloc tuned (``MALLOC_ENV``): large write buffers
+   otherwise go back to the kernel after every request;
+2. parse the options, the volfile and check the mount point and the log file;
+3. fork into the background (``client.daemon``) unless ``--foreground``;
+4. in trio: build the layer graph, start it and wait (``UP_TIMEOUT``) until it
+   is up, then mount with pyfuse3 and tell the waiting parent;
+5. serve until unmounted (``umount``, ``fusermount3 -u``) or SIGTERM/SIGINT,
+   which unmount cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
 import sys
+import uuid
+from dataclasses import dataclass
+
+import click
+import pyfuse3
+import trio
+
+from pyglfs.client.daemon import Readiness, daemonize
+from pyglfs.client.fuse import BridgeConfig, FuseOperations
+from pyglfs.client.layer import Layer
+from pyglfs.client.options import MountOptionError, MountOptions, parse_mount_options
+from pyglfs.client.protocol import ProtocolClient
+from pyglfs.volfiles.model import Graph, VolfileError, Xlator
+from pyglfs.volfiles.parser import parse_file
+
+log = logging.getLogger(__name__)
+
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4194304", "MALLOC_TRIM_THRESHOLD_": "67108864"}
+LOG_DIR = "/var/log/pyglfs"
+UP_TIMEOUT = 10.0
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class MountError(Exception):
+    """A reason not to mount, printed as one line."""
+
+
+@dataclass
+class MountPlan:
+    """Everything checked before forking: what to mount where, and how."""
+
+    mountpoint: str
+    volfile: str
+    graph: Graph
+    options: MountOptions
+    log_file: str | None
+    fsname: str
+
+
+def default_log_file(mountpoint: str) -> str:
+    """``/mnt/gvol0`` logs to ``/var/log/pyglfs/mnt-gvol0.log``, as glusterfs names it."""
+    name = mountpoint.strip("/").replace("/", "-") or "root"
+    return os.path.join(LOG_DIR, f"{name}.log")
+
+
+def prepare(mountpoint: str, volfile: str | None, option_strings: tuple[str, ...],
+            fsname: str | None) -> MountPlan:
+    """Check everything that can be checked without mounting."""
+    try:
+        opts = parse_mount_options(",".join(o for o in option_strings if o))
+    except MountOptionError as e:
+        raise MountError(str(e)) from None
+    volfile = volfile or opts.volfile
+    if not volfile:
+        raise MountError("no volfile: give --volfile FILE or -o volfile=FILE "
+                         "(mounting by HOST:/VOLUME needs pyglfsd)")
+    try:
+        graph = parse_file(volfile)
+    except OSError as e:
+        raise MountError(f"cannot read volfile {volfile}: {e.strerror}") from None
+    except VolfileError as e:
+        raise MountError(f"invalid volfile: {e}") from None
+    mp = os.path.abspath(mountpoint)
+    if not os.path.isdir(mp):
+        raise MountError(f"mount point {mp} is not a directory")
+    log_file: str | None = None
+    if opts.log_level_number is not None:
+        log_file = os.path.abspath(opts.log_file) if opts.log_file else default_log_file(mp)
+        try:
+            os.makedirs(os.path.dirname(log_file), mode=0o755, exist_ok=True)
+            with open(log_file, "a"):
+                pass
+        except OSError as e:
+            raise MountError(f"cannot open log file {log_file}: {e.strerror}") from None
+    return MountPlan(mp, os.path.abspath(volfile), graph, opts, log_file,
+                     fsname or graph.name)
+
+
+def setup_logging(plan: MountPlan, foreground: bool) -> None:
+    root = logging.getLogger()
+    level = plan.options.log_level_number
+    if level is None:
+        root.addHandler(logging.NullHandler())
+        root.setLevel(logging.CRITICAL + 1)
+        return
+    logging.addLevelName(5, "TRACE")
+    root.setLevel(level)
+    handlers: list[logging.Handler] = []
+    if plan.log_file is not None:
+        handlers.append(logging.FileHandler(plan.log_file))
+    if foreground:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for h in handlers:
+        h.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(h)
+
+
+# -- the layer graph ----------------------------------------------------------
+def build_layers(graph: Graph, client_id: str) -> Layer:
+    """The client layers for ``graph``, top first; not started."""
+    try:
+        from pyglfs.client.graph import build_graph
+    except ImportError:
+        return _build_basic(graph, client_id)
+    top: Layer = build_graph(graph, client_id=client_id)
+    return top
+
+
+def _build_basic(graph: Graph, client_id: str) -> Layer:
+    """Protocol clients and pass-through layers only, until client/graph.py lands."""
+    built: dict[str, Layer] = {}
+    for xl in graph:
+        built[xl.name] = _basic_layer(xl, graph.name, client_id,
+                                      [built[s.name] for s in xl.subvolumes])
+    return built[graph.top.name]
+
+
+def _basic_layer(xl: Xlator, volume: str, client_id: str, children: list[Layer]) -> Layer:
+    if xl.type == "protocol/client":
+        host = xl.opt("remote-host")
+        brick = xl.opt("remote-subvolume")
+        if not host or not brick:
+            raise VolfileError(f"volume '{xl.name}': protocol/client needs remote-host and "
+                               "remote-subvolume", source=xl.source, line=xl.line)
+        return ProtocolClient(
+            xl.name, host=host, port=xl.opt_int("remote-port", 49750, min=1, max=65535),
+            volume=volume, brick_path=brick, client_id=client_id,
+            username=xl.opt("username"), password=xl.opt("password"),
+            ping_timeout=xl.opt_float("ping-timeout", 10.0, min=0.1))
+    if len(children) == 1:
+        return Layer(xl.name, children)
+    raise VolfileError(f"volume '{xl.name}': type {xl.type} is not supported by this client",
+                       source=xl.source, line=xl.line)
+
+
+def _bricks(layer: Layer) -> list[str]:
+    if isinstance(layer, ProtocolClient):
+        return [f"{layer.host}:{layer.port}:{layer.brick_path}"]
+    return [b for c in layer.children for b in _bricks(c)]
+
+
+class _Watch(Layer):
+    """Stands above the top layer to hear it come up."""
+
+    def __init__(self, top: Layer) -> None:
+        super().__init__("fuse", [top])
+        self.changed = trio.Event()
+
+    def child_up(self, child: Layer) -> None:
+        self.changed.set()
+
+    def child_down(self, child: Layer, reason: str) -> None:
+        self.changed.set()
+
+    async def wait_up(self, timeout: float) -> bool:
+        with trio.move_on_after(timeout):
+            while not self.child.is_up:
+                await self.changed.wait()
+                self.changed = trio.Event()
+        return self.child.is_up
+
+
+# -- serving --------------------------------------------------------------------
+async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
+    """Run the graph and the FUSE session; returns the exit status."""
+    client_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        top = build_layers(plan.graph, client_id)
+    except (VolfileError, ValueError) as e:
+        readiness.failed(f"pyglfs-mount: invalid volfile: {e}")
+        return 1
+    watch = _Watch(top)
+    opts = plan.options
+    config = BridgeConfig(attr_timeout=opts.attribute_timeout,
+                          entry_timeout=opts.entry_timeout,
+                          negative_timeout=opts.negative_timeout,
+                          read_only=opts.read_only)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(top.serve)
+        if not await watch.wait_up(UP_TIMEOUT):
+            msg = (f"pyglfs-mount: volume {plan.graph.name} is not reachable within "
+                   f"{UP_TIMEOUT:g} s (bricks: {', '.join(_bricks(top))}); nothing mounted")
+            log.error("%s", msg)
+            readiness.failed(msg)
+            nursery.cancel_scope.cancel()
+            return 1
+        ops = FuseOperations(top, config)
+        try:
+            pyfuse3.init(ops, plan.mountpoint, opts.fuse_options(plan.fsname))
+        except RuntimeError as e:
+            msg = f"pyglfs-mount: cannot mount on {plan.mountpoint}: {e}"
+            log.error("%s", msg)
+            readiness.failed(msg)
+            nursery.cancel_scope.cancel()
+            return 1
+        log.info("mounted volume %s on %s (volfile %s)", plan.graph.name, plan.mountpoint,
+                 plan.volfile)
+        try:
+            nursery.start_soon(_terminate_on_signal)
+            readiness.ready()
+            await pyfuse3.main()
+        finally:
+            pyfuse3.close(unmount=True)
+            nursery.cancel_scope.cancel()
+            log.info("unmounted %s", plan.mountpoint)
+    return 0
+
+
+async def _terminate_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            pyfuse3.terminate()
+            return
+
+
+def run(plan: MountPlan, foreground: bool) -> int:
+    """Fork (unless ``foreground``), then mount and serve; the exit status."""
+    readiness = Readiness() if foreground else daemonize()
+    setup_logging(plan, foreground)
+    try:
+        return trio.run(serve_mount, plan, readiness)
+    except BaseException as e:
+        log.exception("pyglfs-mount failed")
+        if not readiness.reported:
+            readiness.failed(f"pyglfs-mount: {type(e).__name__}: {e}")
+        return 1
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("mountpoint")
+@click.option("--volfile", metavar="FILE", help="client volfile of the volume to mount")
+@click.option("-o", "options", multiple=True, metavar="OPTS",
+              help="mount options, comma-separated (ro, log-file=, log-level=, ...)")
+@click.option("--foreground", "-f", is_flag=True, help="stay in the foreground, log to stderr")
+@click.option("--fsname", hidden=True, help="source shown in /proc/mounts")
+def cli(mountpoint: str, volfile: str | None, options: tuple[str, ...], foreground: bool,
+        fsname: str | None) -> None:
+    """Mount a pyglfs volume on MOUNTPOINT."""
+    try:
+        plan = prepare(mountpoint, volfile, options, fsname)
+    except MountError as e:
+        click.echo(f"pyglfs-mount: {e}", err=True)
+        sys.exit(1)
+    sys.exit(run(plan, foreground))
+
+
+def _reexec_with_malloc_env() -> None:
+    missing = {k: v for k, v in MALLOC_ENV.items() if k not in os.environ}
+    if not missing:
+        return
+    env = {**os.environ, **missing}
+    argv = [sys.executable, "-m", "pyglfs.client.mount", *sys.argv[1:]]
+    try:
+        os.execve(sys.executable, argv, env)
+    except OSError as e:
+        print(f"pyglfs-mount: warning: cannot re-exec with tuned malloc: {e}", file=sys.stderr)
 
 
 def main() -> None:
-    print("pyglfs-mount: not yet available in this build", file=sys.stderr)
-    sys.exit(1)
+    _reexec_with_malloc_env()
+    cli(prog_name="pyglfs-mount")
+
+
+if __name__ == "__main__":
+    main()
+
