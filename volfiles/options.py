@@ -116,7 +116,7 @@ VOLUME_OPTIONS: dict[str, VolumeOption] = _opts(
      "seconds before an unanswered request fails"),
     ("client.ssl", "client", "transport.socket.ssl-enabled", _bool, "off",
      "TLS on client-to-brick connections"),
-    ("cluster.quorum-type", RP, "quorum-type", _choice("none", "auto", "fixed"), "none",
+    ("cluster.quorum-type", RP, "quorum-type", _choice("none", "auto", "fixed"), "auto",
      "how many bricks must be up for writes: auto = more than half (replica 2: the first)"),
     ("cluster.quorum-count", RP, "quorum-count", _int(1), "1",
      "bricks that must be up when quorum-type is fixed"),
