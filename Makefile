@@ -48,3 +48,16 @@ bench: deps
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# Console scripts onto the system PATH (symlinks to the venv's) and the mount(8)
+# helper, so `mount -t fuse.pyglfs`, fstab lines and `umount` work.
+PREFIX ?= /usr/local
+SBINDIR ?= /sbin
+SCRIPTS := pyglfs pyglfsd pyglfs-brickd pyglfs-mount
+
+install: deps
+	@for s in $(SCRIPTS); do \
+	    target=$(CURDIR)/$(BIN)/$$s; link=$(PREFIX)/bin/$$s; \
+	    [ "$$(readlink $$link 2>/dev/null)" = "$$target" ] || ln -sfn $$target $$link; done
+	@cmp -s deploy/mount.fuse.pyglfs $(SBINDIR)/mount.fuse.pyglfs || \
+	    install -m 0755 deploy/mount.fuse.pyglfs $(SBINDIR)/mount.fuse.pyglfs
