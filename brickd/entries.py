@@ -1,0 +1,272 @@
+"""Entry ops: names in directories (lookup, create, mkdir, mknod, symlink, link,
+unlink, rmdir, rename, readlink).
+
+Every op names its entry as (parent gfid, one checked name) and touches it with
+``*at()`` calls relative to the parent's fd, never following a symlink. The
+client chooses a new inode's gfid; the brick refuses one that already names
+another inode here. A changelog ``xattrop`` goes to the parent directory before
+the change (both parents for rename).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from typing import Any
+
+from pyglfs.brickd import linux
+from pyglfs.brickd.names import NULL_GFID, check_gfid, gfid_str, handle_rel, proc_path
+from pyglfs.brickd.resolve import DIR_OPEN, StoreCore, is_dir_handle, read_afr
+from pyglfs.rpc.brickops import GFID_LEN, GFID_XATTR, ROOT_GFID
+
+log = logging.getLogger(__name__)
+
+_CREATE = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+_MKNOD_TYPES = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK)
+_RENAME_FLAGS = linux.RENAME_NOREPLACE | linux.RENAME_EXCHANGE
+
+
+class EntryOps(StoreCore):
+    async def lookup(self, pgfid: bytes, name: bytes) -> dict[str, Any]:
+        """The inode ``name`` in ``pgfid``: iatt and its ``trusted.afr.*`` changelog."""
+        pfd = self._parent(pgfid, name, errno.ENOENT)
+        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        path = proc_path(pfd, name)
+        gfid = self._entry_gfid(pfd, name)
+        if gfid is None or len(gfid) != GFID_LEN:
+            log.warning("lookup: %r in %s has no valid gfid", name, gfid_str(pgfid))
+            raise OSError(errno.ENODATA, "entry has no gfid")
+        return {"iatt": self._iatt(gfid, st, stat.S_ISDIR(st.st_mode)), "xattrs": read_afr(path)}
+
+    async def lookup_gfid(self, gfid: bytes) -> dict[str, Any]:
+        """Like lookup, by gfid (ESTALE if the brick has no such inode)."""
+        st, is_dir = self._stat_gfid(gfid)
+        return {"iatt": self._iatt(gfid, st, is_dir), "xattrs": read_afr(self._xattr_target(gfid))}
+
+    def _check_new(self, pfd: int, name: bytes, gfid: bytes) -> None:
+        """EEXIST if ``name`` exists; EINVAL if ``gfid`` already names another inode."""
+        check_gfid(gfid)
+        if not self._gfid_in_use(gfid):
+            return
+        try:
+            os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            log.warning("refusing gfid=%s for %r: it names another inode", gfid_str(gfid), name)
+            raise OSError(errno.EINVAL, f"gfid {gfid_str(gfid)} is in use") from None
+        raise OSError(errno.EEXIST, "entry exists")
+
+    def _own(self, pfd: int, name: bytes, fd: int | None, uid: int, gid: int,
+             mode: int | None) -> os.stat_result:
+        """Give a new inode the client's owner and exactly its mode; return its attributes.
+
+        Only what differs is changed; chown runs first because it clears set-id bits.
+        """
+        st = os.stat(fd) if fd is not None else os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        changed = False
+        if st.st_uid != uid or st.st_gid != gid:
+            if fd is not None:
+                os.fchown(fd, uid, gid)
+            else:
+                os.chown(name, uid, gid, dir_fd=pfd, follow_symlinks=False)
+            changed = True
+        if mode is not None and (stat.S_IMODE(st.st_mode) != mode or (changed and mode & 0o6000)):
+            if fd is not None:
+                os.fchmod(fd, mode)
+            else:
+                os.chmod(name, mode, dir_fd=pfd, follow_symlinks=False)
+            changed = True
+        if changed:
+            st = os.stat(fd) if fd is not None else os.stat(name, dir_fd=pfd,
+                                                            follow_symlinks=False)
+        return st
+
+    def _undo_create(self, pfd: int, name: bytes, is_dir: bool = False) -> None:
+        try:
+            if is_dir:
+                os.rmdir(name, dir_fd=pfd)
+            else:
+                os.unlink(name, dir_fd=pfd)
+        except OSError as e:
+            log.error("cannot remove half-created %r: %s", name, e.strerror)
+
+    async def create(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
+                     gid: int, flags: int | None = None,
+                     xattrop: dict[str, bytes] | None = None) -> dict[str, Any]:
+        """Create a regular file (always exclusive) with the client's gfid.
+
+        ``flags`` is accepted for the client's bookkeeping; create does not count as
+        an ``open`` (see FileOps.open).
+        """
+        pfd = self._parent(pgfid, name)
+        self._check_new(pfd, name, gfid)
+        self._xattrop_dir(pgfid, pfd, xattrop)
+        fd = os.open(name, _CREATE, mode & 0o777, dir_fd=pfd)
+        try:
+            os.setxattr(fd, GFID_XATTR, gfid)
+            self._link_handle(pfd, name, gfid)
+            st = self._own(pfd, name, fd, uid, gid, mode & 0o7777)
+        except BaseException:
+            os.close(fd)
+            self._undo_create(pfd, name)
+            self._unlink_handle(gfid)
+            raise
+        self.files.put(gfid, fd)
+        self._dir_changed(pgfid)
+        return {"iatt": self._iatt(gfid, st, False)}
+
+    async def mkdir(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
+                    gid: int, xattrop: dict[str, bytes] | None = None) -> dict[str, Any]:
+        """Create a directory with the client's gfid and its handle symlink."""
+        pfd = self._parent(pgfid, name)
+        self._check_new(pfd, name, gfid)
+        self._xattrop_dir(pgfid, pfd, xattrop)
+        os.mkdir(name, mode & 0o777, dir_fd=pfd)
+        fd = -1
+        try:
+            fd = os.open(name, DIR_OPEN, dir_fd=pfd)
+            os.setxattr(fd, GFID_XATTR, gfid)
+            self._symlink_dir_handle(gfid, pgfid, name)
+            st = self._own(pfd, name, fd, uid, gid, mode & 0o7777)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            self._undo_create(pfd, name, is_dir=True)
+            self._unlink_handle(gfid)
+            raise
+        self.dirs.put(gfid, fd)
+        self._dir_changed(pgfid)
+        return {"iatt": self._iatt(gfid, st, True)}
+
+    def _finish_node(self, pgfid: bytes, pfd: int, name: bytes, gfid: bytes, uid: int,
+                     gid: int, mode: int | None) -> dict[str, Any]:
+        """Give a new non-regular inode (never opened) its gfid, handle and owner."""
+        try:
+            os.setxattr(proc_path(pfd, name), GFID_XATTR, gfid, follow_symlinks=False)
+            self._link_handle(pfd, name, gfid)
+            st = self._own(pfd, name, None, uid, gid, mode)
+        except BaseException:
+            self._undo_create(pfd, name)
+            self._unlink_handle(gfid)
+            raise
+        self._dir_changed(pgfid)
+        return {"iatt": self._iatt(gfid, st, False)}
+
+    async def mknod(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, rdev: int,
+                    uid: int, gid: int, xattrop: dict[str, bytes] | None = None,
+                    ) -> dict[str, Any]:
+        """Create a fifo, socket, regular file or (as root) a device node."""
+        kind = stat.S_IFMT(mode) or stat.S_IFREG
+        if kind not in _MKNOD_TYPES:
+            raise OSError(errno.EINVAL, "mknod: unsupported file type")
+        pfd = self._parent(pgfid, name)
+        self._check_new(pfd, name, gfid)
+        self._xattrop_dir(pgfid, pfd, xattrop)
+        os.mknod(name, kind | (mode & 0o777), rdev, dir_fd=pfd)
+        return self._finish_node(pgfid, pfd, name, gfid, uid, gid, mode & 0o7777)
+
+    async def symlink(self, pgfid: bytes, name: bytes, gfid: bytes, target: bytes, uid: int,
+                      gid: int, xattrop: dict[str, bytes] | None = None) -> dict[str, Any]:
+        """Create a symlink; its target is stored, never interpreted by the brick."""
+        if b"\0" in target:
+            raise OSError(errno.EINVAL, "symlink target contains NUL")
+        pfd = self._parent(pgfid, name)
+        self._check_new(pfd, name, gfid)
+        self._xattrop_dir(pgfid, pfd, xattrop)
+        os.symlink(target, name, dir_fd=pfd)
+        return self._finish_node(pgfid, pfd, name, gfid, uid, gid, None)
+
+    async def link(self, gfid: bytes, pgfid: bytes, name: bytes,
+                   xattrop: dict[str, bytes] | None = None) -> dict[str, Any]:
+        """Add name ``name`` in ``pgfid`` for non-directory ``gfid`` (EPERM for dirs)."""
+        pfd = self._parent(pgfid, name)
+        if gfid == ROOT_GFID or self.dirs.get(gfid) is not None or is_dir_handle(
+                self._hstat(gfid)):
+            raise OSError(errno.EPERM, "cannot hard-link a directory")
+        self._xattrop_dir(pgfid, pfd, xattrop)
+        os.link(handle_rel(gfid), name, src_dir_fd=self.handles_fd, dst_dir_fd=pfd,
+                follow_symlinks=False)
+        self._dir_changed(pgfid)
+        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        return {"iatt": self._iatt(gfid, st, False)}
+
+    async def unlink(self, pgfid: bytes, name: bytes,
+                     xattrop: dict[str, bytes] | None = None) -> dict[str, Any]:
+        """Remove a non-directory name; the inode's handle goes with its last name,
+        or at its last release if it is open."""
+        pfd = self._parent(pgfid, name)
+        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.EISDIR, "is a directory")
+        gfid = self._entry_gfid(pfd, name)
+        self._xattrop_dir(pgfid, pfd, xattrop)
+        os.unlink(name, dir_fd=pfd)
+        self._dir_changed(pgfid)
+        if gfid is not None and len(gfid) == GFID_LEN:
+            self._name_dropped(gfid, st.st_nlink)
+        return {}
+
+    async def rmdir(self, pgfid: bytes, name: bytes,
+                    xattrop: dict[str, bytes] | None = None) -> dict[str, Any]:
+        """Remove an empty directory (ENOTEMPTY otherwise) and its handle."""
+        pfd = self._parent(pgfid, name)
+        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode):
+            raise OSError(errno.ENOTDIR, "not a directory")
+        gfid = self._entry_gfid(pfd, name)
+        self._xattrop_dir(pgfid, pfd, xattrop)
+        os.rmdir(name, dir_fd=pfd)
+        self._dir_changed(pgfid)
+        if gfid is not None and len(gfid) == GFID_LEN:
+            self._forget_dir(gfid)
+        return {}
+
+    async def rename(self, old_pgfid: bytes, old_name: bytes, new_pgfid: bytes,
+                     new_name: bytes, flags: int | None = None,
+                     xattrop: dict[str, bytes] | None = None) -> dict[str, Any]:
+        """rename(2) with RENAME_NOREPLACE (1) or RENAME_EXCHANGE (2); returns the
+        moved inode. Directory handles follow their directory; a replaced inode
+        loses its handle with its last name, as with unlink."""
+        flags = flags or 0
+        if flags & ~_RENAME_FLAGS or flags == _RENAME_FLAGS:
+            raise OSError(errno.EINVAL, "unsupported rename flags")
+        opfd = self._parent(old_pgfid, old_name)
+        npfd = self._parent(new_pgfid, new_name)
+        src = os.stat(old_name, dir_fd=opfd, follow_symlinks=False)
+        src_gfid = self._entry_gfid(opfd, old_name)
+        try:
+            dst: os.stat_result | None = os.stat(new_name, dir_fd=npfd, follow_symlinks=False)
+        except FileNotFoundError:
+            dst = None
+        dst_gfid = self._entry_gfid(npfd, new_name) if dst is not None else None
+        self._xattrop_dir(old_pgfid, opfd, xattrop)
+        if new_pgfid != old_pgfid:
+            self._xattrop_dir(new_pgfid, npfd, xattrop)
+        if flags:
+            linux.renameat2(opfd, old_name, npfd, new_name, flags)
+        else:
+            os.rename(old_name, new_name, src_dir_fd=opfd, dst_dir_fd=npfd)
+        self._dir_changed(old_pgfid)
+        self._dir_changed(new_pgfid)
+        same = dst is not None and (dst.st_ino, dst.st_dev) == (src.st_ino, src.st_dev)
+        if not same:
+            if src_gfid is not None and stat.S_ISDIR(src.st_mode):
+                self._move_dir_handle(src_gfid, new_pgfid, new_name)
+            if dst is not None and dst_gfid is not None and len(dst_gfid) == GFID_LEN:
+                if flags & linux.RENAME_EXCHANGE:
+                    if stat.S_ISDIR(dst.st_mode):
+                        self._move_dir_handle(dst_gfid, old_pgfid, old_name)
+                elif stat.S_ISDIR(dst.st_mode):
+                    self._forget_dir(dst_gfid)
+                else:
+                    self._name_dropped(dst_gfid, dst.st_nlink)
+        st = os.stat(new_name, dir_fd=npfd, follow_symlinks=False)
+        return {"iatt": self._iatt(src_gfid or NULL_GFID, st, stat.S_ISDIR(st.st_mode))}
+
+    async def readlink(self, gfid: bytes) -> dict[str, Any]:
+        """The target of symlink ``gfid`` (EINVAL for anything else)."""
+        st = self._hstat(gfid)
+        if not stat.S_ISLNK(st.st_mode) or is_dir_handle(st):
+            raise OSError(errno.EINVAL, "not a symbolic link")
+        return {"target": os.readlink(handle_rel(gfid), dir_fd=self.handles_fd)}
