@@ -1,0 +1,108 @@
+"""Build the client's layer graph from a parsed client volfile.
+
+Translator types map to layers:
+
+- ``protocol/client`` -> ``ProtocolClient`` (``remote-host``, ``remote-port``,
+  ``remote-subvolume``, ``username``/``password``, ``ping-timeout``);
+- ``cluster/replicate`` -> ``Replicate`` (``afr-pending-xattr``, ``quorum-type``,
+  ``quorum-count``, ``post-op-delay-secs``, ``eager-lock``,
+  ``read-subvolume-index``);
+- any other type with one subvolume *above* the first of those (``debug/io-stats``,
+  performance translators we do not implement yet) -> a plain pass-through
+  ``Layer``, since dropping a cache or a statistics layer changes no result;
+- any other type below that point (``cluster/distribute`` today) is refused
+  with a ``VolfileError`` naming the volume: skipping it would change where
+  data goes.
+
+The handshake's volume name is the graph's name (its top volume), as the
+generator writes client volfiles.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pyglfs.client.layer import Layer
+from pyglfs.client.protocol import ProtocolClient
+from pyglfs.client.replicate import Replicate
+from pyglfs.client.replicate.quorum import QUORUM_TYPES
+from pyglfs.volfiles.model import Graph, VolfileError, Xlator
+
+log = logging.getLogger(__name__)
+
+CLIENT = "protocol/client"
+REPLICATE = "cluster/replicate"
+DEFAULT_PORT = 49750
+
+
+def build_graph(graph: Graph, *, client_id: str, volume: str | None = None,
+                call_timeout: float | None = None) -> Layer:
+    """The layers for ``graph``, top first, wired but not started."""
+    builder = _Builder(graph, client_id, volume or graph.name, call_timeout)
+    return builder.build(graph.top, pass_through_ok=True)
+
+
+class _Builder:
+    def __init__(self, graph: Graph, client_id: str, volume: str,
+                 call_timeout: float | None) -> None:
+        self.graph = graph
+        self.client_id = client_id
+        self.volume = volume
+        self.call_timeout = call_timeout
+        self.used: set[str] = set()
+
+    def error(self, xl: Xlator, msg: str) -> VolfileError:
+        return VolfileError(f"volume '{xl.name}': {msg}", source=xl.source, line=xl.line)
+
+    def build(self, xl: Xlator, pass_through_ok: bool) -> Layer:
+        if xl.name in self.used:
+            raise self.error(xl, "is a subvolume of more than one translator, which this "
+                                 "client does not support")
+        self.used.add(xl.name)
+        if xl.type == CLIENT:
+            if xl.subvolumes:
+                raise self.error(xl, "protocol/client takes no subvolumes")
+            return self.protocol_client(xl)
+        if xl.type == REPLICATE:
+            children = [self.build(s, False) for s in xl.subvolumes]
+            return self.replicate(xl, children)
+        if pass_through_ok:
+            if len(xl.subvolumes) != 1:
+                raise self.error(xl, f"type {xl.type} is not supported by this client "
+                                     "(only one-subvolume pass-through at the top)")
+            log.debug("volume %s: type %s served as a pass-through layer", xl.name, xl.type)
+            return Layer(xl.name, [self.build(xl.subvolumes[0], True)])
+        raise self.error(xl, f"type {xl.type} is not supported by this client below "
+                             "cluster/replicate or protocol/client layers")
+
+    def protocol_client(self, xl: Xlator) -> ProtocolClient:
+        host = xl.opt("remote-host")
+        brick = xl.opt("remote-subvolume")
+        if not host or not brick:
+            raise self.error(xl, "protocol/client needs remote-host and remote-subvolume")
+        return ProtocolClient(
+            xl.name, host=host,
+            port=xl.opt_int("remote-port", DEFAULT_PORT, min=1, max=65535),
+            volume=self.volume, brick_path=brick, client_id=self.client_id,
+            username=xl.opt("username"), password=xl.opt("password"),
+            ping_timeout=xl.opt_float("ping-timeout", 10.0, min=0.1),
+            call_timeout=self.call_timeout)
+
+    def replicate(self, xl: Xlator, children: list[Layer]) -> Replicate:
+        if not children:
+            raise self.error(xl, "cluster/replicate needs subvolumes")
+        names = xl.opt_list("afr-pending-xattr", [c.name for c in children])
+        if len(names) != len(children):
+            raise self.error(xl, f"afr-pending-xattr names {len(names)} bricks but there are "
+                                 f"{len(children)} subvolumes")
+        qtype = xl.opt_choice("quorum-type", QUORUM_TYPES, "auto")
+        count = xl.opt_int("quorum-count", 1, min=1)
+        if qtype == "fixed" and count > len(children):
+            raise self.error(xl, f"quorum-count {count} is more than the {len(children)} "
+                                 "subvolumes")
+        return Replicate(
+            xl.name, children, pending_xattrs=names, quorum_type=qtype, quorum_count=count,
+            post_op_delay=xl.opt_float("post-op-delay-secs", 1.0, min=0.0),
+            eager_lock=xl.opt_bool("eager-lock", True),
+            read_child=xl.opt_int("read-subvolume-index", -1, min=-1,
+                                  max=len(children) - 1))

@@ -1,0 +1,513 @@
+"""cluster/replicate: every change to all bricks of a replica set, reads from a good one.
+
+Contracts (see DESIGN.md, Replication):
+
+- A change is acknowledged when every brick that is up and holds our lock has
+  it. A brick that is down, not locked, or failed while another succeeded is
+  blamed in the changelog of the good bricks (which index the gfid for heal)
+  and never serves reads of that inode until heal clears the blame.
+- Writes need quorum (EROFS without it, ENOTCONN with no brick at all); reads
+  go on while a good brick is up, failing over on ENOTCONN/ETIMEDOUT.
+- Lookups ask every up brick: the gfids must agree (else EIO, logged as an
+  error), attributes come from the read source, and a name one brick lacks is
+  answered from the brick that has it (a pending entry heal, recorded).
+- gfids of new inodes come from above (the FUSE bridge) and go unchanged to
+  every brick.
+- Opens go to every up brick and are not replayed on a brick that comes back:
+  a brick's open only keeps an unlinked-while-open file alive, and reads and
+  writes address inodes by gfid, so a brick that missed the open still serves
+  them. Release and flush of a brick that never saw the open are ignored.
+- Background work (post-ops, unlocks) runs under ``serve``; ``settle()``
+  finishes it now (unmount, tests).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import uuid
+from typing import Any
+
+import trio
+
+from pyglfs.client.layer import DirEntry, Layer, Lookup
+from pyglfs.client.replicate import changelog
+from pyglfs.client.replicate.changelog import DATA, ENTRY, METADATA
+from pyglfs.client.replicate.eagerlock import META_SPAN, OFFSET_END, EagerLocks, Span
+from pyglfs.client.replicate.fanout import bits, fanout, is_transport, pick_error
+from pyglfs.client.replicate.fanout import mask as _mask
+from pyglfs.client.replicate.quorum import Quorum
+from pyglfs.client.replicate.readsel import InodeInfo, InodeTable
+from pyglfs.client.replicate.transaction import Outcome, Writer
+from pyglfs.rpc.brickops import AFR_PREFIX, Iatt
+
+log = logging.getLogger(__name__)
+
+_D, _M, _E = 1 << DATA, 1 << METADATA, 1 << ENTRY
+_S_IFMT, _S_IFREG, _S_IFDIR = 0o170000, 0o100000, 0o040000
+_OPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_TRUNC
+
+
+class Replicate(Layer):
+    """AFR-style replication over ``children`` (one protocol client per brick).
+
+    ``pending_xattrs[i]`` names the changelog counter that blames brick i
+    (``afr-pending-xattr`` in the volfile, as GlusterFS); by default the
+    children's names, which the volfile generator makes ``<vol>-client-<i>``.
+    The lock domain is this layer's name; the lock owner is random per
+    instance, so two mounts of one volume are two writers.
+    """
+
+    def __init__(self, name: str, children: list[Layer], *,
+                 pending_xattrs: list[str] | None = None, quorum_type: str = "auto",
+                 quorum_count: int = 1, post_op_delay: float = 1.0, eager_lock: bool = True,
+                 read_child: int = -1, inode_table_size: int = 65536) -> None:
+        super().__init__(name, children)
+        n = len(self.children)
+        if n < 1:
+            raise ValueError(f"replicate {name}: needs at least one subvolume")
+        if pending_xattrs is None:
+            pending_xattrs = [c.name for c in self.children]
+        if len(pending_xattrs) != n:
+            raise ValueError(f"replicate {name}: {len(pending_xattrs)} pending xattrs "
+                             f"for {n} subvolumes")
+        self.n = n
+        self.names = [x if x.startswith(AFR_PREFIX) else AFR_PREFIX + x for x in pending_xattrs]
+        self.quorum = Quorum(n, quorum_type, quorum_count)
+        self.owner = uuid.uuid4().bytes
+        self.locks = EagerLocks(self.children, name, self.owner, delay=post_op_delay,
+                                eager=eager_lock)
+        self.inodes = InodeTable(n, inode_table_size, read_child)
+        self.writer = Writer(self.children, self.names, self.quorum, self.locks, self.inodes)
+        self.opens: dict[bytes, int] = {}
+        self._was_up = False
+
+    def __repr__(self) -> str:
+        return f"<Replicate {self.name} of {[c.name for c in self.children]} {self.quorum!r}>"
+
+    # -- life cycle and status ----------------------------------------------
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.locks.serve)
+            for child in self.children:
+                await nursery.start(child.serve)
+            self._was_up = self.is_up
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def settle(self) -> None:
+        """Do every delayed post-op and give back every eager lock, now."""
+        await self.locks.settle()
+
+    @property
+    def is_up(self) -> bool:
+        return any(c.is_up for c in self.children)
+
+    def _index(self, child: Layer) -> int:
+        for i, c in enumerate(self.children):
+            if c is child:
+                return i
+        raise ValueError(f"{child!r} is not a child of {self!r}")
+
+    def child_up(self, child: Layer) -> None:
+        i = self._index(child)
+        log.info("replicate %s: brick %s (%s) is up", self.name, i, child.name)
+        # The next holder of each lock must include the brick that came back.
+        if self.locks._nursery is not None:
+            self.locks.release_all()
+        if not self._was_up:
+            self._was_up = True
+            if self.parent is not None:
+                self.parent.child_up(self)
+
+    def child_down(self, child: Layer, reason: str) -> None:
+        i = self._index(child)
+        log.warning("replicate %s: brick %s (%s) is down, replica degraded: %s",
+                    self.name, i, child.name, reason)
+        self.locks.child_down(i)
+        if self._was_up and not self.is_up:
+            self._was_up = False
+            if self.parent is not None:
+                self.parent.child_down(self, "no brick of the replica set is up")
+
+    def on_event(self, child: Layer, name: str, args: dict[str, Any]) -> None:
+        if (name == "lock-contention" and args.get("domain") == self.name
+                and args.get("owner") == self.owner):
+            gfid = args.get("gfid")
+            if isinstance(gfid, bytes):
+                log.debug("replicate %s: lock on %s wanted elsewhere", self.name, gfid.hex())
+                self.locks.contended(gfid)
+            return
+        super().on_event(child, name, args)
+
+    # -- reading ------------------------------------------------------------
+    def _up(self) -> int:
+        return self.locks.up_mask()
+
+    async def _info(self, gfid: bytes) -> InodeInfo:
+        info = self.inodes.get(gfid)
+        if info is None:
+            await self.lookup_gfid(gfid)
+            info = self.inodes.get(gfid)
+            if info is None:  # evicted at once by a tiny table: trust what we just saw
+                info = InodeInfo(changelog.no_masks(), False)
+        return info
+
+    async def _read(self, gfid: bytes, kind: int, op: str, *args: Any,
+                    failover: bool = True) -> Any:
+        """Call ``op`` on a good brick for ``kind`` of ``gfid``; fail over if unreachable."""
+        info = await self._info(gfid)
+        order = self.inodes.order(gfid, info, kind, self._up())
+        if not order:
+            raise self._no_source(gfid, info, kind)
+        last: OSError | None = None
+        for i in order:
+            try:
+                return await getattr(self.children[i], op)(*args)
+            except OSError as e:
+                if not is_transport(e) or not failover:
+                    raise
+                log.warning("replicate %s: %s of %s failed on brick %s, failing over: %s",
+                            self.name, op, gfid.hex(), i, e)
+                last = e
+        assert last is not None
+        raise last
+
+    def _no_source(self, gfid: bytes, info: InodeInfo, kind: int) -> OSError:
+        up = self._up()
+        if not up:
+            return OSError(errno.ENOTCONN, "no brick is connected")
+        if info.bad[kind] == (1 << self.n) - 1:
+            log.error("replicate %s: %s of %s is in split-brain (each brick blamed)",
+                      self.name, changelog.KIND_NAMES[kind], gfid.hex())
+            return OSError(errno.EIO, f"split-brain on {gfid.hex()}")
+        log.warning("replicate %s: no good copy of %s reachable (bad %s, up %s)",
+                    self.name, gfid.hex(), bits(info.bad[kind]), bits(up))
+        return OSError(errno.ENOTCONN, "the bricks with a good copy are down")
+
+    async def lookup(self, pgfid: bytes, name: bytes) -> Lookup:
+        up = bits(self._up())
+        if not up:
+            raise OSError(errno.ENOTCONN, "no brick is connected")
+        children = self.children
+        res = await fanout(self.n, up, lambda i: children[i].lookup(pgfid, name))
+        return self._merge_lookup(res, up, f"{pgfid.hex()}/{name!r}")
+
+    async def lookup_gfid(self, gfid: bytes) -> Lookup:
+        up = bits(self._up())
+        if not up:
+            raise OSError(errno.ENOTCONN, "no brick is connected")
+        children = self.children
+        res = await fanout(self.n, up, lambda i: children[i].lookup_gfid(gfid))
+        return self._merge_lookup(res, up, gfid.hex())
+
+    def _merge_lookup(self, res: list[Any], asked: list[int], what: str) -> Lookup:
+        found: dict[int, Lookup] = {}
+        errors: dict[int, OSError] = {}
+        for i in asked:
+            r = res[i]
+            if isinstance(r, OSError):
+                errors[i] = r
+            else:
+                found[i] = r
+        if not found:
+            raise pick_error(errors)
+        gfids = {lk.iatt.gfid for lk in found.values()}
+        if len(gfids) > 1:
+            log.error("replicate %s: gfid mismatch for %s: %s", self.name, what,
+                      {i: lk.iatt.gfid.hex() for i, lk in found.items()})
+            raise OSError(errno.EIO, f"gfid mismatch between bricks for {what}")
+        gfid = next(iter(gfids))
+        bad = changelog.accused({i: lk.xattrs for i, lk in found.items()}, self.names)
+        absent = 0
+        for i, e in errors.items():
+            if e.errno == errno.ENOENT:
+                absent |= 1 << i
+        if absent:
+            for k in changelog.KINDS:
+                bad[k] |= absent
+        pending = bool(absent) or any(changelog.has_pending(lk.xattrs) for lk in found.values())
+        held = self.locks.inode.get(gfid)
+        if held is not None:
+            for k in changelog.KINDS:
+                bad[k] |= held.blamed[k]
+        if pending:
+            log.info("replicate %s: %s (gfid %s) has pending changes: %s", self.name, what,
+                     gfid.hex(), changelog.describe(bad))
+        info = self.inodes.learn(gfid, bad, pending)
+        first = next(iter(found.values()))
+        kind = DATA if first.iatt.mode & _S_IFMT == _S_IFREG else METADATA
+        order = self.inodes.order(gfid, info, kind, _mask(found))
+        src = order[0] if order else min(found)
+        return Lookup(found[src].iatt, {})
+
+    def needs_heal(self, gfid: bytes) -> bool:
+        """Whether a lookup or a failed change left ``gfid`` with pending marks."""
+        info = self.inodes.get(gfid)
+        return info is not None and info.pending
+
+    async def stat(self, gfid: bytes) -> Iatt:
+        info = await self._info(gfid)
+        kind = METADATA if info.bad[METADATA] and not info.bad[DATA] else DATA
+        iatt: Iatt = await self._read(gfid, kind, "stat", gfid)
+        return iatt
+
+    async def readdir(self, gfid: bytes, cookie: int, count: int,
+                      plus: bool = False) -> tuple[list[DirEntry], bool]:
+        # Cookies belong to one brick: only a listing's start may move to another.
+        r: tuple[list[DirEntry], bool] = await self._read(
+            gfid, ENTRY, "readdir", gfid, cookie, count, plus, failover=cookie == 0)
+        return r
+
+    async def readlink(self, gfid: bytes) -> bytes:
+        target: bytes = await self._read(gfid, DATA, "readlink", gfid)
+        return target
+
+    async def read(self, gfid: bytes, offset: int, size: int) -> bytes:
+        data: bytes = await self._read(gfid, DATA, "read", gfid, offset, size)
+        return data
+
+    async def getxattr(self, gfid: bytes, name: str) -> bytes:
+        value: bytes = await self._read(gfid, METADATA, "getxattr", gfid, name)
+        return value
+
+    async def listxattr(self, gfid: bytes) -> list[str]:
+        names: list[str] = await self._read(gfid, METADATA, "listxattr", gfid)
+        return names
+
+    async def checksum(self, gfid: bytes, offset: int, size: int, block: int) -> list[int]:
+        sums: list[int] = await self._read(gfid, DATA, "checksum", gfid, offset, size, block)
+        return sums
+
+    async def statfs(self) -> dict[str, int]:
+        last: OSError = OSError(errno.ENOTCONN, "no brick is connected")
+        for i in bits(self._up()):
+            try:
+                r: dict[str, int] = await self.children[i].statfs()
+                return r
+            except OSError as e:
+                if not is_transport(e):
+                    raise
+                last = e
+        raise last
+
+    # -- inode changes ------------------------------------------------------
+    def _result(self, gfid: bytes, out: Outcome) -> Any:
+        info = self.inodes.get(gfid)
+        return out.first(info.read_child if info is not None else -1)
+
+    async def write(self, gfid: bytes, offset: int, data: bytes,
+                    xattrop: dict[str, bytes] | None = None) -> Iatt:
+        span = [(offset, offset + max(len(data), 1))]
+        out = await self.writer.inode_op(
+            gfid, _D, span, lambda c, x: c.write(gfid, offset, data, x), xattrop)
+        iatt: Iatt = self._result(gfid, out)
+        return iatt
+
+    async def fallocate(self, gfid: bytes, mode: int, offset: int, length: int,
+                        xattrop: dict[str, bytes] | None = None) -> Iatt:
+        span = [(offset, offset + max(length, 1))]
+        out = await self.writer.inode_op(
+            gfid, _D, span, lambda c, x: c.fallocate(gfid, mode, offset, length, x), xattrop)
+        iatt: Iatt = self._result(gfid, out)
+        return iatt
+
+    async def setattr(self, gfid: bytes, *, mode: int | None = None, uid: int | None = None,
+                      gid: int | None = None, size: int | None = None,
+                      atime_ns: int | None = None, mtime_ns: int | None = None,
+                      atime_now: bool = False, mtime_now: bool = False,
+                      xattrop: dict[str, bytes] | None = None) -> Iatt:
+        kinds = 0
+        spans: list[Span] = []
+        if size is not None:
+            kinds |= _D
+            spans.append((size, OFFSET_END))
+        if (mode is not None or uid is not None or gid is not None or atime_ns is not None
+                or mtime_ns is not None or atime_now or mtime_now or not kinds):
+            kinds |= _M
+            spans.append(META_SPAN)
+
+        def call(c: Layer, x: dict[str, bytes] | None) -> Any:
+            return c.setattr(gfid, mode=mode, uid=uid, gid=gid, size=size, atime_ns=atime_ns,
+                             mtime_ns=mtime_ns, atime_now=atime_now, mtime_now=mtime_now,
+                             xattrop=x)
+
+        out = await self.writer.inode_op(gfid, kinds, spans, call, xattrop)
+        iatt: Iatt = self._result(gfid, out)
+        return iatt
+
+    async def setxattr(self, gfid: bytes, name: str, value: bytes, flags: int = 0,
+                       xattrop: dict[str, bytes] | None = None) -> None:
+        await self.writer.inode_op(
+            gfid, _M, [META_SPAN], lambda c, x: c.setxattr(gfid, name, value, flags, x), xattrop)
+
+    async def removexattr(self, gfid: bytes, name: str,
+                          xattrop: dict[str, bytes] | None = None) -> None:
+        await self.writer.inode_op(
+            gfid, _M, [META_SPAN], lambda c, x: c.removexattr(gfid, name, x), xattrop)
+
+    # -- entry changes ------------------------------------------------------
+    async def _new_inode(self, pgfid: bytes, gfid: bytes, new_kinds: Any, call: Any,
+                         xattrop: dict[str, bytes] | None) -> Iatt:
+        out = await self.writer.entry_op([pgfid], call, gfid, new_kinds, xattrop)
+        iatt: Iatt = self._result(gfid, out)
+        return iatt
+
+    async def create(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
+                     gid: int, flags: int = 0,
+                     xattrop: dict[str, bytes] | None = None) -> Iatt:
+        iatt = await self._new_inode(
+            pgfid, gfid, _D | _M,
+            lambda c, x: c.create(pgfid, name, gfid, mode, uid, gid, flags, x), xattrop)
+        self.opens[gfid] = self.opens.get(gfid, 0) + 1
+        return iatt
+
+    async def mkdir(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
+                    gid: int, xattrop: dict[str, bytes] | None = None) -> Iatt:
+        return await self._new_inode(
+            pgfid, gfid, _M | _E,
+            lambda c, x: c.mkdir(pgfid, name, gfid, mode, uid, gid, x), xattrop)
+
+    async def mknod(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, rdev: int,
+                    uid: int, gid: int, xattrop: dict[str, bytes] | None = None) -> Iatt:
+        return await self._new_inode(
+            pgfid, gfid, _D | _M,
+            lambda c, x: c.mknod(pgfid, name, gfid, mode, rdev, uid, gid, x), xattrop)
+
+    async def symlink(self, pgfid: bytes, name: bytes, gfid: bytes, target: bytes, uid: int,
+                      gid: int, xattrop: dict[str, bytes] | None = None) -> Iatt:
+        return await self._new_inode(
+            pgfid, gfid, _D | _M,
+            lambda c, x: c.symlink(pgfid, name, gfid, target, uid, gid, x), xattrop)
+
+    async def link(self, gfid: bytes, pgfid: bytes, name: bytes,
+                   xattrop: dict[str, bytes] | None = None) -> Iatt:
+        out = await self.writer.entry_op(
+            [pgfid], lambda c, x: c.link(gfid, pgfid, name, x), extra=xattrop)
+        self.inodes.blame(gfid, _M, out.bad)
+        iatt: Iatt = self._result(gfid, out)
+        return iatt
+
+    async def unlink(self, pgfid: bytes, name: bytes,
+                     xattrop: dict[str, bytes] | None = None) -> None:
+        await self.writer.entry_op(
+            [pgfid], lambda c, x: c.unlink(pgfid, name, x), extra=xattrop)
+
+    async def rmdir(self, pgfid: bytes, name: bytes,
+                    xattrop: dict[str, bytes] | None = None) -> None:
+        await self.writer.entry_op(
+            [pgfid], lambda c, x: c.rmdir(pgfid, name, x), extra=xattrop)
+
+    async def rename(self, old_pgfid: bytes, old_name: bytes, new_pgfid: bytes,
+                     new_name: bytes, flags: int = 0,
+                     xattrop: dict[str, bytes] | None = None) -> Iatt:
+        out = await self.writer.entry_op(
+            [old_pgfid, new_pgfid],
+            lambda c, x: c.rename(old_pgfid, old_name, new_pgfid, new_name, flags, x),
+            extra=xattrop)
+        iatt: Iatt = out.first()
+        return iatt
+
+    # -- open files ---------------------------------------------------------
+    async def open(self, gfid: bytes, flags: int) -> Iatt:
+        """Open on every up brick; O_TRUNC becomes a replicated truncate.
+
+        Only the lock-free part of an open goes to the bricks: truncation at
+        open would change data outside a transaction.
+        """
+        up = bits(self._up())
+        if not up:
+            raise OSError(errno.ENOTCONN, "no brick is connected")
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            self.writer.check_quorum()
+        bflags = flags & ~_OPEN_DROP
+        children = self.children
+        res = await fanout(self.n, up, lambda i: children[i].open(gfid, bflags))
+        errors = {i: r for i in up if isinstance(r := res[i], OSError)}
+        ok = [i for i in up if i not in errors]
+        if not ok:
+            raise pick_error(errors)
+        self.opens[gfid] = self.opens.get(gfid, 0) + 1
+        if flags & os.O_TRUNC:
+            try:
+                return await self.setattr(gfid, size=0)
+            except BaseException:
+                await self.release(gfid)
+                raise
+        info = self.inodes.get(gfid)
+        iatt = res[info.read_child if info is not None and info.read_child in ok else ok[0]]
+        assert isinstance(iatt, Iatt)
+        return iatt
+
+    async def release(self, gfid: bytes) -> None:
+        left = self.opens.get(gfid, 0) - 1
+        if left > 0:
+            self.opens[gfid] = left
+        else:
+            self.opens.pop(gfid, None)
+            self.locks.want_release(gfid)
+        up = bits(self._up())
+        children = self.children
+        res = await fanout(self.n, up, lambda i: children[i].release(gfid))
+        for i in up:
+            if isinstance(res[i], OSError):
+                log.debug("release of %s on brick %s: %s", gfid.hex(), i, res[i])
+
+    async def flush(self, gfid: bytes) -> None:
+        if self.opens.get(gfid, 0) <= 1:
+            self.locks.want_release(gfid)
+        up = bits(self._up())
+        if not up:
+            raise OSError(errno.ENOTCONN, "no brick is connected")
+        children = self.children
+        res = await fanout(self.n, up, lambda i: children[i].flush(gfid))
+        errors = {i: r for i in up if isinstance(r := res[i], OSError)}
+        if len(errors) == len(up):
+            raise pick_error(errors)
+
+    async def fsync(self, gfid: bytes, datasync: bool = False) -> None:
+        """Both bricks' copies on disk, then the dirty marks cleared (lock kept)."""
+        up = bits(self._up())
+        if not up:
+            raise OSError(errno.ENOTCONN, "no brick is connected")
+        children = self.children
+        res = await fanout(self.n, up, lambda i: children[i].fsync(gfid, datasync))
+        errors = {i: r for i in up if isinstance(r := res[i], OSError)}
+        if len(errors) == len(up):
+            raise pick_error(errors)
+        failed = [i for i, e in errors.items() if not is_transport(e)]
+        if failed:
+            log.warning("replicate %s: fsync of %s failed on bricks %s, blaming them",
+                        self.name, gfid.hex(), failed)
+            ok = [i for i in up if i not in errors]
+            xop = {self.names[j]: changelog.delta(_D) for j in failed}
+            await fanout(self.n, ok, lambda i: children[i].xattrop(gfid, xop))
+            self.inodes.blame(gfid, _D, _mask(failed))
+        await self.locks.post_op_now(gfid)
+
+    # -- internal operations ------------------------------------------------
+    async def _all(self, op: str, *args: Any) -> Any:
+        up = bits(self._up())
+        if not up:
+            raise OSError(errno.ENOTCONN, "no brick is connected")
+        children = self.children
+        res = await fanout(self.n, up, lambda i: getattr(children[i], op)(*args))
+        errors = {i: r for i in up if isinstance(r := res[i], OSError)}
+        ok = [i for i in up if i not in errors]
+        if not ok:
+            raise pick_error(errors)
+        return res[ok[0]]
+
+    async def xattrop(self, gfid: bytes, xattrop: dict[str, bytes]) -> dict[str, bytes]:
+        r: dict[str, bytes] = await self._all("xattrop", gfid, xattrop)
+        return r
+
+    async def inodelk(self, gfid: bytes, domain: str, type: str, start: int, len: int,
+                      owner: bytes, block: bool = False) -> None:
+        await self._all("inodelk", gfid, domain, type, start, len, owner, block)
+
+    async def entrylk(self, pgfid: bytes, name: bytes | None, domain: str, type: str,
+                      owner: bytes, block: bool = False) -> None:
+        await self._all("entrylk", pgfid, name, domain, type, owner, block)
+

@@ -1,0 +1,326 @@
+"""Eager inode and entry locks: taken once, kept while this client is the only writer.
+
+Every change replicate makes is ordered against other clients by a lock in
+the replicate layer's domain: an inode lock (whole file) for data and metadata
+changes, an entry lock (whole directory) on the parent for entry changes. A
+lock, once held, stays held after the change: the next change on the same
+inode costs no lock round trip, and its dirty mark (set by the first change
+under the lock, in the same request) stays set. The lock goes, after a post-op
+that takes the dirty marks back, when
+
+- a brick tells us another client waits for it (``lock-contention`` event),
+- the inode's last open is flushed or released,
+- it was unused for ``post-op-delay-secs``,
+- a brick comes back (so the next holder includes it), or ``settle()``.
+
+Taking a lock: non-blocking on every brick at once; if any brick says EAGAIN,
+give back what was taken and take it blocking, brick by brick in brick order,
+so two clients never each hold one brick's lock waiting for the other's.
+
+Within this client, changes to overlapping byte ranges of one inode (or two
+metadata changes) run one after the other, so both bricks apply them in the
+same order.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from pyglfs.client.layer import Layer
+from pyglfs.client.replicate.changelog import encode
+from pyglfs.client.replicate.fanout import bits, fanout, pick_error
+from pyglfs.rpc.brickops import AFR_DIRTY
+
+log = logging.getLogger(__name__)
+
+FREE, ACQUIRING, HELD, RELEASING = range(4)
+OFFSET_END = 1 << 63
+META_SPAN = (-2, -1)
+"""The span metadata changes take: they exclude each other, not data changes."""
+
+Span = tuple[int, int]
+
+
+class LockState:
+    """One eager lock (inode lock on a gfid, or entry lock on a directory gfid).
+
+    ``locked_on``: bitmask of bricks holding it for us. ``marks[i][kind]``: how
+    many dirty increments brick i applied under this hold (the post-op
+    subtracts exactly those). ``blamed[kind]``: bricks already blamed on the
+    good bricks during this hold (a counter once non-zero stays so until heal,
+    so once per hold is enough).
+    """
+
+    __slots__ = ("key", "entry", "state", "locked_on", "users", "marks", "blamed",
+                 "release_wanted", "last_used", "changed", "spans", "gate")
+
+    def __init__(self, key: bytes, entry: bool, n: int) -> None:
+        self.key = key
+        self.entry = entry
+        self.state = FREE
+        self.locked_on = 0
+        self.users = 0
+        self.marks = [[0, 0, 0] for _ in range(n)]
+        self.blamed = [0, 0, 0]
+        self.release_wanted = False
+        self.last_used = 0.0
+        self.changed = trio.Event()
+        self.spans: list[Span] = []
+        self.gate: trio.Event | None = None
+
+    def __repr__(self) -> str:
+        kind = "entry" if self.entry else "inode"
+        return (f"<LockState {kind} {self.key.hex()} state={self.state} "
+                f"on={self.locked_on:b} users={self.users}>")
+
+    def notify(self) -> None:
+        ev, self.changed = self.changed, trio.Event()
+        ev.set()
+
+    async def enter(self, spans: list[Span]) -> None:
+        """Wait until no change of this client overlapping ``spans`` is in flight."""
+        while any(a[0] < b[1] and b[0] < a[1] for a in spans for b in self.spans):
+            if self.gate is None:
+                self.gate = trio.Event()
+            await self.gate.wait()
+        self.spans.extend(spans)
+
+    def leave(self, spans: list[Span]) -> None:
+        for s in spans:
+            self.spans.remove(s)
+        if self.gate is not None:
+            self.gate.set()
+            self.gate = None
+
+
+class EagerLocks:
+    """The eager locks of one replicate layer (``domain``) and lock ``owner``.
+
+    ``delay`` 0 (or ``eager`` False) gives the lock back as soon as the last
+    change using it is done. Background work (post-op, unlock) runs in the
+    nursery given to ``serve``.
+    """
+
+    def __init__(self, children: list[Layer], domain: str, owner: bytes, *,
+                 delay: float = 1.0, eager: bool = True, parallel: int = 64) -> None:
+        self.children = children
+        self.n = len(children)
+        self.domain = domain
+        self.owner = owner
+        self.delay = delay if eager else 0.0
+        self.inode: dict[bytes, LockState] = {}
+        self.entry: dict[bytes, LockState] = {}
+        self._nursery: trio.Nursery | None = None
+        self._limiter = trio.CapacityLimiter(parallel)
+
+    def up_mask(self) -> int:
+        m = 0
+        for i, c in enumerate(self.children):
+            if c.is_up:
+                m |= 1 << i
+        return m
+
+    def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._nursery is None:
+            raise RuntimeError("replicate layer is not being served")
+        self._nursery.start_soon(fn, *args)
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                if self.delay <= 0:
+                    await trio.sleep_forever()
+                while True:
+                    await trio.sleep(max(self.delay / 2, 0.05))
+                    now = trio.current_time()
+                    for table in (self.inode, self.entry):
+                        for st in list(table.values()):
+                            if (st.state == HELD and not st.users
+                                    and now - st.last_used >= self.delay):
+                                self._start_release(st)
+            finally:
+                self._nursery = None
+
+    # -- taking and using -------------------------------------------------
+    async def acquire(self, key: bytes, entry: bool) -> LockState:
+        """The lock on ``key``, held on the bricks in ``locked_on``; pair with ``done``."""
+        table = self.entry if entry else self.inode
+        while True:
+            st = table.get(key)
+            if st is None:
+                st = LockState(key, entry, self.n)
+                table[key] = st
+                st.state = ACQUIRING
+                try:
+                    st.locked_on = await self._take(st)
+                except BaseException:
+                    st.state = FREE
+                    if table.get(key) is st:
+                        del table[key]
+                    st.notify()
+                    raise
+                st.state = HELD
+                st.users = 1
+                st.notify()
+                return st
+            if st.state == HELD and not st.release_wanted:
+                st.users += 1
+                return st
+            await st.changed.wait()
+
+    def done(self, st: LockState) -> None:
+        st.users -= 1
+        st.last_used = trio.current_time()
+        if not st.users and (st.release_wanted or self.delay <= 0):
+            self._start_release(st)
+
+    async def _lock(self, st: LockState, i: int, type: str, block: bool) -> None:
+        c = self.children[i]
+        if st.entry:
+            await c.entrylk(st.key, None, self.domain, type, self.owner, block)
+        else:
+            await c.inodelk(st.key, self.domain, type, 0, 0, self.owner, block)
+
+    async def _take(self, st: LockState) -> int:
+        targets = bits(self.up_mask())
+        if not targets:
+            raise OSError(errno.ENOTCONN, "no brick is connected")
+        try:
+            res = await fanout(self.n, targets, lambda i: self._lock(st, i, "wr", False))
+            errors = {i: r for i in targets if isinstance(r := res[i], OSError)}
+            got = [i for i in targets if i not in errors]
+            if any(e.errno == errno.EAGAIN for e in errors.values()):
+                log.debug("lock %r contended, taking it in brick order", st)
+                await self._unlock(st, got)
+                got = []
+                errors = {}
+                for i in targets:
+                    try:
+                        await self._lock(st, i, "wr", True)
+                        got.append(i)
+                    except OSError as e:
+                        errors[i] = e
+        except BaseException:
+            # Cancelled part-way: give back whatever a brick may have granted.
+            self._spawn(self._unlock, st, targets)
+            raise
+        if not got:
+            raise pick_error(errors)
+        for i, err in errors.items():
+            log.warning("lock %s %s not taken on brick %s: %s",
+                        "entry" if st.entry else "inode", st.key.hex(), i, err)
+        m = 0
+        for i in got:
+            m |= 1 << i
+        return m
+
+    async def _unlock(self, st: LockState, targets: list[int]) -> None:
+        res = await fanout(self.n, targets, lambda i: self._lock(st, i, "un", False))
+        for i in targets:
+            if isinstance(res[i], OSError):
+                log.debug("unlock %r on brick %s: %s", st, i, res[i])
+
+    # -- giving back ------------------------------------------------------
+    def _start_release(self, st: LockState) -> None:
+        if st.state != HELD or st.users:
+            return
+        st.state = RELEASING
+        self._spawn(self._release, st)
+
+    async def _release(self, st: LockState) -> None:
+        try:
+            async with self._limiter:
+                targets = bits(st.locked_on & self.up_mask())
+                await fanout(self.n, targets, lambda i: self._post_op_unlock(st, i))
+        finally:
+            st.state = FREE
+            table = self.entry if st.entry else self.inode
+            if table.get(st.key) is st:
+                del table[st.key]
+            st.notify()
+
+    def _take_marks(self, st: LockState, i: int) -> dict[str, bytes] | None:
+        m = st.marks[i]
+        if not any(m):
+            return None
+        st.marks[i] = [0, 0, 0]
+        return {AFR_DIRTY: encode(-m[0], -m[1], -m[2])}
+
+    async def _post_op_unlock(self, st: LockState, i: int) -> None:
+        xop = self._take_marks(st, i)
+        if xop is not None:
+            try:
+                await self.children[i].xattrop(st.key, xop)
+            except OSError as e:
+                log.debug("post-op of %r on brick %s: %s", st, i, e)
+        try:
+            await self._lock(st, i, "un", False)
+        except OSError as e:
+            log.debug("unlock of %r on brick %s: %s", st, i, e)
+
+    async def post_op_now(self, key: bytes) -> None:
+        """Clear the dirty marks of an idle inode lock, keeping the lock (fsync)."""
+        st = self.inode.get(key)
+        if st is None or st.state != HELD or st.users:
+            return
+        st.users += 1
+        try:
+            targets = [i for i in bits(st.locked_on & self.up_mask()) if any(st.marks[i])]
+            xops = {i: self._take_marks(st, i) for i in targets}
+
+            async def one(i: int) -> None:
+                xop = xops[i]
+                if xop is not None:
+                    await self.children[i].xattrop(st.key, xop)
+
+            await fanout(self.n, targets, one)
+        finally:
+            self.done(st)
+
+    def want_release(self, key: bytes, entry: bool = False) -> None:
+        """Give the lock on ``key`` back as soon as it is unused."""
+        st = (self.entry if entry else self.inode).get(key)
+        if st is None or st.state not in (ACQUIRING, HELD):
+            return
+        st.release_wanted = True
+        if st.state == HELD and not st.users:
+            self._start_release(st)
+
+    def contended(self, key: bytes) -> None:
+        """A brick says another client waits for our lock on ``key``."""
+        self.want_release(key, False)
+        self.want_release(key, True)
+
+    def release_all(self) -> None:
+        for table in (self.inode, self.entry):
+            for st in list(table.values()):
+                self.want_release(st.key, st.entry)
+
+    def child_down(self, i: int) -> None:
+        """Brick i dropped our connection, and with it our locks there."""
+        bit = 1 << i
+        for table in (self.inode, self.entry):
+            for st in table.values():
+                st.locked_on &= ~bit
+                st.marks[i] = [0, 0, 0]
+
+    def busy(self) -> int:
+        return len(self.inode) + len(self.entry)
+
+    async def settle(self) -> None:
+        """Post-op and unlock everything now; return when no lock is held."""
+        self.release_all()
+        while True:
+            st = next(iter(self.inode.values()), None) or next(iter(self.entry.values()), None)
+            if st is None:
+                return
+            if st.state == HELD:
+                self.want_release(st.key, st.entry)
+            await st.changed.wait()
