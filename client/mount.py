@@ -17,6 +17,7 @@ Start-up, in order, each step failing with one clear line and exit status 1
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -30,13 +31,14 @@ import trio
 
 from pyglfs.client.daemon import Readiness, daemonize
 from pyglfs.client.fuse import BridgeConfig, FuseOperations
+from pyglfs.client.graph import build_graph
 from pyglfs.client.layer import Layer
 from pyglfs.client.options import MountOptionError, MountOptions, parse_mount_options
 from pyglfs.client.protocol import ProtocolClient
-from pyglfs.volfiles.model import Graph, VolfileError, Xlator
+from pyglfs.volfiles.model import Graph, VolfileError
 from pyglfs.volfiles.parser import parse_file
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("pyglfs.client.mount")  # also when run as __main__
 
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4194304", "MALLOC_TRIM_THRESHOLD_": "67108864"}
 LOG_DIR = "/var/log/pyglfs"
@@ -58,6 +60,7 @@ class MountPlan:
     options: MountOptions
     log_file: str | None
     fsname: str
+    pid_file: str | None = None
 
 
 def default_log_file(mountpoint: str) -> str:
@@ -119,43 +122,6 @@ def setup_logging(plan: MountPlan, foreground: bool) -> None:
 
 
 # -- the layer graph ----------------------------------------------------------
-def build_layers(graph: Graph, client_id: str) -> Layer:
-    """The client layers for ``graph``, top first; not started."""
-    try:
-        from pyglfs.client.graph import build_graph
-    except ImportError:
-        return _build_basic(graph, client_id)
-    top: Layer = build_graph(graph, client_id=client_id)
-    return top
-
-
-def _build_basic(graph: Graph, client_id: str) -> Layer:
-    """Protocol clients and pass-through layers only, until client/graph.py lands."""
-    built: dict[str, Layer] = {}
-    for xl in graph:
-        built[xl.name] = _basic_layer(xl, graph.name, client_id,
-                                      [built[s.name] for s in xl.subvolumes])
-    return built[graph.top.name]
-
-
-def _basic_layer(xl: Xlator, volume: str, client_id: str, children: list[Layer]) -> Layer:
-    if xl.type == "protocol/client":
-        host = xl.opt("remote-host")
-        brick = xl.opt("remote-subvolume")
-        if not host or not brick:
-            raise VolfileError(f"volume '{xl.name}': protocol/client needs remote-host and "
-                               "remote-subvolume", source=xl.source, line=xl.line)
-        return ProtocolClient(
-            xl.name, host=host, port=xl.opt_int("remote-port", 49750, min=1, max=65535),
-            volume=volume, brick_path=brick, client_id=client_id,
-            username=xl.opt("username"), password=xl.opt("password"),
-            ping_timeout=xl.opt_float("ping-timeout", 10.0, min=0.1))
-    if len(children) == 1:
-        return Layer(xl.name, children)
-    raise VolfileError(f"volume '{xl.name}': type {xl.type} is not supported by this client",
-                       source=xl.source, line=xl.line)
-
-
 def _bricks(layer: Layer) -> list[str]:
     if isinstance(layer, ProtocolClient):
         return [f"{layer.host}:{layer.port}:{layer.brick_path}"]
@@ -188,7 +154,7 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
     """Run the graph and the FUSE session; returns the exit status."""
     client_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        top = build_layers(plan.graph, client_id)
+        top = build_graph(plan.graph, client_id=client_id)
     except (VolfileError, ValueError) as e:
         readiness.failed(f"pyglfs-mount: invalid volfile: {e}")
         return 1
@@ -220,13 +186,25 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
                  plan.volfile)
         try:
             nursery.start_soon(_terminate_on_signal)
+            if plan.pid_file:
+                _write_pid_file(plan.pid_file)
             readiness.ready()
             await pyfuse3.main()
         finally:
             pyfuse3.close(unmount=True)
+            if plan.pid_file:
+                with contextlib.suppress(OSError):
+                    os.unlink(plan.pid_file)
             nursery.cancel_scope.cancel()
             log.info("unmounted %s", plan.mountpoint)
     return 0
+
+
+def _write_pid_file(path: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(tmp, path)
 
 
 async def _terminate_on_signal() -> None:
@@ -257,11 +235,14 @@ def run(plan: MountPlan, foreground: bool) -> int:
               help="mount options, comma-separated (ro, log-file=, log-level=, ...)")
 @click.option("--foreground", "-f", is_flag=True, help="stay in the foreground, log to stderr")
 @click.option("--fsname", hidden=True, help="source shown in /proc/mounts")
+@click.option("--pid-file", metavar="FILE", help="write the mount process's PID here once mounted")
 def cli(mountpoint: str, volfile: str | None, options: tuple[str, ...], foreground: bool,
-        fsname: str | None) -> None:
+        fsname: str | None, pid_file: str | None) -> None:
     """Mount a pyglfs volume on MOUNTPOINT."""
     try:
         plan = prepare(mountpoint, volfile, options, fsname)
+        if pid_file:
+            plan.pid_file = os.path.abspath(pid_file)
     except MountError as e:
         click.echo(f"pyglfs-mount: {e}", err=True)
         sys.exit(1)

@@ -1,0 +1,66 @@
+"""Fixtures for real FUSE mounts: bricks and a mount per module, a fresh pair of
+directories (local and on the mount) per test.
+
+Every test here is skipped cleanly without /dev/fuse, root or fusermount3. A
+test fails if the mount logged an unexpected exception while it ran.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helpers.mounts import Mount, Volume, fuse_skip_reason, mounted_volume, start_volume
+
+_skip = fuse_skip_reason()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.mount)
+            if _skip:
+                item.add_marker(pytest.mark.skip(reason=_skip))
+
+
+@pytest.fixture(scope="module")
+def single_volume(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Volume]:
+    vol = start_volume(tmp_path_factory.mktemp("single"), "single")
+    try:
+        yield vol
+    finally:
+        vol.stop()
+
+
+@pytest.fixture(scope="module")
+def single_mount(single_volume: Volume) -> Iterator[Mount]:
+    with mounted_volume(single_volume.volfile,
+                        single_volume.volfile.parent / "mnt") as m:
+        yield m
+
+
+@dataclass
+class Pair:
+    """A fresh directory on the local filesystem and one on the mount."""
+
+    local: Path
+    mount: Path
+    mnt: Mount
+
+
+@pytest.fixture
+def pair(single_mount: Mount, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Pair]:
+    name = request.node.name.replace("/", "_")[:200]
+    local = tmp_path / "local"
+    remote = single_mount.mountpoint / name
+    for d in (local, remote):
+        d.mkdir()
+        os.chmod(d, 0o777)
+    start = len(single_mount.log_text())
+    yield Pair(local, remote, single_mount)
+    tail = single_mount.log_text()[start:]
+    assert "Traceback" not in tail, f"the mount logged an unexpected exception:\n{tail[-6000:]}"
