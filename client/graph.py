@@ -10,9 +10,9 @@ Translator types map to layers:
 - any other type with one subvolume *above* the first of those (``debug/io-stats``,
   performance translators we do not implement yet) -> a plain pass-through
   ``Layer``, since dropping a cache or a statistics layer changes no result;
-- any other type below that point (``cluster/distribute`` today) is refused
-  with a ``VolfileError`` naming the volume: skipping it would change where
-  data goes.
+- any other type below that point, and any other ``cluster/`` or ``protocol/``
+  type anywhere (``cluster/distribute`` today), is refused with a
+  ``VolfileError`` naming the volume: skipping it would change where data goes.
 
 The handshake's volume name is the graph's name (its top volume), as the
 generator writes client volfiles.
@@ -66,7 +66,7 @@ class _Builder:
         if xl.type == REPLICATE:
             children = [self.build(s, False) for s in xl.subvolumes]
             return self.replicate(xl, children)
-        if pass_through_ok:
+        if pass_through_ok and not xl.type.startswith(("cluster/", "protocol/")):
             if len(xl.subvolumes) != 1:
                 raise self.error(xl, f"type {xl.type} is not supported by this client "
                                      "(only one-subvolume pass-through at the top)")
