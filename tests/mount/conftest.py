@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers.mounts import Mount, Volume, fuse_skip_reason, mounted_volume, start_volume
+from helpers.mounts import (
+    Mount,
+    Volume,
+    fuse_skip_reason,
+    mount_entry,
+    mounted_volume,
+    start_volume,
+)
 
 _skip = fuse_skip_reason()
 
@@ -60,6 +67,8 @@ def pair(single_mount: Mount, tmp_path: Path, request: pytest.FixtureRequest) ->
     for d in (local, remote):
         d.mkdir()
         os.chmod(d, 0o777)
+    assert mount_entry(single_mount.mountpoint)["fstype"] == "fuse.pyglfs"
+    assert os.stat(remote).st_dev == os.stat(single_mount.mountpoint).st_dev
     start = len(single_mount.log_text())
     yield Pair(local, remote, single_mount)
     tail = single_mount.log_text()[start:]
