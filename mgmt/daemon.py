@@ -135,13 +135,27 @@ def _daemonize(log_file: str) -> int:
     return w
 
 
+def _first_oserror(exc: BaseException) -> OSError | None:
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            found = _first_oserror(sub)
+            if found is not None:
+                return found
+    return None
+
+
 async def _run(daemon: MgmtDaemon, report: Any) -> int:
     """Serve until SIGTERM/SIGINT; the process exit code."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             try:
                 bound = await nursery.start(daemon.serve)
-            except OSError as exc:
+            except (OSError, ExceptionGroup) as group:
+                exc = _first_oserror(group)
+                if exc is None:
+                    raise
                 report(f"pyglfsd: cannot listen on {daemon.host}:{daemon.peers.port}: "
                        f"{exc.strerror or exc}", False)
                 return 1

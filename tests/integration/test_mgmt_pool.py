@@ -1,0 +1,316 @@
+"""Real pyglfsd processes on 127.0.0.2-4 driven by the real `pyglfs` CLI.
+
+Every daemon gets its own tmp state dir and a free port, and is stopped by its
+PID when the test ends, whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BIN = Path(sys.executable).parent
+PYGLFSD = str(BIN / "pyglfsd")
+PYGLFS = str(BIN / "pyglfs")
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def free_port(ip: str) -> int:
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        return int(s.getsockname()[1])
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of ours still "exists"; reap it if it is one.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+class Node:
+    """One pyglfsd on ``ip`` with its own state dir."""
+
+    def __init__(self, root: Path, ip: str, pids: list[int]) -> None:
+        self.ip = ip
+        self.state = root / ip
+        self.log = root / f"{ip}.log"
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._pids = pids
+
+    @property
+    def addr(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+    def daemon_args(self, port: int) -> list[str]:
+        return [PYGLFSD, "--state-dir", str(self.state), "--listen", f"{self.ip}:{port}",
+                "--log-file", str(self.log), "--retry-interval", "0.2", "--ping-timeout", "3"]
+
+    def listen_record(self) -> dict[str, Any] | None:
+        try:
+            d: dict[str, Any] = json.loads((self.state / "listen").read_text())
+            return d
+        except (OSError, ValueError):
+            return None
+
+    def start(self, port: int | None = None) -> None:
+        port = self.port if port is None else port
+        self.proc = subprocess.Popen([*self.daemon_args(port), "--foreground"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._pids.append(self.proc.pid)
+        proc = self.proc
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"pyglfsd exited: {proc.stderr.read()!r}")  # type: ignore[union-attr]
+            rec = self.listen_record()
+            return rec is not None and rec["pid"] == proc.pid
+
+        wait_for(up, what=f"pyglfsd on {self.ip}")
+        rec = self.listen_record()
+        assert rec is not None
+        self.port = rec["port"]
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        code = self.proc.wait(10)
+        self.proc = None
+        return code
+
+    def cli(self, *args: str, json_out: bool = False) -> subprocess.CompletedProcess[str]:
+        cmd = [PYGLFS, "--state-dir", str(self.state), "--mode=script", *args]
+        if json_out:
+            cmd.append("--json")
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30,
+                              stdin=subprocess.DEVNULL)
+
+    def info(self, command: str = "pool") -> Any:
+        r = self.cli(*(["pool", "list"] if command == "pool" else ["peer", "status"]),
+                     json_out=True)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    @property
+    def uuid(self) -> str:
+        me = [p for p in self.info()["pool"] if p["hostname"] == "localhost"]
+        return str(me[0]["uuid"])
+
+    def peer_files(self) -> list[str]:
+        return sorted(p.name for p in (self.state / "peers").iterdir()
+                      if not p.name.startswith("."))
+
+    def peers_connected(self) -> dict[str, bool]:
+        return {p["uuid"]: p["connected"] for p in self.info("peer")["peers"]}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Callable[[str], Node]]:
+    pids: list[int] = []
+
+    def make(ip: str) -> Node:
+        return Node(tmp_path, ip, pids)
+
+    try:
+        yield make
+    finally:
+        for pid in pids:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGTERM)
+        for pid in pids:
+            deadline = time.monotonic() + 5
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def two(cluster: Callable[[str], Node]) -> tuple[Node, Node]:
+    a, b = cluster("127.0.0.2"), cluster("127.0.0.3")
+    a.start()
+    b.start()
+    return a, b
+
+
+def test_probe_records_both_sides_and_detach_from_the_other(two: tuple[Node, Node]) -> None:
+    a, b = two
+    r = a.cli("peer", "probe", b.addr)
+    assert (r.returncode, r.stdout) == (0, "peer probe: success\n"), r.stderr
+    ua, ub = a.uuid, b.uuid
+    assert a.peer_files() == [ub] and b.peer_files() == [ua]
+    wait_for(lambda: a.peers_connected() == {ub: True} and b.peers_connected() == {ua: True},
+             what="both sides connected")
+    st = a.cli("peer", "status")
+    assert st.stdout.splitlines() == [
+        "Number of Peers: 1", "", f"Hostname: {b.addr}", f"Uuid: {ub}",
+        "State: Peer in Cluster (Connected)"]
+    pool = b.cli("pool", "list").stdout.splitlines()
+    assert pool[0] == "UUID\t\t\t\t\tHostname \tState"
+    assert pool[1:] == [f"{ua}\t{a.addr}\tConnected ", f"{ub}\tlocalhost\tConnected "]
+
+    r = b.cli("peer", "detach", a.addr)
+    assert (r.returncode, r.stdout) == (0, "peer detach: success\n"), r.stderr
+    assert a.peer_files() == [] and b.peer_files() == []
+    assert a.cli("peer", "status").stdout == "Number of Peers: 0\n"
+    r = b.cli("peer", "detach", a.addr)
+    assert r.returncode == 1
+    assert r.stderr == f"peer detach: failed: {a.ip} is not part of cluster\n"
+
+
+def test_probe_refusals_messages_and_exit_codes(two: tuple[Node, Node]) -> None:
+    a, b = two
+    assert a.cli("peer", "probe", b.addr).returncode == 0
+    r = a.cli("peer", "probe", b.addr)
+    assert r.returncode == 1
+    assert r.stderr == f"peer probe: Host {b.ip} port {b.port} already in peer list\n"
+    r = a.cli("peer", "probe", a.addr)
+    assert (r.returncode, r.stderr) == (1, "peer probe: Probe on localhost not needed\n")
+    nobody = f"127.0.0.4:{free_port('127.0.0.4')}"
+    r = a.cli("peer", "probe", nobody)
+    assert r.returncode == 1
+    assert r.stderr == ("peer probe: failed: Probe returned with Transport endpoint is not "
+                        "connected\n")
+    assert "Traceback" not in r.stderr
+    r = a.cli("peer", "probe", nobody, json_out=True)
+    assert r.returncode == 1
+    assert json.loads(r.stdout) == {
+        "ok": False, "errno": "ENOTCONN",
+        "error": "peer probe: failed: Probe returned with Transport endpoint is not connected"}
+    assert a.peer_files() == [b.uuid]
+
+
+def test_three_nodes_learn_of_each_other_and_detach_propagates(
+        cluster: Callable[[str], Node]) -> None:
+    a, b, c = (cluster(ip) for ip in ("127.0.0.2", "127.0.0.3", "127.0.0.4"))
+    for n in (a, b, c):
+        n.start()
+    assert a.cli("peer", "probe", b.addr).returncode == 0
+    assert a.cli("peer", "probe", c.addr).returncode == 0
+    ua, ub, uc = a.uuid, b.uuid, c.uuid
+    assert b.peer_files() == sorted([ua, uc]) and c.peer_files() == sorted([ua, ub])
+    wait_for(lambda: all(c.peers_connected().values()) and len(c.peers_connected()) == 2,
+             what="c connected to a and b")
+    # c is already in a pool: probing it from a stranger pool is refused.
+    d = cluster("127.0.0.5")
+    d.start()
+    r = d.cli("peer", "probe", c.addr)
+    assert r.returncode == 1
+    assert r.stderr == (f"peer probe: failed: {c.ip} is either already part of another "
+                        "cluster or having volumes configured\n")
+    assert d.peer_files() == [] and len(c.peer_files()) == 2
+
+    r = a.cli("peer", "detach", c.addr)
+    assert r.returncode == 0, r.stderr
+    assert a.peer_files() == [ub] and b.peer_files() == [ua] and c.peer_files() == []
+
+
+def test_disconnected_peer_and_restart_keeps_uuid_and_peers(two: tuple[Node, Node]) -> None:
+    a, b = two
+    assert b.cli("peer", "probe", a.addr).returncode == 0
+    ua, ub = a.uuid, b.uuid
+    wait_for(lambda: a.peers_connected() == {ub: True}, what="a sees b")
+    assert b.stop(signal.SIGKILL) != 0
+    wait_for(lambda: a.peers_connected() == {ub: False}, what="a sees b disconnected")
+    assert "State: Peer in Cluster (Disconnected)" in a.cli("peer", "status").stdout
+    assert a.cli("pool", "list").stdout.splitlines()[1] == f"{ub}\t{b.addr}\tDisconnected "
+
+    assert a.stop() == 0
+    assert a.listen_record() is None
+    a.start()
+    b.start()
+    assert (a.uuid, b.uuid) == (ua, ub)
+    assert a.peer_files() == [ub] and b.peer_files() == [ua]
+    wait_for(lambda: a.peers_connected() == {ub: True} and b.peers_connected() == {ua: True},
+             what="reconnected after restart")
+
+
+@pytest.mark.parametrize("which", ["info", "peer"])
+def test_corrupt_state_file_stops_daemon_naming_it(cluster: Callable[[str], Node],
+                                                   which: str) -> None:
+    a, b = cluster("127.0.0.2"), cluster("127.0.0.3")
+    a.start()
+    b.start()
+    assert a.cli("peer", "probe", b.addr).returncode == 0
+    ub = b.uuid
+    port = a.port
+    assert a.stop() == 0
+    bad = a.state / ("pyglfsd.info" if which == "info" else f"peers/{ub}")
+    garbage = b'{"uuid": "truncated'
+    bad.write_bytes(garbage)
+    r = subprocess.run([*a.daemon_args(port), "--foreground"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 1
+    assert str(bad) in r.stderr and "corrupt" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert bad.read_bytes() == garbage
+    assert a.listen_record() is None
+
+
+def test_cli_without_daemon_names_the_address(cluster: Callable[[str], Node]) -> None:
+    a = cluster("127.0.0.2")
+    addr = f"127.0.0.2:{free_port('127.0.0.2')}"
+    r = subprocess.run([PYGLFS, "--mgmt", addr, "peer", "status"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 1
+    assert r.stderr.startswith("Connection failed. Please check if pyglfsd")
+    assert addr in r.stderr and "Traceback" not in r.stderr
+    r = a.cli("--mgmt", "bad:port:x", "peer", "status")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    r = subprocess.run([PYGLFS, "--mgmt", addr, "peer", "probe", "a b"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 1 and r.stderr == "peer probe: failed: invalid address 'a b'\n"
+
+
+def test_daemonizes_returns_when_listening_and_exits_on_sigterm(
+        cluster: Callable[[str], Node]) -> None:
+    a = cluster("127.0.0.2")
+    port = free_port("127.0.0.2")
+    r = subprocess.run(a.daemon_args(port), capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    rec = a.listen_record()
+    assert rec is not None and rec["port"] == port
+    pid = rec["pid"]
+    a._pids.append(pid)
+    assert r.stdout == f"pyglfsd: listening on 127.0.0.2:{port} (pid {pid})\n"
+    a.port = port
+    assert a.cli("peer", "status").stdout == "Number of Peers: 0\n"
+    # A second daemon on the same state dir is refused, naming the lock.
+    r2 = subprocess.run(a.daemon_args(free_port("127.0.0.2")), capture_output=True,
+                        text=True, timeout=30)
+    assert r2.returncode == 1 and "another pyglfsd" in r2.stderr
+    # And one on a busy port reports it and exits non-zero.
+    b = cluster("127.0.0.3")
+    r3 = subprocess.run([PYGLFSD, "--state-dir", str(b.state), "--listen", f"127.0.0.2:{port}",
+                         "--log-file", str(b.log)], capture_output=True, text=True, timeout=30)
+    assert r3.returncode == 1 and f"cannot listen on 127.0.0.2:{port}" in r3.stderr
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not pid_alive(pid), what="daemon exit after SIGTERM")
+    assert a.listen_record() is None
