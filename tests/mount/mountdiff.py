@@ -195,7 +195,7 @@ class Runner:
 
 def run_steps(root: str, steps: Sequence[Step]) -> list[Outcome]:
     """Run ``steps`` with ``root`` as the current directory; one outcome per step."""
-    old = os.getcwd()
+    old = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
     os.chdir(root)
     r = Runner()
     out: list[Outcome] = []
@@ -207,7 +207,8 @@ def run_steps(root: str, steps: Sequence[Step]) -> list[Outcome]:
                 out.append(("err", errno.errorcode.get(e.errno or 0, str(e.errno))))
     finally:
         r.close_all()
-        os.chdir(old)
+        os.fchdir(old)
+        os.close(old)
     return out
 
 
@@ -234,6 +235,9 @@ def run_steps_as(root: str, steps: Sequence[Step], *, uid: int = 0, gid: int = 0
             with os.fdopen(w, "wb") as f:
                 f.write(data)
             code = 0
+        except BaseException:
+            import traceback
+            traceback.print_exc()
         finally:
             os._exit(code)
     os.close(w)
