@@ -1,0 +1,157 @@
+"""Replicate when bricks disagree, fail, stall, or another client writes too."""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from helpers.replica import index_dir, open_replica, tree, wait_for
+from helpers.tcpproxy import FreezableProxy
+
+from pyglfs.client.layer import Layer
+from pyglfs.client.replicate.changelog import ZERO, decode
+from pyglfs.rpc.brickops import ROOT_GFID, afr_xattr
+
+V = "rvol"
+
+
+def g() -> bytes:
+    return uuid.uuid4().bytes
+
+
+class Faulty(Layer):
+    """Forwards to one protocol client; ``fail[op]`` makes that op fail with an errno."""
+
+    def __init__(self, child: Layer) -> None:
+        self.fail: dict[str, int] = {}
+        self.calls: list[str] = []
+        super().__init__(child.name, [child])
+
+    def __getattribute__(self, name: str) -> Any:
+        fail = object.__getattribute__(self, "fail")
+        if name in fail:
+            async def failing(*args: Any, **kwargs: Any) -> Any:
+                raise OSError(fail[name], os.strerror(fail[name]))
+            return failing
+        if name in ("read", "stat", "write", "readdir"):
+            object.__getattribute__(self, "calls").append(name)
+        return object.__getattribute__(self, name)
+
+
+async def test_lookup_answers_from_the_brick_that_has_the_entry(tmp_path: Path) -> None:
+    async with open_replica(tmp_path) as env:
+        rep = env.rep
+        f = g()
+        pc0 = env.brick_client(rep, 0)
+        await pc0.create(ROOT_GFID, b"only0", f, 0o644, 0, 0)
+        await pc0.write(f, 0, b"from brick 0")
+        lk = await rep.lookup(ROOT_GFID, b"only0")
+        assert lk.iatt.gfid == f and lk.xattrs == {}
+        assert rep.needs_heal(f)
+        for _ in range(5):
+            assert await rep.read(f, 0, 100) == b"from brick 0"
+        with pytest.raises(OSError) as ei:
+            await rep.lookup(ROOT_GFID, b"nowhere")
+        assert ei.value.errno == errno.ENOENT
+
+
+async def test_gfid_mismatch_is_eio(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    async with open_replica(tmp_path) as env:
+        rep = env.rep
+        await env.brick_client(rep, 0).create(ROOT_GFID, b"x", g(), 0o644, 0, 0)
+        await env.brick_client(rep, 1).create(ROOT_GFID, b"x", g(), 0o644, 0, 0)
+        with pytest.raises(OSError) as ei:
+            await rep.lookup(ROOT_GFID, b"x")
+        assert ei.value.errno == errno.EIO
+        assert any("gfid mismatch" in r.message and r.levelname == "ERROR"
+                   for r in caplog.records)
+
+
+async def test_failure_on_one_brick_blames_it(tmp_path: Path) -> None:
+    faulty: list[Faulty] = []
+
+    def wrap(i: int, child: Layer) -> Layer:
+        f = Faulty(child)
+        faulty.append(f)
+        return f
+
+    async with open_replica(tmp_path, client=False) as env:
+        rep = await env.new_client(wrap=wrap)
+        f = g()
+        await rep.create(ROOT_GFID, b"f", f, 0o644, 0, 0)
+        await rep.write(f, 0, b"aaaa")
+        faulty[1].fail["write"] = errno.ENOSPC
+        await rep.write(f, 0, b"bbbb")
+        await rep.write(f, 4, b"cccc")
+        faulty[1].calls.clear()
+        assert await rep.read(f, 0, 8) == b"bbbbcccc"
+        assert "read" not in faulty[1].calls
+        faulty[0].fail["write"] = errno.ENOSPC
+        with pytest.raises(OSError) as ei:
+            await rep.write(f, 8, b"dddd")
+        assert ei.value.errno == errno.ENOSPC
+        faulty[1].fail.clear()
+        faulty[0].fail.clear()
+        await rep.settle()
+        b0 = env.bricks[0].root
+        assert decode(os.getxattr(b0 / "f", afr_xattr(V, 1)))[0] >= 1
+        assert index_dir(b0) == {f}
+        assert (env.bricks[1].root / "f").read_bytes() == b"aaaa"
+        # A fresh mount learns the blame from the changelog and reads brick 0 only.
+        rep2 = await env.new_client(wrap=wrap)
+        await rep2.lookup(ROOT_GFID, b"f")
+        faulty[3].calls.clear()
+        assert await rep2.read(f, 0, 8) == b"bbbbcccc"
+        assert faulty[3].calls == []
+
+
+async def test_contention_moves_the_lock_between_clients(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, post_op_delay=60.0) as env:
+        a = env.rep
+        b = await env.new_client(post_op_delay=60.0)
+        f = g()
+        await a.create(ROOT_GFID, b"shared", f, 0o644, 0, 0)
+        await b.lookup(ROOT_GFID, b"shared")
+        for k in range(6):
+            writer, reader = (a, b) if k % 2 == 0 else (b, a)
+            with trio.fail_after(5):
+                await writer.write(f, 0, b"round %d" % k)
+            assert await reader.read(f, 0, 100) == b"round %d" % k
+        with trio.fail_after(5):
+            await a.settle()
+            await b.settle()
+        t0, t1 = tree(env.bricks[0].root), tree(env.bricks[1].root)
+        assert t0 == t1
+        for br in env.bricks:
+            assert index_dir(br.root) == set()
+            assert os.getxattr(br.root / "shared", "trusted.afr.dirty") == ZERO
+
+
+async def test_silent_brick_declared_down_after_ping_timeout(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, client=False) as env:
+        b1 = env.bricks[1]
+        proxy = FreezableProxy(b1.host, b1.host, b1.port)
+        await env.nursery.start(proxy.serve)
+        rep = await env.new_client(ping_timeout=1.0, ports=[env.bricks[0].port, proxy.port],
+                                   post_op_delay=30.0)
+        f = g()
+        await rep.create(ROOT_GFID, b"f", f, 0o644, 0, 0)
+        await rep.write(f, 0, b"before")
+        proxy.freeze()
+        t0 = trio.current_time()
+        with trio.fail_after(5):
+            await rep.write(f, 0, b"during")
+        took = trio.current_time() - t0
+        assert 0.5 < took < 4, took
+        assert not rep.children[1].is_up
+        assert await rep.read(f, 0, 10) == b"during"
+        await rep.settle()
+        assert f in index_dir(env.bricks[0].root)
+        proxy.thaw()
+        await wait_for(lambda: rep.children[1].is_up, 10, "brick 1 reconnected")
+        assert await rep.read(f, 0, 10) == b"during"
