@@ -201,7 +201,7 @@ class EntryOps(BridgeBase):
         """The brick's entries after ``cookie``: from the handle's cached page when
         it holds that position, else one new brick call (which becomes the cache)."""
         pos = dh.positions.get(cookie) if cookie else None
-        if pos is not None:
+        if pos is not None and (pos < len(dh.page) or dh.page_eof):
             return dh.page, pos, dh.page_eof
         if cookie > _MAX_OFF - _COOKIE_SHIFT:
             raise OSError(errno.EINVAL, "readdir cookie out of range")
