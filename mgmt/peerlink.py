@@ -159,13 +159,13 @@ class PeerMonitor:
         with scope:
             while True:
                 why = await self._session(peer)
-                if self._scopes.get(peer.uuid) is not scope:
-                    return
-                self._set(peer, False, why)
+                if why is not None:
+                    self._set(peer, False, why)
                 await trio.sleep(self.retry_interval)
 
-    async def _session(self, peer: PeerRecord) -> str:
-        """One connection's life; returns why it ended."""
+    async def _session(self, peer: PeerRecord) -> str | None:
+        """One connection's life: why it ended, or None if the peer answered but does
+        not count us as a member (it is asked again after ``retry_interval``)."""
         try:
             async with open_rpc_connection(
                 peer.hostname, peer.port, volume="", client_id=self.node_uuid, role="mgmt",
@@ -175,9 +175,14 @@ class PeerMonitor:
                 try:
                     reply = await conn.call("friend_hello", {})
                 except OSError as exc:
-                    if exc.errno == errno.EPERM:
-                        self.rejected[peer.uuid] = True
-                    raise
+                    if exc.errno != errno.EPERM:
+                        raise
+                    if not self.rejected.get(peer.uuid):
+                        log.warning("peer %s (%s) does not count us as a member of its pool",
+                                    peer.hostname, peer.uuid)
+                    self.rejected[peer.uuid] = True
+                    self._set(peer, True)
+                    return None
                 if type(reply) is not dict or reply.get("uuid") != peer.uuid:
                     return f"answered with another identity ({reply!r})"
                 self.rejected[peer.uuid] = False

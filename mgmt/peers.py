@@ -230,6 +230,12 @@ class PeerManager:
                     "recoverable state then use either replace-brick or remove-brick command "
                     "with force to remove all bricks from the peer and attempt the peer "
                     "detach again."))
+            down = [display_name(r.hostname, r.port) for r in self.peers.values()
+                    if r.uuid != rec.uuid and not self.monitor.connected.get(r.uuid)]
+            if down and not force:
+                log.warning("detach of %s refused: peers down: %s", name, ", ".join(down))
+                raise MgmtError(errno.ENOTCONN, "failed: One of the peers is probably down. "
+                                "Check with 'peer status'.")
             try:
                 await self._call(rec, "friend_leave", {})
             except OSError as exc:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pyglfs.mgmt.peerlink import DEFAULT_PORT
+
 
 def connection_state(peer: dict[str, Any]) -> str:
     return "Connected" if peer.get("connected") else "Disconnected"
@@ -18,15 +20,17 @@ def format_peer_status(reply: dict[str, Any]) -> str:
     peers = reply["peers"]
     lines = [f"Number of Peers: {len(peers)}"]
     for p in peers:
-        lines += ["", f"Hostname: {p['name']}", f"Uuid: {p['uuid']}",
-                  f"State: {p['state']} ({connection_state(p)})"]
+        lines += ["", f"Hostname: {p['hostname']}"]
+        if p["port"] != DEFAULT_PORT:  # gluster's layout for a peer off the default port
+            lines.append(f"Port: {p['port']}")
+        lines += [f"Uuid: {p['uuid']}", f"State: {p['state']} ({connection_state(p)})"]
     return "\n".join(lines)
 
 
 def format_pool_list(reply: dict[str, Any]) -> str:
     lines = ["UUID\t\t\t\t\tHostname \tState"]
     for p in reply["pool"]:
-        lines.append(f"{p['uuid']}\t{p['name']}\t{connection_state(p)} ")
+        lines.append(f"{p['uuid']}\t{p['hostname']}\t{connection_state(p)} ")
     return "\n".join(lines)
 
 

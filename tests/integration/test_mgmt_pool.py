@@ -120,8 +120,7 @@ class Node:
 
     @property
     def uuid(self) -> str:
-        me = [p for p in self.info()["pool"] if p["hostname"] == "localhost"]
-        return str(me[0]["uuid"])
+        return str(json.loads((self.state / "pyglfsd.info").read_text())["uuid"])
 
     def peer_files(self) -> list[str]:
         return sorted(p.name for p in (self.state / "peers").iterdir()
@@ -170,11 +169,11 @@ def test_probe_records_both_sides_and_detach_from_the_other(two: tuple[Node, Nod
              what="both sides connected")
     st = a.cli("peer", "status")
     assert st.stdout.splitlines() == [
-        "Number of Peers: 1", "", f"Hostname: {b.addr}", f"Uuid: {ub}",
+        "Number of Peers: 1", "", f"Hostname: {b.ip}", f"Port: {b.port}", f"Uuid: {ub}",
         "State: Peer in Cluster (Connected)"]
     pool = b.cli("pool", "list").stdout.splitlines()
     assert pool[0] == "UUID\t\t\t\t\tHostname \tState"
-    assert pool[1:] == [f"{ua}\t{a.addr}\tConnected ", f"{ub}\tlocalhost\tConnected "]
+    assert pool[1:] == [f"{ua}\t{a.ip}\tConnected ", f"{ub}\tlocalhost\tConnected "]
 
     r = b.cli("peer", "detach", a.addr)
     assert (r.returncode, r.stdout) == (0, "peer detach: success\n"), r.stderr
@@ -230,6 +229,18 @@ def test_three_nodes_learn_of_each_other_and_detach_propagates(
     r = a.cli("peer", "detach", c.addr)
     assert r.returncode == 0, r.stderr
     assert a.peer_files() == [ub] and b.peer_files() == [ua] and c.peer_files() == []
+    # c joins again, through b this time, then goes down.
+    assert b.cli("peer", "probe", c.addr).returncode == 0
+    assert a.peer_files() == sorted([ub, uc]) and c.peer_files() == sorted([ua, ub])
+    c.stop(signal.SIGKILL)
+    wait_for(lambda: a.peers_connected()[uc] is False, what="a sees c down")
+    r = a.cli("peer", "detach", b.ip)
+    assert r.returncode == 1
+    assert r.stderr == ("peer detach: failed: One of the peers is probably down. "
+                        "Check with 'peer status'.\n")
+    r = a.cli("peer", "detach", c.ip, "force")
+    assert r.returncode == 0, r.stderr
+    assert a.peer_files() == [ub] and b.peer_files() == [ua]
 
 
 def test_disconnected_peer_and_restart_keeps_uuid_and_peers(two: tuple[Node, Node]) -> None:
@@ -240,13 +251,15 @@ def test_disconnected_peer_and_restart_keeps_uuid_and_peers(two: tuple[Node, Nod
     assert b.stop(signal.SIGKILL) != 0
     wait_for(lambda: a.peers_connected() == {ub: False}, what="a sees b disconnected")
     assert "State: Peer in Cluster (Disconnected)" in a.cli("peer", "status").stdout
-    assert a.cli("pool", "list").stdout.splitlines()[1] == f"{ub}\t{b.addr}\tDisconnected "
+    assert a.cli("pool", "list").stdout.splitlines()[1] == f"{ub}\t{b.ip}\tDisconnected "
 
     assert a.stop() == 0
     assert a.listen_record() is None
     a.start()
     b.start()
     assert (a.uuid, b.uuid) == (ua, ub)
+    me = [p for p in a.info()["pool"] if p["hostname"] == "localhost"]
+    assert me[0]["uuid"] == ua
     assert a.peer_files() == [ub] and b.peer_files() == [ua]
     wait_for(lambda: a.peers_connected() == {ub: True} and b.peers_connected() == {ua: True},
              what="reconnected after restart")
