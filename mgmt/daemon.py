@@ -172,7 +172,9 @@ async def _run(daemon: MgmtDaemon, report: Any) -> int:
 
 def listen_address(text: str) -> tuple[str, int]:
     """``HOST[:PORT]`` for --listen; ``:PORT`` or ``*`` mean every address, port 0 any."""
-    if text.startswith(":") or text.startswith("*"):
+    if text.startswith(":"):
+        text = "0.0.0.0" + text
+    elif text.startswith("*"):
         text = "0.0.0.0" + text[1:]
     if text.endswith(":0") and not text.startswith("["):
         return parse_hostport(text[:-2])[0], 0
