@@ -17,24 +17,15 @@ Start-up, in order, each step failing with one clear line and exit status 1
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import sys
-import uuid
 from dataclasses import dataclass
 
 import click
-import pyfuse3
-import trio
 
 from pyglfs.client.daemon import Readiness, daemonize
-from pyglfs.client.fuse import BridgeConfig, FuseOperations
-from pyglfs.client.graph import build_graph
-from pyglfs.client.layer import Layer
 from pyglfs.client.options import MountOptionError, MountOptions, parse_mount_options
-from pyglfs.client.protocol import ProtocolClient
 from pyglfs.volfiles.model import Graph, VolfileError
 from pyglfs.volfiles.parser import parse_file
 
@@ -61,6 +52,7 @@ class MountPlan:
     log_file: str | None
     fsname: str
     pid_file: str | None = None
+    up_timeout: float = UP_TIMEOUT
 
 
 def default_log_file(mountpoint: str) -> str:
@@ -121,105 +113,19 @@ def setup_logging(plan: MountPlan, foreground: bool) -> None:
         root.addHandler(h)
 
 
-# -- the layer graph ----------------------------------------------------------
-def _bricks(layer: Layer) -> list[str]:
-    if isinstance(layer, ProtocolClient):
-        return [f"{layer.host}:{layer.port}:{layer.brick_path}"]
-    return [b for c in layer.children for b in _bricks(c)]
-
-
-class _Watch(Layer):
-    """Stands above the top layer to hear it come up."""
-
-    def __init__(self, top: Layer) -> None:
-        super().__init__("fuse", [top])
-        self.changed = trio.Event()
-
-    def child_up(self, child: Layer) -> None:
-        self.changed.set()
-
-    def child_down(self, child: Layer, reason: str) -> None:
-        self.changed.set()
-
-    async def wait_up(self, timeout: float) -> bool:
-        with trio.move_on_after(timeout):
-            while not self.child.is_up:
-                await self.changed.wait()
-                self.changed = trio.Event()
-        return self.child.is_up
-
-
-# -- serving --------------------------------------------------------------------
-async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
-    """Run the graph and the FUSE session; returns the exit status."""
-    client_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        top = build_graph(plan.graph, client_id=client_id)
-    except (VolfileError, ValueError) as e:
-        readiness.failed(f"pyglfs-mount: invalid volfile: {e}")
-        return 1
-    watch = _Watch(top)
-    opts = plan.options
-    config = BridgeConfig(attr_timeout=opts.attribute_timeout,
-                          entry_timeout=opts.entry_timeout,
-                          negative_timeout=opts.negative_timeout,
-                          read_only=opts.read_only)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(top.serve)
-        if not await watch.wait_up(UP_TIMEOUT):
-            msg = (f"pyglfs-mount: volume {plan.graph.name} is not reachable within "
-                   f"{UP_TIMEOUT:g} s (bricks: {', '.join(_bricks(top))}); nothing mounted")
-            log.error("%s", msg)
-            readiness.failed(msg)
-            nursery.cancel_scope.cancel()
-            return 1
-        ops = FuseOperations(top, config)
-        try:
-            pyfuse3.init(ops, plan.mountpoint, opts.fuse_options(plan.fsname))
-        except RuntimeError as e:
-            msg = f"pyglfs-mount: cannot mount on {plan.mountpoint}: {e}"
-            log.error("%s", msg)
-            readiness.failed(msg)
-            nursery.cancel_scope.cancel()
-            return 1
-        log.info("mounted volume %s on %s (volfile %s)", plan.graph.name, plan.mountpoint,
-                 plan.volfile)
-        try:
-            nursery.start_soon(_terminate_on_signal)
-            if plan.pid_file:
-                _write_pid_file(plan.pid_file)
-            readiness.ready()
-            await pyfuse3.main()
-        finally:
-            pyfuse3.close(unmount=True)
-            if plan.pid_file:
-                with contextlib.suppress(OSError):
-                    os.unlink(plan.pid_file)
-            nursery.cancel_scope.cancel()
-            log.info("unmounted %s", plan.mountpoint)
-    return 0
-
-
-def _write_pid_file(path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(f"{os.getpid()}\n")
-    os.replace(tmp, path)
-
-
-async def _terminate_on_signal() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            log.info("signal %d: unmounting", signum)
-            pyfuse3.terminate()
-            return
-
-
 def run(plan: MountPlan, foreground: bool) -> int:
-    """Fork (unless ``foreground``), then mount and serve; the exit status."""
+    """Fork (unless ``foreground``), then mount and serve; the exit status.
+
+    trio, pyfuse3 and the client layers are imported only here: after the
+    malloc re-exec and in the process that serves.
+    """
     readiness = Readiness() if foreground else daemonize()
     setup_logging(plan, foreground)
     try:
+        import trio
+
+        from pyglfs.client.fuse.session import serve_mount
+
         return trio.run(serve_mount, plan, readiness)
     except BaseException as e:
         log.exception("pyglfs-mount failed")
@@ -236,11 +142,14 @@ def run(plan: MountPlan, foreground: bool) -> int:
 @click.option("--foreground", "-f", is_flag=True, help="stay in the foreground, log to stderr")
 @click.option("--fsname", hidden=True, help="source shown in /proc/mounts")
 @click.option("--pid-file", metavar="FILE", help="write the mount process's PID here once mounted")
+@click.option("--up-timeout", type=click.FloatRange(0.1, 3600), default=UP_TIMEOUT,
+              show_default=True, help="seconds to wait for the volume's bricks")
 def cli(mountpoint: str, volfile: str | None, options: tuple[str, ...], foreground: bool,
-        fsname: str | None, pid_file: str | None) -> None:
+        fsname: str | None, pid_file: str | None, up_timeout: float) -> None:
     """Mount a pyglfs volume on MOUNTPOINT."""
     try:
         plan = prepare(mountpoint, volfile, options, fsname)
+        plan.up_timeout = up_timeout
         if pid_file:
             plan.pid_file = os.path.abspath(pid_file)
     except MountError as e:

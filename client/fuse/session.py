@@ -1,0 +1,126 @@
+"""The mount's life in trio: start the layer graph, wait for it, mount, serve.
+
+``serve_mount`` is what ``pyglfs-mount`` runs once it is in the background:
+it builds the graph from the plan, waits (bounded) until the graph is up, mounts
+with pyfuse3, tells the waiting parent, and serves until the kernel ends the
+session (umount) or SIGTERM/SIGINT/SIGHUP asks it to, unmounting on the way out.
+Teardown runs in reverse of start-up whatever ends the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import uuid
+from typing import TYPE_CHECKING
+
+import pyfuse3
+import trio
+
+from pyglfs.client.fuse.base import BridgeConfig
+from pyglfs.client.fuse.operations import FuseOperations
+from pyglfs.client.graph import build_graph
+from pyglfs.client.layer import Layer
+from pyglfs.client.protocol import ProtocolClient
+from pyglfs.volfiles.model import VolfileError
+
+if TYPE_CHECKING:
+    from pyglfs.client.daemon import Readiness
+    from pyglfs.client.mount import MountPlan
+
+log = logging.getLogger(__name__)
+
+
+def _bricks(layer: Layer) -> list[str]:
+    if isinstance(layer, ProtocolClient):
+        return [f"{layer.host}:{layer.port}:{layer.brick_path}"]
+    return [b for c in layer.children for b in _bricks(c)]
+
+
+class _Watch(Layer):
+    """Stands above the top layer to hear it come up."""
+
+    def __init__(self, top: Layer) -> None:
+        super().__init__("fuse", [top])
+        self.changed = trio.Event()
+
+    def child_up(self, child: Layer) -> None:
+        self.changed.set()
+
+    def child_down(self, child: Layer, reason: str) -> None:
+        self.changed.set()
+
+    async def wait_up(self, timeout: float) -> bool:
+        with trio.move_on_after(timeout):
+            while not self.child.is_up:
+                await self.changed.wait()
+                self.changed = trio.Event()
+        return self.child.is_up
+
+
+# -- serving --------------------------------------------------------------------
+async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
+    """Run the graph and the FUSE session; returns the exit status."""
+    client_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        top = build_graph(plan.graph, client_id=client_id)
+    except (VolfileError, ValueError) as e:
+        readiness.failed(f"pyglfs-mount: invalid volfile: {e}")
+        return 1
+    watch = _Watch(top)
+    opts = plan.options
+    config = BridgeConfig(attr_timeout=opts.attribute_timeout,
+                          entry_timeout=opts.entry_timeout,
+                          negative_timeout=opts.negative_timeout,
+                          read_only=opts.read_only)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(top.serve)
+        if not await watch.wait_up(plan.up_timeout):
+            msg = (f"pyglfs-mount: volume {plan.graph.name} is not reachable within "
+                   f"{plan.up_timeout:g} s (bricks: {', '.join(_bricks(top))}); nothing mounted")
+            log.error("%s", msg)
+            readiness.failed(msg)
+            nursery.cancel_scope.cancel()
+            return 1
+        ops = FuseOperations(top, config)
+        try:
+            pyfuse3.init(ops, plan.mountpoint, opts.fuse_options(plan.fsname))
+        except RuntimeError as e:
+            msg = f"pyglfs-mount: cannot mount on {plan.mountpoint}: {e}"
+            log.error("%s", msg)
+            readiness.failed(msg)
+            nursery.cancel_scope.cancel()
+            return 1
+        log.info("mounted volume %s on %s (volfile %s)", plan.graph.name, plan.mountpoint,
+                 plan.volfile)
+        try:
+            nursery.start_soon(_terminate_on_signal)
+            if plan.pid_file:
+                _write_pid_file(plan.pid_file)
+            readiness.ready()
+            await pyfuse3.main()
+        finally:
+            pyfuse3.close(unmount=True)
+            if plan.pid_file:
+                with contextlib.suppress(OSError):
+                    os.unlink(plan.pid_file)
+            nursery.cancel_scope.cancel()
+            log.info("unmounted %s", plan.mountpoint)
+    return 0
+
+
+def _write_pid_file(path: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+async def _terminate_on_signal() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %d: unmounting", signum)
+            pyfuse3.terminate()
+            return
