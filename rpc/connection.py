@@ -1,0 +1,395 @@
+"""The client side of one connection: many calls in flight, replies matched by id.
+
+An ``RpcConnection`` lives inside ``open_rpc_connection`` / ``connect_stream``,
+whose nursery runs its reader and its watchdog. The connection ends when the server
+closes it, a frame is bad, a send fails, the watchdog gives up on a silent peer, or
+the owner leaves the context. Every call still waiting then fails with ENOTCONN and
+later calls fail the same way at once; the owner learns of it from ``wait_closed``.
+
+Liveness: when nothing has been received for ``ping_interval`` seconds the watchdog
+sends a ping, which the server's rpc layer answers even while handlers are busy.
+If calls or a ping are outstanding and nothing at all has been received for
+``ping_timeout`` seconds, the peer is declared down. This catches a host that
+vanished without a reset, which TCP alone would notice only after many minutes.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+from outcome import Value
+from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, reschedule, wait_task_rescheduled
+
+from pyglfs.rpc import messages
+from pyglfs.rpc.errors import ProtocolError, oserror_from_name, transport_error
+from pyglfs.rpc.framing import DEFAULT_MAX_FRAME, FrameReader, FrameWriter
+from pyglfs.rpc.handshake import client_handshake
+from pyglfs.rpc.server import peer_name
+from pyglfs.rpc.transport import ByteStream, aclose_forcefully, fast_transport
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CALL_TIMEOUT = 60.0
+DEFAULT_PING_TIMEOUT = 10.0
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+EventCallback = Callable[[str, dict[str, Any]], None]
+
+_LOST: dict[str, Any] = {}
+_TIMED_OUT: dict[str, Any] = {}
+
+
+class _Call:
+    __slots__ = ("task", "reply", "deadline")
+
+    def __init__(self, deadline: float) -> None:
+        self.task: Task | None = None
+        self.reply: dict[str, Any] | None = None
+        self.deadline = deadline
+
+
+class RpcConnection:
+    """One established, handshaken connection. Create it with ``open_rpc_connection``."""
+
+    def __init__(
+        self,
+        stream: ByteStream,
+        reader: FrameReader,
+        writer: FrameWriter,
+        welcome: dict[str, Any],
+        *,
+        peer: str,
+        on_event: EventCallback | None,
+        ping_timeout: float,
+        ping_interval: float | None,
+        call_timeout: float,
+    ) -> None:
+        self.peer = peer
+        self.server_name: str = str(welcome.get("server", ""))
+        self.welcome = welcome
+        self.ping_timeout = ping_timeout
+        self.ping_interval = ping_interval if ping_interval is not None else ping_timeout / 2
+        self.call_timeout = call_timeout
+        self._stream = stream
+        self._reader = reader
+        self._writer = writer
+        self._on_event = on_event
+        self._pending: dict[int, _Call] = {}
+        self._next_id = 1
+        self._last_rx = trio.current_time()
+        self._ping_sent: float | None = None
+        self._ping_seq = 0
+        self._closed_event = trio.Event()
+        self.close_reason: str | None = None
+        self._bg_scope = trio.CancelScope()
+        self._watch_scope = trio.CancelScope()
+        self._next_deadline = math.inf
+        self._bg_nursery: trio.Nursery | None = None
+
+    def __repr__(self) -> str:
+        return f"<RpcConnection {self.peer}>"
+
+    @property
+    def closed(self) -> bool:
+        return self.close_reason is not None
+
+    async def call(self, op: str, args: dict[str, Any], *, timeout: float | None = None) -> Any:
+        """Send one request and return its reply's ``ok`` value.
+
+        Raises OSError with the server's errno, ETIMEDOUT when ``timeout`` (default
+        ``call_timeout``) passes first, ENOTCONN when the connection is or goes down.
+        """
+        if self.close_reason is not None:
+            raise self._lost_error()
+        rid = self._next_id
+        self._next_id = rid + 1
+        # Deadlines are enforced by the watchdog, which saves a cancel scope per call.
+        deadline = trio.current_time() + (self.call_timeout if timeout is None else timeout)
+        c = _Call(deadline)
+        pending = self._pending
+        pending[rid] = c
+        if deadline < self._next_deadline:
+            self._next_deadline = deadline
+            self._watch_scope.deadline = deadline
+        try:
+            self._writer.put(messages.request(rid, op, args))
+            await self._writer.flush()
+            reply = c.reply
+            if reply is None:
+                c.task = current_task()
+
+                def abort(_: RaiseCancelT) -> Abort:
+                    pending.pop(rid, None)
+                    c.task = None
+                    return Abort.SUCCEEDED
+
+                reply = await wait_task_rescheduled(abort)
+        except BaseException:
+            pending.pop(rid, None)
+            raise
+        try:
+            return reply["ok"]
+        except KeyError:
+            pass
+        if reply is _LOST:
+            raise self._lost_error()
+        if reply is _TIMED_OUT:
+            raise OSError(
+                errno.ETIMEDOUT,
+                f"{os.strerror(errno.ETIMEDOUT)}: no reply to {op} from {self.peer} within "
+                f"{self.call_timeout if timeout is None else timeout:g}s",
+            )
+        msg = reply.get("msg")
+        raise oserror_from_name(reply["errno"], msg if type(msg) is str else "")
+
+    def _lost_error(self) -> OSError:
+        return OSError(
+            errno.ENOTCONN, f"{os.strerror(errno.ENOTCONN)}: {self.peer}: {self.close_reason}"
+        )
+
+    async def wait_closed(self) -> str:
+        """Wait until the connection has ended; returns why."""
+        await self._closed_event.wait()
+        assert self.close_reason is not None
+        return self.close_reason
+
+    async def aclose(self) -> None:
+        """End the connection; calls still waiting fail with ENOTCONN."""
+        self._close("closed by owner")
+        await aclose_forcefully(self._stream)
+
+    def _close(self, reason: str) -> None:
+        if self.close_reason is not None:
+            return
+        self.close_reason = reason
+        pending = self._pending
+        self._pending = {}
+        for c in pending.values():
+            c.reply = _LOST
+            if c.task is not None:
+                reschedule(c.task, Value(_LOST))
+                c.task = None
+        self._closed_event.set()
+        self._bg_scope.cancel()
+
+    def _on_send_failed(self, exc: BaseException) -> None:
+        if self.close_reason is None:
+            log.warning("%r: send failed: %s", self, exc or type(exc).__name__)
+            self._close(f"send failed: {transport_error(exc)}")
+
+    async def _run(self, early: list[Any]) -> None:
+        with self._bg_scope:
+            async with trio.open_nursery() as nursery:
+                self._bg_nursery = nursery
+                nursery.start_soon(self._read_loop, early)
+                nursery.start_soon(self._watchdog)
+        # Closing the stream aborts a send some caller may be stuck in, shielded.
+        await aclose_forcefully(self._stream)
+
+    async def _read_loop(self, early: list[Any]) -> None:
+        reason = "closed by server"
+        try:
+            if early:
+                self._deliver(early)
+            receive = self._reader.receive
+            while self.close_reason is None:
+                msgs = await receive()
+                if msgs is None:
+                    break
+                self._last_rx = trio.current_time()
+                self._deliver(msgs)
+        except ProtocolError as exc:
+            log.warning("%r: bad frame from server: %s", self, exc)
+            reason = f"bad frame from server: {exc}"
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            reason = f"connection lost: {exc or type(exc).__name__}"
+        self._close(reason)
+
+    def _deliver(self, msgs: list[Any]) -> None:
+        pending = self._pending
+        for m in msgs:
+            if type(m) is not dict:
+                raise ProtocolError(f"expected a reply or event, got {messages.describe(m)}")
+            rid = m.get("id")
+            if rid is not None:
+                c = pending.pop(rid, None)
+                if c is None:
+                    log.debug("%r: reply to unknown or timed-out req=%r", self, rid)
+                    continue
+                if "ok" not in m and type(m.get("errno")) is not str:
+                    raise ProtocolError(f"reply req={rid!r} has neither 'ok' nor 'errno'")
+                c.reply = m
+                if c.task is not None:
+                    reschedule(c.task, Value(m))
+                    c.task = None
+            elif "event" in m:
+                self._event(m)
+            elif "pong" in m:
+                self._ping_sent = None
+            else:
+                raise ProtocolError(f"expected a reply or event, got {messages.describe(m)}")
+
+    def _event(self, m: dict[str, Any]) -> None:
+        name = m.get("event")
+        args = m.get("args")
+        if type(name) is not str or type(args) is not dict:
+            raise ProtocolError("event without a name and an args map")
+        if self._on_event is None:
+            log.debug("%r: event %s dropped (no handler)", self, name)
+            return
+        try:
+            self._on_event(name, args)
+        except Exception:
+            log.exception("%r: event handler failed on %s", self, name)
+
+    async def _watchdog(self) -> None:
+        """Times out calls, pings an idle peer, and declares a silent peer down."""
+        interval = self.ping_interval
+        timeout = self.ping_timeout
+        writer = self._writer
+        while self.close_reason is None:
+            now = trio.current_time()
+            if now >= self._next_deadline:
+                self._expire_calls(now)
+            if self._ping_sent is None and now - self._last_rx >= interval:
+                self._ping_seq += 1
+                self._ping_sent = now
+                writer.put({"ping": self._ping_seq})
+                # Sent from another task: a peer that stopped reading must not stall
+                # the one task that can declare it down.
+                assert self._bg_nursery is not None
+                self._bg_nursery.start_soon(writer.flush)
+            if self._pending or self._ping_sent is not None:
+                if now - self._last_rx >= timeout:
+                    log.warning(
+                        "%r: no answer for %.1fs with calls or a ping outstanding; peer is down",
+                        self, now - self._last_rx,
+                    )
+                    self._close(f"no answer for {timeout:g}s (ping timeout)")
+                    return
+                wake = self._last_rx + timeout
+            else:
+                wake = math.inf
+            if self._ping_sent is None:
+                wake = min(wake, self._last_rx + interval)
+            with trio.CancelScope(deadline=min(wake, self._next_deadline)) as self._watch_scope:
+                await trio.sleep_forever()
+
+    def _expire_calls(self, now: float) -> None:
+        pending = self._pending
+        earliest = math.inf
+        for rid, c in list(pending.items()):
+            if c.deadline <= now:
+                del pending[rid]
+                c.reply = _TIMED_OUT
+                if c.task is not None:
+                    reschedule(c.task, Value(_TIMED_OUT))
+                    c.task = None
+            elif c.deadline < earliest:
+                earliest = c.deadline
+        self._next_deadline = earliest
+
+
+@asynccontextmanager
+async def connect_stream(
+    stream: trio.abc.Stream,
+    *,
+    volume: str,
+    client_id: str,
+    role: str = "client",
+    auth: dict[str, Any] | None = None,
+    on_event: EventCallback | None = None,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    ping_timeout: float = DEFAULT_PING_TIMEOUT,
+    ping_interval: float | None = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    call_timeout: float = DEFAULT_CALL_TIMEOUT,
+    peer: str | None = None,
+) -> AsyncIterator[RpcConnection]:
+    """Handshake over an existing stream and yield the connection; closes the stream
+    on exit (also when the handshake fails).
+
+    Raises HandshakeRefused with the server's reason, or OSError (ENOTCONN,
+    ETIMEDOUT) when the server cannot be reached or does not answer the hello
+    within ``connect_timeout``.
+    """
+    transport = fast_transport(stream)
+    peer = peer or peer_name(transport)
+    reader = FrameReader(transport, max_frame)
+    conn: RpcConnection | None = None
+
+    def on_broken(exc: BaseException) -> None:
+        if conn is not None:
+            conn._on_send_failed(exc)
+
+    writer = FrameWriter(transport, shield=True, on_broken=on_broken)
+    try:
+        try:
+            with trio.fail_after(connect_timeout):
+                welcome, early = await client_handshake(
+                    reader, writer, volume=volume, client_id=client_id, role=role, auth=auth,
+                )
+        except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError,
+                ProtocolError) as exc:
+            raise transport_error(exc, f"handshake with {peer}: {exc}") from exc
+        conn = RpcConnection(
+            transport, reader, writer, welcome, peer=peer, on_event=on_event,
+            ping_timeout=ping_timeout, ping_interval=ping_interval, call_timeout=call_timeout,
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn._run, early)
+                try:
+                    yield conn
+                finally:
+                    conn._close("closed by owner")
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) == 1:
+                raise group.exceptions[0] from None
+            raise
+    finally:
+        await aclose_forcefully(transport)
+
+
+@asynccontextmanager
+async def open_rpc_connection(
+    host: str,
+    port: int,
+    *,
+    volume: str,
+    client_id: str,
+    role: str = "client",
+    auth: dict[str, Any] | None = None,
+    on_event: EventCallback | None = None,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    ping_timeout: float = DEFAULT_PING_TIMEOUT,
+    ping_interval: float | None = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    call_timeout: float = DEFAULT_CALL_TIMEOUT,
+) -> AsyncIterator[RpcConnection]:
+    """Connect to host:port over TCP, handshake, and yield the connection.
+
+    ``connect_timeout`` bounds the TCP connect and the handshake together. Failing
+    to connect raises OSError (ENOTCONN or ETIMEDOUT); a refusal raises
+    HandshakeRefused.
+    """
+    deadline = trio.current_time() + connect_timeout
+    try:
+        with trio.fail_after(connect_timeout):
+            stream = await trio.open_tcp_stream(host, port)
+    except (OSError, trio.TooSlowError) as exc:
+        raise transport_error(exc, f"connect to {host}:{port}: {exc}") from exc
+    async with connect_stream(
+        stream, volume=volume, client_id=client_id, role=role, auth=auth, on_event=on_event,
+        max_frame=max_frame, ping_timeout=ping_timeout, ping_interval=ping_interval,
+        connect_timeout=max(0.0, deadline - trio.current_time()), call_timeout=call_timeout,
+        peer=f"{host}:{port}",
+    ) as conn:
+        yield conn

@@ -1,0 +1,301 @@
+"""Length-prefixed msgpack frames over a trio stream.
+
+A frame is a 4-byte big-endian length and that many bytes of msgpack. The reader
+checks every announced length against its maximum as soon as the 4 bytes are in,
+so an oversized frame costs nothing but the bytes already received. It decodes every
+complete frame found in one receive at once, which keeps a busy connection at one
+receive per batch of messages. The writer coalesces whatever was queued while a send
+was in progress into one ``send_all``; bodies of 64 KiB or more go out as their own
+buffer so they are not copied again.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+import trio
+
+from pyglfs.rpc.errors import FrameTooLarge, ProtocolError
+from pyglfs.rpc.transport import ByteStream, SocketTransport
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024 + 64 * 1024
+RECEIVE_SIZE = 256 * 1024
+MAX_RECEIVE_SIZE = 4 * 1024 * 1024
+_BIG = 64 * 1024
+_KEEP_BIG = 4 * 1024 * 1024
+HIGH_WATER = 32 * 1024 * 1024
+
+_HDR = struct.Struct(">I")
+_unpack_hdr = _HDR.unpack_from
+_pack_hdr = _HDR.pack
+_unpackb = msgpack.unpackb
+
+
+def decode_body(body: bytes | bytearray | memoryview) -> Any:
+    """Decode one frame body; anything that is not exactly one msgpack object raises
+    ProtocolError."""
+    try:
+        return _unpackb(body)
+    except Exception as exc:
+        raise ProtocolError(f"frame body is not msgpack ({type(exc).__name__}: {exc})") from None
+
+
+def encode_frame(obj: Any) -> bytes:
+    """One whole frame as bytes (for small messages and tests)."""
+    body = msgpack.packb(obj)
+    return _pack_hdr(len(body)) + body
+
+
+class FrameReader:
+    """Receives frames from ``stream`` and returns their decoded messages.
+
+    Over a SocketTransport, the rest of a frame of 64 KiB or more is received
+    straight into a buffer of the frame's size (kept for reuse up to 4 MiB) rather
+    than through intermediate chunks.
+    """
+
+    def __init__(self, stream: ByteStream, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._stream = stream
+        self._fast = stream if isinstance(stream, SocketTransport) else None
+        self.max_frame = max_frame
+        self._buf = bytearray()
+        self._want = 0
+        self._big: bytearray | None = None
+        self._big_pos = 0
+
+    async def receive(self) -> list[Any] | None:
+        """The next batch of one or more messages, or None at a clean end of stream.
+
+        Raises ProtocolError (FrameTooLarge included) for bad input and whatever the
+        stream raises for a broken transport.
+        """
+        stream = self._stream
+        fast = self._fast
+        if fast is not None and not fast.blocked:
+            # The last receive found data waiting: let other tasks run before the
+            # next one, or a peer that keeps us busy would starve them.
+            await trio.lowlevel.checkpoint()
+        while True:
+            want = self._want - len(self._buf)
+            if fast is not None and (self._big_pos or want >= _BIG):
+                return await self._receive_big(fast)
+            size = RECEIVE_SIZE if want <= RECEIVE_SIZE else min(want, MAX_RECEIVE_SIZE)
+            data = await stream.receive_some(size)
+            if not data:
+                if self._buf:
+                    raise ProtocolError(
+                        f"stream ended inside a frame ({len(self._buf)} bytes pending)"
+                    )
+                return None
+            msgs = self._feed(data)
+            if msgs:
+                return msgs
+
+    async def _receive_big(self, fast: SocketTransport) -> list[Any]:
+        total = self._want
+        if not self._big_pos:
+            big = self._big
+            if big is None or len(big) < total:
+                big = bytearray(total)
+            self._big = big
+            have = len(self._buf)
+            big[:have] = self._buf
+            self._buf.clear()
+            self._big_pos = have
+        big = self._big
+        assert big is not None
+        with memoryview(big) as view:
+            while self._big_pos < total:
+                n = await fast.receive_into(view[self._big_pos : total])
+                if not n:
+                    raise ProtocolError(
+                        f"stream ended inside a frame ({self._big_pos} bytes pending)"
+                    )
+                self._big_pos += n
+            msg = decode_body(view[4:total])
+        self._big_pos = 0
+        self._want = 0
+        if len(big) > _KEEP_BIG:
+            self._big = None
+        return [msg]
+
+    def _feed(self, data: bytes | bytearray) -> list[Any]:
+        buf = self._buf
+        if buf:
+            buf += data
+            src: bytes | bytearray = buf
+        else:
+            src = data
+        n = len(src)
+        pos = 0
+        out: list[Any] = []
+        limit = self.max_frame
+        with memoryview(src) as mv:
+            while n - pos >= 4:
+                (size,) = _unpack_hdr(mv, pos)
+                if size > limit:
+                    raise FrameTooLarge(f"frame of {size} bytes announced, maximum is {limit}")
+                end = pos + 4 + size
+                if end > n:
+                    self._want = end - pos
+                    break
+                out.append(decode_body(mv[pos + 4 : end]))
+                pos = end
+            else:
+                self._want = 0
+        if src is buf:
+            del buf[:pos]
+        elif pos < n:
+            buf += memoryview(data)[pos:]
+        return out
+
+
+class FrameWriter:
+    """Queues messages and sends them, coalescing those queued during a send.
+
+    Only one task sends at a time: whoever calls ``flush`` while no send is in
+    progress becomes the sender and keeps sending until the queue is empty; others
+    return at once, their frames already queued. A transport failure is recorded in
+    ``broken`` and reported through ``on_broken`` instead of raised, because the
+    task that happens to be sending is usually not the one that owns the connection.
+
+    With ``shield``, a send that has to wait for the peer is not interrupted by the
+    sending task's cancellation (half a frame would corrupt the stream for every
+    other caller); it ends when the data is out or the transport is closed. Over a
+    SocketTransport, queued buffers go out with one ``sendmsg`` and without any
+    checkpoint when the kernel takes them at once.
+    """
+
+    def __init__(
+        self,
+        stream: ByteStream,
+        *,
+        shield: bool = False,
+        on_broken: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        self._stream = stream
+        self._fast = stream if isinstance(stream, SocketTransport) else None
+        self._out: list[bytes | memoryview] = []
+        self._queued = 0
+        self._drained: trio.Event | None = None
+        self._sending = False
+        self._shield = shield
+        self._on_broken = on_broken
+        self._packer = msgpack.Packer()
+        self.broken: BaseException | None = None
+
+    def put(self, obj: Any) -> None:
+        """Queue ``obj`` as one frame. Raises TypeError/ValueError if it cannot be packed."""
+        body = self._packer.pack(obj)
+        n = len(body)
+        self._queued += n
+        if n < _BIG:
+            self._out.append(_pack_hdr(n) + body)
+        else:
+            self._out.append(_pack_hdr(n))
+            self._out.append(body)
+
+    async def flush(self) -> None:
+        """Send everything queued, unless another task is already doing so."""
+        if self._sending:
+            if self._queued > HIGH_WATER:
+                if self._drained is None:
+                    self._drained = trio.Event()
+                await self._drained.wait()
+            return
+        if not self._out:
+            return
+        self._sending = True
+        try:
+            if self._fast is not None:
+                await self._send_fast(self._fast)
+            elif self._shield:
+                with trio.CancelScope(shield=True):
+                    await self._send_queued()
+            else:
+                await self._send_queued()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._failed(exc)
+        finally:
+            self._sending = False
+
+    async def send(self, obj: Any) -> None:
+        self.put(obj)
+        await self.flush()
+
+    def _failed(self, exc: BaseException) -> None:
+        self._out.clear()
+        self._queued = 0
+        self._wake_drained()
+        if self.broken is None:
+            self.broken = exc
+            if self._on_broken is not None:
+                self._on_broken(exc)
+
+    def _wake_drained(self) -> None:
+        if self._drained is not None:
+            self._drained.set()
+            self._drained = None
+
+    async def _send_fast(self, fast: SocketTransport) -> None:
+        while self._out:
+            bufs = self._out
+            self._out = []
+            self._queued = 0
+            if self.broken is not None:
+                continue
+            while bufs:
+                n = fast.try_send_buffers(bufs)
+                bufs = _advance(bufs, n)
+                if bufs and not n:
+                    if self._shield:
+                        with trio.CancelScope(shield=True):
+                            await fast.wait_writable()
+                    else:
+                        await fast.wait_writable()
+            self._wake_drained()
+
+    async def _send_queued(self) -> None:
+        send_all = self._stream.send_all
+        while self._out:
+            bufs = self._out
+            self._out = []
+            self._queued = 0
+            if self.broken is not None:
+                continue
+            if len(bufs) == 1:
+                await send_all(bufs[0])
+            else:
+                small: list[bytes | memoryview] = []
+                for b in bufs:
+                    if len(b) >= _BIG:
+                        if small:
+                            await send_all(b"".join(small))
+                            small = []
+                        await send_all(b)
+                    else:
+                        small.append(b)
+                if small:
+                    await send_all(b"".join(small))
+            self._wake_drained()
+
+
+def _advance(bufs: list[bytes | memoryview], n: int) -> list[bytes | memoryview]:
+    """``bufs`` without its first ``n`` bytes."""
+    i = 0
+    count = len(bufs)
+    while i < count:
+        size = len(bufs[i])
+        if n < size:
+            if n:
+                bufs[i] = memoryview(bufs[i])[n:]
+            break
+        n -= size
+        i += 1
+    return bufs[i:] if i else bufs

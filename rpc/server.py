@@ -1,0 +1,287 @@
+"""The server side of a connection: handshake, then requests dispatched to a Service.
+
+A server never crashes on input. Whatever one connection sends (garbage, oversized
+frames, messages of the wrong shape) ends at most that connection, with a logged
+reason; every other connection keeps being served.
+
+Requests run concurrently, each in its own task, and their replies go out in the
+order they finish. A service may name in ``inline_ops`` the operations whose handler
+never waits on anything but brief local work (null, stat, ...): those run directly
+in the connection's reader task, which saves a task per request, and their replies
+are sent together once the whole received batch is handled.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+from typing import Any, Protocol
+
+import trio
+
+from pyglfs.rpc import messages
+from pyglfs.rpc.errors import FrameTooLarge, ProtocolError
+from pyglfs.rpc.framing import DEFAULT_MAX_FRAME, FrameReader, FrameWriter
+from pyglfs.rpc.handshake import server_handshake
+from pyglfs.rpc.transport import ByteStream, aclose_forcefully, fast_transport
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+DEFAULT_MAX_IN_FLIGHT = 1024
+_MAX_HELLO = 64 * 1024
+
+
+class Service(Protocol):
+    """What a server (brick, management daemon) offers to its connections.
+
+    Optional attributes a service may define: ``inline_ops`` (a set of op names, see
+    the module docstring) and ``server_name`` (sent in the welcome).
+    """
+
+    def authenticate(self, hello: dict[str, Any]) -> None:
+        """Raise HandshakeRefused(reason) to refuse this client."""
+
+    async def handle(self, op: str, args: dict[str, Any], conn: ServerConnection) -> Any:
+        """Return the reply's ``ok`` value; an OSError becomes an errno reply.
+
+        Any other exception is logged with its traceback and becomes EIO; the
+        connection stays up.
+        """
+
+    def disconnected(self, conn: ServerConnection) -> None:
+        """The connection is gone: drop this client's locks and open files."""
+
+
+_conn_ids = itertools.count(1)
+
+
+def peer_name(stream: ByteStream) -> str:
+    """host:port of a socket stream's peer, else the stream's type (for log lines)."""
+    sock = getattr(stream, "socket", None)
+    if sock is not None:
+        try:
+            addr = sock.getpeername()
+            return f"{addr[0]}:{addr[1]}"
+        except (OSError, IndexError, TypeError):
+            pass
+    return type(stream).__name__
+
+
+class ServerConnection:
+    """One handshaken client connection, as the service sees it.
+
+    ``hello`` is the client's whole checked hello (``auth`` included).
+    """
+
+    def __init__(
+        self, service: Service, reader: FrameReader, writer: FrameWriter, hello: dict[str, Any],
+        peer: str, max_in_flight: int,
+    ) -> None:
+        self.conn_id = next(_conn_ids)
+        self.client_id: str = hello["client_id"]
+        self.role: str = hello["role"]
+        self.volume: str = hello["volume"]
+        self.peer = peer
+        self.hello = hello
+        self._service = service
+        self._handle = service.handle
+        self._inline: frozenset[str] = frozenset(getattr(service, "inline_ops", ()))
+        self._reader = reader
+        self._writer = writer
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._slot_free: trio.Event | None = None
+        self._nursery: trio.Nursery | None = None
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<ServerConnection {self.conn_id} client={self.client_id} peer={self.peer}>"
+
+    async def send_event(self, name: str, args: dict[str, Any]) -> None:
+        """Push an event to this client; a no-op once the connection is gone."""
+        if self.closed:
+            return
+        self._writer.put(messages.event(name, args))
+        await self._writer.flush()
+
+    def close(self) -> None:
+        """End this connection (its in-flight handlers are cancelled)."""
+        self.closed = True
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def _serve(self, pending: list[Any]) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                await self._read_loop(pending)
+            except FrameTooLarge as exc:
+                log.error("%r: %s; closing the connection", self, exc)
+            except ProtocolError as exc:
+                log.warning("%r sent bad input: %s; closing the connection", self, exc)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                log.debug("%r: transport ended: %r", self, exc)
+            finally:
+                self.close()
+
+    async def _read_loop(self, pending: list[Any]) -> None:
+        reader = self._reader
+        flush = self._writer.flush
+        if pending:
+            await self._dispatch(pending)
+            await flush()
+        while not self.closed:
+            msgs = await reader.receive()
+            if msgs is None:
+                log.debug("%r: closed by peer", self)
+                return
+            await self._dispatch(msgs)
+            await flush()
+
+    async def _dispatch(self, msgs: list[Any]) -> None:
+        writer = self._writer
+        for m in msgs:
+            if type(m) is dict and len(m) == 3:
+                rid = m.get("id")
+                op = m.get("op")
+                args = m.get("args")
+                if type(rid) is int and type(op) is str and type(args) is dict:
+                    if op in self._inline:
+                        self._put_reply(await self._run(rid, op, args), op)
+                        continue
+                    if self._in_flight >= self._max_in_flight:
+                        await self._wait_for_slot()
+                    self._in_flight += 1
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self._run_task, rid, op, args)
+                    continue
+            elif type(m) is dict and len(m) == 1 and "ping" in m:
+                writer.put({"pong": m["ping"]})
+                continue
+            raise ProtocolError(f"expected a request, got {messages.describe(m)}")
+
+    async def _wait_for_slot(self) -> None:
+        while self._in_flight >= self._max_in_flight:
+            self._slot_free = trio.Event()
+            await self._slot_free.wait()
+
+    async def _run(self, rid: int, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return messages.reply_ok(rid, await self._handle(op, args, self))
+        except OSError as exc:
+            return messages.reply_error(rid, exc)
+        except Exception:
+            log.exception("%r: op %s req=%d failed", self, op, rid)
+            return messages.reply_errno(rid, "EIO", "internal error")
+
+    async def _run_task(self, rid: int, op: str, args: dict[str, Any]) -> None:
+        try:
+            self._put_reply(await self._run(rid, op, args), op)
+            await self._writer.flush()
+        finally:
+            self._in_flight -= 1
+            if self._slot_free is not None:
+                self._slot_free.set()
+                self._slot_free = None
+
+    def _put_reply(self, reply: dict[str, Any], op: str) -> None:
+        try:
+            self._writer.put(reply)
+        except (TypeError, ValueError, OverflowError) as exc:
+            log.error("%r: reply to %s req=%d cannot be packed: %s", self, op, reply["id"], exc)
+            self._writer.put(messages.reply_errno(reply["id"], "EIO", "reply cannot be encoded"))
+
+    def _on_broken(self, exc: BaseException) -> None:
+        log.debug("%r: send failed: %r", self, exc)
+        self.close()
+
+
+async def serve_rpc_stream(
+    service: Service,
+    stream: trio.abc.Stream,
+    *,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+) -> None:
+    """Serve one accepted stream until the client leaves or misbehaves; closes it.
+
+    Returns normally whatever the client sent; only cancellation propagates.
+    """
+    transport = fast_transport(stream)
+    peer = peer_name(transport)
+    conn: ServerConnection | None = None
+    holder: list[ServerConnection] = []
+
+    def on_broken(exc: BaseException) -> None:
+        if holder:
+            holder[0]._on_broken(exc)
+
+    reader = FrameReader(transport, min(max_frame, _MAX_HELLO))
+    writer = FrameWriter(transport, on_broken=on_broken)
+    try:
+        with trio.move_on_after(handshake_timeout) as scope:
+            done = await server_handshake(
+                reader, writer, service,
+                server_name=getattr(service, "server_name", None) or socket.gethostname(),
+                peer=peer,
+            )
+        if scope.cancelled_caught:
+            log.warning("client %s sent no hello within %.0fs; closing", peer, handshake_timeout)
+            return
+        if done is None or writer.broken is not None:
+            return
+        reader.max_frame = max_frame
+        hello, pending = done
+        conn = ServerConnection(service, reader, writer, hello, peer, max_in_flight)
+        holder.append(conn)
+        log.debug("%r: connected (role=%s volume=%s)", conn, conn.role, conn.volume)
+        await conn._serve(pending)
+    except FrameTooLarge as exc:
+        log.error("client %s: %s; closing the connection", peer, exc)
+    except ProtocolError as exc:
+        log.warning("client %s sent bad input: %s; closing the connection", peer, exc)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        log.debug("client %s: transport ended: %r", peer, exc)
+    except Exception:
+        log.exception("client %s: connection failed", _who(conn, peer))
+    finally:
+        if conn is not None:
+            try:
+                service.disconnected(conn)
+            except Exception:
+                log.exception("%r: service.disconnected failed", conn)
+        await aclose_forcefully(transport)
+
+
+def _who(conn: ServerConnection | None, peer: str) -> str:
+    return repr(conn) if conn is not None else peer
+
+
+async def serve_rpc(
+    service: Service,
+    host: str,
+    port: int,
+    *,
+    max_frame: int = DEFAULT_MAX_FRAME,
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on host:port and serve every connection until cancelled.
+
+    Reports the bound port through ``task_status`` (bind port 0 in tests).
+    """
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound = listeners[0].socket.getsockname()[1]
+
+    async def handler(stream: trio.SocketStream) -> None:
+        await serve_rpc_stream(
+            service, stream, max_frame=max_frame, handshake_timeout=handshake_timeout,
+        )
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, handler, listeners)
+        log.info("serving rpc on %s:%d", host, bound)
+        task_status.started(bound)

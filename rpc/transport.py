@@ -1,0 +1,155 @@
+"""A leaner byte transport for TCP sockets than trio.SocketStream.
+
+trio's SocketStream spends a scheduler pass on every send and every receive, even
+when the kernel could complete the call at once. On loopback that overhead is most
+of a round trip: measured here, a ping-pong between two trio processes ran at about
+9,000 round trips/s through SocketStream and 14,000-25,000/s with plain non-blocking
+calls that only wait (``wait_readable`` / ``wait_writable``) when the kernel says
+EAGAIN. This module provides the latter behind the same ``receive_some`` /
+``send_all`` / ``aclose`` methods, plus ``receive_into`` for big frames.
+
+Callers must supply their own checkpoints when data keeps arriving without waits
+(see ``SocketTransport.receive_some``). Any other stream (memory streams, TLS) is
+used as it is.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any, Protocol
+
+import trio
+from trio.lowlevel import notify_closing, wait_readable, wait_writable
+
+
+class ByteStream(Protocol):
+    """What the framing layer needs of a transport (a trio Stream fits)."""
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray: ...
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+_IOV_MAX = 512
+_CLOSED_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
+
+
+def _broken(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
+    if exc.errno in _CLOSED_ERRNOS:
+        return trio.ClosedResourceError("socket was closed")
+    return trio.BrokenResourceError(f"socket error: {exc}")
+
+
+class SocketTransport:
+    """Owns one connected, non-blocking stdlib socket.
+
+    ``receive_some`` returns without a checkpoint when data is already there, so a
+    read loop over it must checkpoint on its own (``blocked`` tells whether the last
+    receive had to wait).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.socket = sock
+        self.blocked = True
+        self._closed = False
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if max_bytes is None:
+            max_bytes = 65536
+        sock = self.socket
+        self.blocked = False
+        while True:
+            try:
+                return sock.recv(max_bytes)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise _broken(exc) from exc
+            self.blocked = True
+            await wait_readable(sock)
+
+    async def receive_into(self, buf: memoryview) -> int:
+        sock = self.socket
+        self.blocked = False
+        while True:
+            try:
+                return sock.recv_into(buf)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise _broken(exc) from exc
+            self.blocked = True
+            await wait_readable(sock)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        sock = self.socket
+        try:
+            n = sock.send(data)
+        except BlockingIOError:
+            n = 0
+        except OSError as exc:
+            raise _broken(exc) from exc
+        if n == len(data):
+            return
+        with memoryview(data) as view:
+            rest = view[n:]
+            while rest:
+                await wait_writable(sock)
+                try:
+                    n = sock.send(rest)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    raise _broken(exc) from exc
+                rest = rest[n:]
+
+    def try_send_buffers(self, bufs: list[bytes | memoryview]) -> int:
+        """Send what the kernel takes now from ``bufs`` (one sendmsg); never waits."""
+        try:
+            return self.socket.sendmsg(bufs[:_IOV_MAX] if len(bufs) > _IOV_MAX else bufs)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise _broken(exc) from exc
+
+    async def wait_writable(self) -> None:
+        await wait_writable(self.socket)
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        """Close now; tasks waiting on the socket get ClosedResourceError."""
+        if not self._closed:
+            self._closed = True
+            notify_closing(self.socket)
+            self.socket.close()
+
+    def getpeername(self) -> Any:
+        return self.socket.getpeername()
+
+
+async def aclose_forcefully(stream: ByteStream) -> None:
+    """Close ``stream`` at once, without waiting on the peer (trio's helper, typed for
+    any ByteStream)."""
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await stream.aclose()
+
+
+def fast_transport(stream: trio.abc.Stream) -> ByteStream:
+    """The transport to use for ``stream``: a SocketTransport taking over the socket
+    of a trio.SocketStream, else ``stream`` itself."""
+    if type(stream) is not trio.SocketStream:
+        return stream
+    tsock = stream.socket
+    family, type_, proto = tsock.family, tsock.type, tsock.proto
+    fd = tsock.detach()
+    sock = socket.socket(family, type_, proto, fileno=fd)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return SocketTransport(sock)
