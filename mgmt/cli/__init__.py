@@ -26,7 +26,7 @@ from pyglfs.mgmt.cli.peer import peer, pool
               help="script: never ask for confirmation.")
 @click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(0.1),
               help="Seconds to wait for the daemon's answer.")
-@click.option("--log-level", default="WARNING", show_default=True,
+@click.option("--log-level", default="ERROR", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.pass_context
 def cli(ctx: click.Context, mgmt: str | None, state_dir: str, json_: bool, mode: str,

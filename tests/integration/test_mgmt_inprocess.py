@@ -1,7 +1,7 @@
-"""Cluster transactions between real pyglfsd services over loopback rpc, in one process.
+"""Real pyglfsd services talking over loopback rpc, all in one trio process.
 
 Three daemons (127.0.0.2-4, free ports, own state dirs) form a pool by probing;
-each registers a test operation that records a key. Stopping one daemon then
+each registers a test transaction that records a key. Stopping one daemon then
 shows what an operator sees when a peer is down.
 """
 
@@ -40,9 +40,9 @@ class Running:
         daemon.engine.register("test-set", TxnOp(stage, commit))
 
 
-async def start(nursery: trio.Nursery, state: Path, ip: str) -> Running:
+async def start(nursery: trio.Nursery, state: Path, ip: str, port: int = 0) -> Running:
     store, node_uuid, peers = load_state(str(state))
-    daemon = MgmtDaemon(store, node_uuid, peers, ip, 0, retry_interval=0.1, ping_timeout=2)
+    daemon = MgmtDaemon(store, node_uuid, peers, ip, port, retry_interval=0.1, ping_timeout=2)
     scope = trio.CancelScope()
 
     async def run(task_status: trio.TaskStatus[None]) -> None:
@@ -105,3 +105,45 @@ async def test_txn_ops_refused_from_strangers(pool: list[Running], tmp_path: Pat
         await part.lock(Txn("test-set", {"k": "x", "v": 1}, originator=stranger.daemon.uuid))
     assert ei.value.code == errno.EPERM
     assert target.engine.locks.holder("cluster") is None
+
+
+async def wait_until(cond: Any, what: str) -> None:
+    with trio.fail_after(5):
+        while not cond():
+            await trio.sleep(0.02)
+
+
+async def test_detach_refused_while_peer_hosts_bricks(pool: list[Running]) -> None:
+    a, b = pool[0].daemon, pool[1].daemon
+    a.peers.bricks_on_peer = lambda u: [f"{b.host}:/b1"] if u == b.uuid else []
+    with pytest.raises(MgmtError) as ei:
+        await a.peers.detach(b.host, None)
+    assert ei.value.errno == errno.EBUSY
+    assert f"Peer {b.host}:{b.peers.port} hosts one or more bricks" in ei.value.message
+    assert b.uuid in a.peers.peers and a.uuid in b.peers.peers
+
+
+async def test_force_detached_peer_sees_itself_rejected(tmp_path: Path,
+                                                        nursery: trio.Nursery) -> None:
+    a = await start(nursery, tmp_path / "a", IPS[0])
+    b = await start(nursery, tmp_path / "b", IPS[1])
+    da, db = a.daemon, b.daemon
+    await da.peers.probe(db.host, db.peers.port)
+    port = db.peers.port
+    b.scope.cancel()
+    await wait_until(lambda: not da.monitor.connected.get(db.uuid), "a sees b down")
+    with pytest.raises(MgmtError) as ei:
+        await da.peers.detach(db.host, None)
+    assert ei.value.errno == errno.ENOTCONN and "is not connected" in ei.value.message
+    await da.peers.detach(db.host, None, force=True)
+    assert da.peers.peers == {}
+    b2 = (await start(nursery, tmp_path / "b", IPS[1], port)).daemon
+    assert b2.uuid == db.uuid and da.uuid in b2.peers.peers
+    await wait_until(lambda: b2.peers.status()[0]["state"] == "Peer Rejected",
+                     "b sees a reject it")
+    assert b2.peers.status()[0]["connected"] is True
+    # Refused friend ops leave a's view alone.
+    with pytest.raises(OSError) as e2:
+        await b2.peers._call(PeerRecord(da.uuid, da.host, da.peers.port), "friend_update",
+                             {"peers": []})
+    assert e2.value.errno == errno.EPERM
