@@ -53,9 +53,15 @@ def parse_hostport(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, in
     elif text.count(":") == 1:
         host, p = text.split(":")
         port = _port(p, text)
-    if not host or len(host) > 255 or any(c.isspace() or c in "/\0" for c in host):
+    if not valid_hostname(host):
         raise MgmtError(errno.EINVAL, f"invalid address {text!r}")
     return host, port
+
+
+def valid_hostname(host: Any) -> bool:
+    """A hostname, IPv4 or IPv6 address as an operator may write it (no port)."""
+    return (type(host) is str and 0 < len(host) <= 255
+            and not any(c.isspace() or c in "/\0[]" for c in host))
 
 
 def _port(text: str, whole: str) -> int:

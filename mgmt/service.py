@@ -20,7 +20,7 @@ from typing import Any
 from pyglfs import __version__
 from pyglfs.mgmt.errors import MgmtError, bad_args
 from pyglfs.mgmt.peerlink import DEFAULT_PORT, RemoteParticipant
-from pyglfs.mgmt.peers import PeerManager
+from pyglfs.mgmt.peers import PeerManager, valid_hostname
 from pyglfs.mgmt.transaction import (
     CLUSTER_LOCK,
     LocalParticipant,
@@ -45,11 +45,11 @@ def _opt_port(args: dict[str, Any]) -> int | None:
     return port
 
 
-def _str_arg(args: dict[str, Any], key: str) -> str:
-    v = args.get(key)
-    if type(v) is not str or not v or len(v) > 1024:
-        raise bad_args(key)
-    return v
+def _host_arg(args: dict[str, Any]) -> str:
+    host = args.get("host")
+    if not valid_hostname(host):
+        raise bad_args("host")
+    return str(host)
 
 
 def _caller_ip(conn: ServerConnection) -> str:
@@ -137,7 +137,7 @@ class MgmtService:
                 "listen": self.peers.listen_host}
 
     async def _peer_probe(self, args: dict[str, Any], conn: ServerConnection) -> Any:
-        host = _str_arg(args, "host")
+        host = _host_arg(args)
         port = _opt_port(args) or DEFAULT_PORT
         return await self.peers.probe(host, port)
 
@@ -145,7 +145,7 @@ class MgmtService:
         force = args.get("force", False)
         if type(force) is not bool:
             raise bad_args("force")
-        return await self.peers.detach(_str_arg(args, "host"), _opt_port(args), force=force)
+        return await self.peers.detach(_host_arg(args), _opt_port(args), force=force)
 
     async def _peer_status(self, args: dict[str, Any], conn: ServerConnection) -> Any:
         return {"peers": self.peers.status()}

@@ -19,6 +19,8 @@ from pyglfs.mgmt.errors import MgmtError
 from pyglfs.mgmt.peerlink import RemoteParticipant
 from pyglfs.mgmt.statestore import PeerRecord
 from pyglfs.mgmt.transaction import Txn, TxnError, TxnOp
+from pyglfs.rpc.connection import open_rpc_connection
+from pyglfs.rpc.errors import HandshakeRefused
 
 IPS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
 
@@ -147,3 +149,37 @@ async def test_force_detached_peer_sees_itself_rejected(tmp_path: Path,
         await b2.peers._call(PeerRecord(da.uuid, da.host, da.peers.port), "friend_update",
                              {"peers": []})
     assert e2.value.errno == errno.EPERM
+
+
+BAD_REQUESTS = [
+    ("peer_probe", {}), ("peer_probe", {"host": 5}), ("peer_probe", {"host": "h", "port": -1}),
+    ("peer_probe", {"host": "h", "port": "24750"}), ("peer_probe", {"host": "a b"}),
+    ("peer_detach", {"host": "h", "force": "yes"}), ("peer_detach", {"host": ""}),
+    ("friend_join", {}), ("friend_join", {"hostname": 1, "port": 2, "as": "x", "peers": []}),
+    ("friend_join", {"hostname": "", "port": 2, "as": "x", "peers": [{"uuid": "nope"}]}),
+    ("friend_update", {"peers": []}), ("friend_forget", {"uuid": "x"}), ("friend_leave", {}),
+    ("friend_hello", {}), ("txn_lock", {}), ("txn_stage", {"txn": [1]}),
+    ("no_such_op", {}),
+]
+
+
+@pytest.mark.parametrize("op,args", BAD_REQUESTS)
+async def test_bad_requests_get_clean_errors(tmp_path: Path, nursery: trio.Nursery, op: str,
+                                             args: dict[str, Any]) -> None:
+    node = (await start(nursery, tmp_path / "a", IPS[0])).daemon
+    async with open_rpc_connection(node.host, node.peers.port, volume="", role="mgmt",
+                                   client_id="stranger") as conn:
+        with pytest.raises(OSError) as ei:
+            await conn.call(op, args, timeout=5)
+        assert ei.value.errno in (errno.EINVAL, errno.EPERM, errno.ENOSYS), ei.value
+        assert await conn.call("peer_status", {}, timeout=5) == {"peers": []}
+    assert node.peers.peers == {}
+
+
+async def test_other_roles_are_refused(tmp_path: Path, nursery: trio.Nursery) -> None:
+    node = (await start(nursery, tmp_path / "a", IPS[0])).daemon
+    with pytest.raises(HandshakeRefused) as ei:
+        async with open_rpc_connection(node.host, node.peers.port, volume="gvol0",
+                                       client_id="c"):
+            pass
+    assert "management daemon" in ei.value.reason
