@@ -32,11 +32,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SETTLE_TIMEOUT = 1.0
+
 
 def _bricks(layer: Layer) -> list[str]:
-    if isinstance(layer, ProtocolClient):
-        return [f"{layer.host}:{layer.port}:{layer.brick_path}"]
-    return [b for c in layer.children for b in _bricks(c)]
+    return [f"{c.host}:{c.port}:{c.brick_path}" for c in _protocol_clients(layer)]
 
 
 class _Watch(Layer):
@@ -58,6 +58,20 @@ class _Watch(Layer):
                 await self.changed.wait()
                 self.changed = trio.Event()
         return self.child.is_up
+
+    async def settle(self, timeout: float) -> None:
+        """Give bricks that are still connecting a moment once the graph is up,
+        so that the first changes reach every replica instead of needing heal."""
+        clients = _protocol_clients(self.child)
+        with trio.move_on_after(timeout):
+            while not all(c.is_up for c in clients):
+                await trio.sleep(0.01)
+
+
+def _protocol_clients(layer: Layer) -> list[ProtocolClient]:
+    if isinstance(layer, ProtocolClient):
+        return [layer]
+    return [p for c in layer.children for p in _protocol_clients(c)]
 
 
 # -- serving --------------------------------------------------------------------
@@ -84,6 +98,7 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
             readiness.failed(msg)
             nursery.cancel_scope.cancel()
             return 1
+        await watch.settle(min(SETTLE_TIMEOUT, plan.up_timeout))
         ops = FuseOperations(top, config)
         try:
             pyfuse3.init(ops, plan.mountpoint, opts.fuse_options(plan.fsname))

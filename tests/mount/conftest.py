@@ -1,5 +1,6 @@
-"""Fixtures for real FUSE mounts: bricks and a mount per module, a fresh pair of
-directories (local and on the mount) per test.
+"""Fixtures for real FUSE mounts: bricks and a mount per module and volume kind
+(single brick, replica 2), a fresh pair of directories (local and on the mount)
+per test.
 
 Every test here is skipped cleanly without /dev/fuse, root or fusermount3. A
 test fails if the mount logged an unexpected exception while it ran.
@@ -43,10 +44,20 @@ def single_volume(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Volume]:
         vol.stop()
 
 
+@pytest.fixture(scope="module", params=["single", "replica2"])
+def volume(request: pytest.FixtureRequest,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Volume]:
+    """Each volume kind in turn: the bridge over a protocol client, then over replicate."""
+    vol = start_volume(tmp_path_factory.mktemp(request.param), request.param)
+    try:
+        yield vol
+    finally:
+        vol.stop()
+
+
 @pytest.fixture(scope="module")
-def single_mount(single_volume: Volume) -> Iterator[Mount]:
-    with mounted_volume(single_volume.volfile,
-                        single_volume.volfile.parent / "mnt") as m:
+def volume_mount(volume: Volume) -> Iterator[Mount]:
+    with mounted_volume(volume.volfile, volume.volfile.parent / "mnt") as m:
         yield m
 
 
@@ -60,16 +71,16 @@ class Pair:
 
 
 @pytest.fixture
-def pair(single_mount: Mount, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Pair]:
+def pair(volume_mount: Mount, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Pair]:
     name = request.node.name.replace("/", "_")[:200]
     local = tmp_path / "local"
-    remote = single_mount.mountpoint / name
+    remote = volume_mount.mountpoint / name
     for d in (local, remote):
         d.mkdir()
         os.chmod(d, 0o777)
-    assert mount_entry(single_mount.mountpoint)["fstype"] == "fuse.pyglfs"
-    assert os.stat(remote).st_dev == os.stat(single_mount.mountpoint).st_dev
-    start = len(single_mount.log_text())
-    yield Pair(local, remote, single_mount)
-    tail = single_mount.log_text()[start:]
+    assert mount_entry(volume_mount.mountpoint)["fstype"] == "fuse.pyglfs"
+    assert os.stat(remote).st_dev == os.stat(volume_mount.mountpoint).st_dev
+    start = len(volume_mount.log_text())
+    yield Pair(local, remote, volume_mount)
+    tail = volume_mount.log_text()[start:]
     assert "Traceback" not in tail, f"the mount logged an unexpected exception:\n{tail[-6000:]}"
