@@ -357,9 +357,25 @@ class Replicate(Layer):
     async def create(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
                      gid: int, flags: int = 0,
                      xattrop: dict[str, bytes] | None = None) -> Iatt:
-        iatt = await self._new_inode(
-            pgfid, gfid, _D | _M,
-            lambda c, x: c.create(pgfid, name, gfid, mode, uid, gid, flags, x), xattrop)
+        """Create (and count as open) a file with the caller's gfid.
+
+        Opened for writing, the new inode's lock is taken in the same round trip
+        as the create (nobody else can know the gfid yet, so it is never
+        contended), and the first write needs no lock request of its own.
+        """
+        def call(c: Layer, x: dict[str, bytes] | None) -> Any:
+            return c.create(pgfid, name, gfid, mode, uid, gid, flags, x)
+
+        if self.locks.delay > 0 and flags & os.O_ACCMODE != os.O_RDONLY:
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self.locks.prefetch, gfid)
+                    iatt = await self._new_inode(pgfid, gfid, _D | _M, call, xattrop)
+            except BaseException:
+                self.locks.want_release(gfid)
+                raise
+        else:
+            iatt = await self._new_inode(pgfid, gfid, _D | _M, call, xattrop)
         self.opens[gfid] = self.opens.get(gfid, 0) + 1
         return iatt
 

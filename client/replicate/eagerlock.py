@@ -175,6 +175,15 @@ class EagerLocks:
                 return st
             await st.changed.wait()
 
+    async def prefetch(self, key: bytes) -> None:
+        """Take the inode lock on ``key`` ahead of its first use, if it is free."""
+        try:
+            st = await self.acquire(key, entry=False)
+        except OSError as e:
+            log.debug("lock prefetch of %s: %s", key.hex(), e)
+            return
+        self.done(st)
+
     def done(self, st: LockState) -> None:
         st.users -= 1
         st.last_used = trio.current_time()

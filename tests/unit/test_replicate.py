@@ -107,10 +107,18 @@ async def test_steady_state_round_trips(tmp_path: Path) -> None:
         for k in range(5):
             await rep.create(ROOT_GFID, b"n%d" % k, g(), 0o644, 0, 0)
         assert sorted(calls) == sorted([(0, "create"), (1, "create")] * 5)
+        # A file created for writing gets its lock in the create's round trip.
+        calls.clear()
+        h = g()
+        await rep.create(ROOT_GFID, b"w", h, 0o644, 0, 0, os.O_WRONLY)
+        assert sorted(calls) == [(0, "create"), (0, "inodelk"), (1, "create"), (1, "inodelk")]
+        calls.clear()
+        await rep.write(h, 0, b"small")
+        assert sorted(calls) == [(0, "write"), (1, "write")]
         calls.clear()
         await rep.settle()
         ops = sorted(op for _, op in calls)
-        assert ops.count("xattrop") == 4 and ops.count("inodelk") == 2
+        assert ops.count("inodelk") == 4 and ops.count("xattrop") == 6
         assert ops.count("entrylk") == 2
         for b in env.bricks:
             assert_clean(b.root)
