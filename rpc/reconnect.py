@@ -21,6 +21,7 @@ import logging
 import os
 import random
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import trio
@@ -60,7 +61,9 @@ class ReconnectingClient:
         max_frame: int = DEFAULT_MAX_FRAME,
         backoff_min: float = 0.1,
         backoff_max: float = 2.0,
+        opener: Callable[..., AbstractAsyncContextManager[RpcConnection]] = open_rpc_connection,
     ) -> None:
+        """``opener`` replaces ``open_rpc_connection`` (same signature), for tests."""
         self.host = host
         self.port = port
         self.volume = volume
@@ -77,6 +80,7 @@ class ReconnectingClient:
         self.max_frame = max_frame
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
+        self._opener = opener
         self._conn: RpcConnection | None = None
         self._state: bool | None = None
         self._up_event = trio.Event()
@@ -153,7 +157,7 @@ class ReconnectingClient:
         """One connection's life: None if it came up (and has since gone down), else
         why it could not."""
         try:
-            async with open_rpc_connection(
+            async with self._opener(
                 self.host, self.port, volume=self.volume, client_id=self.client_id,
                 role=self.role, auth=self.auth, on_event=self.on_event,
                 max_frame=self.max_frame, ping_timeout=self.ping_timeout,
