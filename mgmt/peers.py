@@ -155,6 +155,27 @@ class PeerManager:
                 return rec
         return None
 
+    async def down_peers(self, skip: str = "") -> list[str]:
+        """Names of the peers that are down (``skip`` left out).
+
+        A peer the monitor has not (yet) seen up is asked once directly, so an
+        operation right after a restart does not fail on a monitor still connecting.
+        """
+        down: list[str] = []
+
+        async def check(rec: PeerRecord) -> None:
+            try:
+                await call_node(rec.hostname, rec.port, "friend_hello", {}, client_id=self.uuid,
+                                timeout=min(self.call_timeout, 5.0))
+            except OSError:
+                down.append(display_name(rec.hostname, rec.port))
+
+        async with trio.open_nursery() as nursery:
+            for rec in self.peers.values():
+                if rec.uuid != skip and not self.monitor.connected.get(rec.uuid):
+                    nursery.start_soon(check, rec)
+        return sorted(down)
+
     def is_self(self, host: str, port: int) -> bool:
         if host == self.uuid:
             return True
@@ -187,6 +208,12 @@ class PeerManager:
         async with self._lock:
             if self.find(host, port) is not None:
                 raise MgmtError(errno.EEXIST, f"Host {host} port {port} already in peer list")
+            down = await self.down_peers()
+            if down:
+                # Every member must record the newcomer; one that is down would miss it.
+                raise MgmtError(errno.ENOTCONN, f"failed: {', '.join(down)} "
+                                f"{'is' if len(down) == 1 else 'are'} not connected. "
+                                "Check with 'peer status'.")
             try:
                 ident = await self._call((host, port), "friend_identify", {})
                 remote = ident.get("uuid") if type(ident) is dict else None
@@ -236,8 +263,7 @@ class PeerManager:
                     "recoverable state then use either replace-brick or remove-brick command "
                     "with force to remove all bricks from the peer and attempt the peer "
                     "detach again."))
-            down = [display_name(r.hostname, r.port) for r in self.peers.values()
-                    if r.uuid != rec.uuid and not self.monitor.connected.get(r.uuid)]
+            down = await self.down_peers(skip=rec.uuid)
             if down and not force:
                 log.warning("detach of %s refused: peers down: %s", name, ", ".join(down))
                 raise MgmtError(errno.ENOTCONN, "failed: One of the peers is probably down. "

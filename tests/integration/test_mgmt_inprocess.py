@@ -137,6 +137,12 @@ async def test_force_detached_peer_sees_itself_rejected(tmp_path: Path,
     with pytest.raises(MgmtError) as ei:
         await da.peers.detach(db.host, None)
     assert ei.value.errno == errno.ENOTCONN and "is not connected" in ei.value.message
+    c = (await start(nursery, tmp_path / "c", IPS[2])).daemon
+    with pytest.raises(MgmtError) as ei:
+        await da.peers.probe(c.host, c.peers.port)
+    assert ei.value.message == (f"failed: {db.host}:{port} is not connected. "
+                                "Check with 'peer status'.")
+    assert c.peers.peers == {} and len(da.peers.peers) == 1
     await da.peers.detach(db.host, None, force=True)
     assert da.peers.peers == {}
     b2 = (await start(nursery, tmp_path / "b", IPS[1], port)).daemon

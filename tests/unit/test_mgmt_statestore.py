@@ -127,3 +127,14 @@ def test_listen_record(tmp_path: Path) -> None:
     assert read_listen_record(tmp_path) is None
     s.clear_listen()
     assert read_listen_record(tmp_path) is None
+
+
+def test_unreadable_peer_entry_names_it(tmp_path: Path) -> None:
+    s = opened(tmp_path)
+    s.load_or_create_uuid()
+    odd = tmp_path / "peers" / U1
+    odd.mkdir()
+    with pytest.raises(StateError) as ei:
+        s.load_peers()
+    assert ei.value.path == str(odd) and "cannot read" in str(ei.value)
+    assert odd.is_dir()
