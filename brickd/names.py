@@ -9,7 +9,6 @@ the brick builds, and it builds them from gfids alone.
 from __future__ import annotations
 
 import errno
-import os
 
 from pyglfs.rpc.brickops import GFID_LEN, INTERNAL_XATTR_PREFIXES, NAME_MAX, ROOT_GFID
 
@@ -107,7 +106,3 @@ def proc_path(fd: int, name: bytes = b"") -> bytes:
         return b"/proc/self/fd/%d/%s" % (fd, name)
     return b"/proc/self/fd/%d" % fd
 
-
-def fsencode(name: str | bytes) -> bytes:
-    """Bytes of a name as the kernel has it."""
-    return name if isinstance(name, bytes) else os.fsencode(name)

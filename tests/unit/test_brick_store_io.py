@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 import xxhash
 from test_brick_store import (
     VOL,
@@ -309,8 +310,6 @@ async def test_rename_over_open_file_keeps_it_until_release(store: BrickStore,
 
 
 def test_orphans_removed_at_start(root: Path) -> None:
-    import trio
-
     async def crash_with_open_unlinked_file() -> tuple[bytes, bytes, bytes]:
         s = open_store(root, VOL)
         try:
@@ -382,3 +381,36 @@ async def test_enospc_on_a_full_filesystem(small_fs: Path) -> None:
         assert names == {b"f"} | {b"d%d" % i for i in range(made)}
     finally:
         s.close()
+
+
+@pytest.fixture
+def chattr(root: Path) -> Iterator[list[Path]]:
+    """Paths given the immutable flag by a test; the flag is cleared afterwards."""
+    if not os.path.exists("/usr/bin/chattr"):
+        pytest.skip("chattr not installed")
+    flagged: list[Path] = []
+    try:
+        yield flagged
+    finally:
+        for p in flagged:
+            subprocess.run(["chattr", "-i", str(p)], check=False)
+
+
+async def test_local_fs_errors_pass_through(store: BrickStore, root: Path,
+                                            chattr: list[Path]) -> None:
+    d = await mkdir(store, ROOT_GFID, b"d")
+    g = await mkfile(store, d, b"f", b"x")
+    await mkfile(store, d, b"other")
+    store.files.clear()
+    chattr.append(root / "d" / "f")
+    flag = await trio.run_process(["chattr", "+i", str(chattr[0])], check=False,
+                                  capture_stderr=True)
+    if flag.returncode:
+        pytest.skip("filesystem without the immutable flag")
+    await expect(errno.EPERM, store.write(gfid=g, offset=0, data=b"y"))
+    await expect(errno.EPERM, store.unlink(pgfid=d, name=b"f"))
+    await expect(errno.EPERM, store.setxattr(gfid=g, name="user.a", value=b"1"))
+    await expect(errno.EPERM, store.rename(old_pgfid=d, old_name=b"other", new_pgfid=d,
+                                           new_name=b"f"))
+    assert (root / "d" / "f").read_bytes() == b"x"
+    assert (await store.lookup(pgfid=d, name=b"f"))["iatt"][F["gfid"]] == g
