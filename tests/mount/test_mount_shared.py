@@ -1,0 +1,83 @@
+"""Two mounts of one volume: each sees the other's changes within the cache
+timeouts (1 s by default, 0.2 s given as options on the second mount), and
+names made through one at once (negative lookups are not cached)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from helpers.mounts import Mount, Volume, mounted_volume, wait_for
+
+TIMEOUT = 1.0 + 2.0  # attribute/entry timeout plus slack
+
+
+@pytest.fixture(scope="module")
+def two_mounts(volume: Volume) -> Iterator[tuple[Mount, Mount]]:
+    base = volume.volfile.parent
+    with mounted_volume(volume.volfile, base / "mnt-a") as a, \
+            mounted_volume(volume.volfile, base / "mnt-b",
+                           "attribute-timeout=0.2,entry-timeout=0.2") as b:
+        yield a, b
+
+
+def _read(p) -> bytes | None:
+    try:
+        return p.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def test_changes_cross_mounts(two_mounts):
+    a, b = (m.mountpoint for m in two_mounts)
+    d = f"shared-{uuid.uuid4().hex[:8]}"
+    # a directory made through one mount is there at once through the other
+    os.mkdir(a / d)
+    assert os.stat(b / d).st_ino == os.stat(a / d).st_ino
+    assert d in os.listdir(b)
+    (a / d / "f").write_bytes(b"v1")
+    assert (b / d / "f").read_bytes() == b"v1"
+    (a / d / "f").write_bytes(b"version two")
+    assert wait_for(lambda: _read(b / d / "f") == b"version two", TIMEOUT)
+    os.rename(a / d / "f", a / d / "g")
+    assert wait_for(lambda: not os.path.exists(b / d / "f"), TIMEOUT)
+    assert (b / d / "g").read_bytes() == b"version two"
+    assert sorted(os.listdir(b / d)) == ["g"]
+    os.unlink(a / d / "g")
+    assert wait_for(lambda: not os.path.exists(b / d / "g"), TIMEOUT)
+    assert os.listdir(b / d) == []
+    # and the other way round
+    (b / d / "h").write_bytes(b"from b")
+    assert (a / d / "h").read_bytes() == b"from b"
+    with open(b / d / "h", "ab") as f:
+        f.write(b" and more")
+    assert wait_for(lambda: _read(a / d / "h") == b"from b and more", TIMEOUT)
+    os.chmod(b / d / "h", 0o600)
+    assert wait_for(lambda: os.stat(a / d / "h").st_mode & 0o777 == 0o600, TIMEOUT)
+    os.mkdir(b / d / "sub")
+    os.rename(b / d / "h", b / d / "sub" / "h")
+    assert wait_for(lambda: not os.path.exists(a / d / "h"), TIMEOUT)
+    assert (a / d / "sub" / "h").read_bytes() == b"from b and more"
+    os.unlink(b / d / "sub" / "h")
+    os.rmdir(b / d / "sub")
+    os.rmdir(b / d)
+    assert wait_for(lambda: not os.path.exists(a / d), TIMEOUT)
+
+
+def test_appends_from_two_mounts(two_mounts):
+    a, b = (m.mountpoint for m in two_mounts)
+    name = f"log-{uuid.uuid4().hex[:8]}"
+    fa = os.open(a / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fb = os.open(b / name, os.O_WRONLY | os.O_APPEND)
+    try:
+        for i in range(5):
+            os.write(fa, f"a{i}\n".encode())
+            os.write(fb, f"b{i}\n".encode())
+    finally:
+        os.close(fa)
+        os.close(fb)
+    lines = (a / name).read_bytes().split()
+    assert sorted(lines) == sorted([f"a{i}".encode() for i in range(5)]
+                                   + [f"b{i}".encode() for i in range(5)])
