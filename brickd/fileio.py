@@ -108,7 +108,7 @@ class FileOps(StoreCore):
         if st.st_nlink <= 1:
             self._unlink_handle(gfid)
             self.files.drop(gfid)
-            self.heal_index.discard(gfid)
+            self.heal_index.note(gfid, {})
 
     async def flush(self, gfid: bytes) -> dict[str, Any]:
         """Nothing is buffered in the brick; only checks that ``gfid`` exists."""

@@ -174,7 +174,7 @@ class StoreCore:
         self._unlink_handle(gfid)
         self.dirs.drop(gfid)
         self._listings.pop(gfid, None)
-        self.heal_index.discard(gfid)
+        self.heal_index.note(gfid, {})
 
     def _name_dropped(self, gfid: bytes, nlink_before: int) -> None:
         """A non-directory lost one name; remove its handle once no name is left.
@@ -188,7 +188,7 @@ class StoreCore:
             return
         self._unlink_handle(gfid)
         self.files.drop(gfid)
-        self.heal_index.discard(gfid)
+        self.heal_index.note(gfid, {})
 
     # -- resolution ------------------------------------------------------------
 

@@ -232,6 +232,14 @@ async def test_xattrop_op_and_heal_index(store: BrickStore, root: Path) -> None:
     assert lk["xattrs"] == {DIRTY: counters(0, 0, 0), BLAME: counters(0, 0, 0)}
     assert (await store.lookup_gfid(gfid=g))["xattrs"] == lk["xattrs"]
     await expect(errno.EPERM, store.xattrop(gfid=g, xattrop={"user.x": counters(1, 0, 0)}))
+    # an inode that is gone leaves the index with its last name
+    await store.xattrop(gfid=g, xattrop={BLAME: counters(1, 0, 0)})
+    d = await mkdir(store, ROOT_GFID, b"d")
+    await store.xattrop(gfid=d, xattrop={BLAME: counters(0, 0, 1)})
+    assert g in store.heal_index and d in store.heal_index
+    await store.unlink(pgfid=ROOT_GFID, name=b"f")
+    await store.rmdir(pgfid=ROOT_GFID, name=b"d")
+    assert g not in store.heal_index and d not in store.heal_index
 
 
 async def test_xattrop_argument_goes_to_the_right_inode(store: BrickStore,
