@@ -155,10 +155,10 @@ class Replicate(Layer):
         return info
 
     async def _read(self, gfid: bytes, kind: int, op: str, *args: Any,
-                    failover: bool = True) -> Any:
+                    failover: bool = True, also: int = -1) -> Any:
         """Call ``op`` on a good brick for ``kind`` of ``gfid``; fail over if unreachable."""
         info = await self._info(gfid)
-        order = self.inodes.order(gfid, info, kind, self._up())
+        order = self.inodes.order(gfid, info, kind, self._up(), also)
         if not order:
             raise self._no_source(gfid, info, kind)
         last: OSError | None = None
@@ -192,7 +192,28 @@ class Replicate(Layer):
             raise OSError(errno.ENOTCONN, "no brick is connected")
         children = self.children
         res = await fanout(self.n, up, lambda i: children[i].lookup(pgfid, name))
+        parent = self.inodes.get(pgfid)
+        if parent is not None and parent.bad[ENTRY]:
+            self._drop_stale_entry(res, up, parent.bad[ENTRY], pgfid, name)
         return self._merge_lookup(res, up, f"{pgfid.hex()}/{name!r}")
+
+    def _drop_stale_entry(self, res: list[Any], up: list[int], blamed: int, pgfid: bytes,
+                          name: bytes) -> None:
+        """Trust the absence of a name on a good copy of the directory.
+
+        When only bricks blamed for the directory's entries have the name, the
+        good copy's ENOENT is the truth (the name was removed while they were
+        away): answering from them would bring a deleted file back.
+        """
+        have = [i for i in up if not isinstance(res[i], OSError)]
+        absent_good = [i for i in up if isinstance(r := res[i], OSError)
+                       and r.errno == errno.ENOENT and not blamed >> i & 1]
+        if have and absent_good and all(blamed >> i & 1 for i in have):
+            log.info("replicate %s: %s/%r exists only on bricks %s, which missed entry "
+                     "changes of the directory: treated as absent", self.name, pgfid.hex(),
+                     name, have)
+            for i in have:
+                res[i] = OSError(errno.ENOENT, "stale entry on a brick pending heal")
 
     async def lookup_gfid(self, gfid: bytes) -> Lookup:
         up = bits(self._up())
@@ -248,9 +269,7 @@ class Replicate(Layer):
         return info is not None and info.pending
 
     async def stat(self, gfid: bytes) -> Iatt:
-        info = await self._info(gfid)
-        kind = METADATA if info.bad[METADATA] and not info.bad[DATA] else DATA
-        iatt: Iatt = await self._read(gfid, kind, "stat", gfid)
+        iatt: Iatt = await self._read(gfid, DATA, "stat", gfid, also=METADATA)
         return iatt
 
     async def readdir(self, gfid: bytes, cookie: int, count: int,

@@ -10,7 +10,8 @@ that takes the dirty marks back, when
 
 - a brick tells us another client waits for it (``lock-contention`` event),
 - the inode's last open is flushed or released,
-- it was unused for ``post-op-delay-secs``,
+- it was unused for ``post-op-delay-secs`` (an entry lock: for at most
+  ``ENTRY_IDLE_MAX``, as bricks push contention for inode locks only),
 - a brick comes back (so the next holder includes it), or ``settle()``.
 
 Taking a lock: non-blocking on every brick at once; if any brick says EAGAIN,
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 FREE, ACQUIRING, HELD, RELEASING = range(4)
 OFFSET_END = 1 << 63
+ENTRY_IDLE_MAX = 0.25
 META_SPAN = (-2, -1)
 """The span metadata changes take: they exclude each other, not data changes."""
 
@@ -113,6 +115,9 @@ class EagerLocks:
         self.domain = domain
         self.owner = owner
         self.delay = delay if eager else 0.0
+        # Bricks push contention only for inode locks; an entry lock another
+        # client waits for is therefore given back after a short idle time.
+        self.entry_delay = min(self.delay, ENTRY_IDLE_MAX)
         self.inode: dict[bytes, LockState] = {}
         self.entry: dict[bytes, LockState] = {}
         self._nursery: trio.Nursery | None = None
@@ -138,12 +143,13 @@ class EagerLocks:
                 if self.delay <= 0:
                     await trio.sleep_forever()
                 while True:
-                    await trio.sleep(max(self.delay / 2, 0.05))
+                    await trio.sleep(max(self.entry_delay / 2, 0.05))
                     now = trio.current_time()
-                    for table in (self.inode, self.entry):
+                    for table, delay in ((self.inode, self.delay),
+                                         (self.entry, self.entry_delay)):
                         for st in list(table.values()):
                             if (st.state == HELD and not st.users
-                                    and now - st.last_used >= self.delay):
+                                    and now - st.last_used >= delay):
                                 self._start_release(st)
             finally:
                 self._nursery = None

@@ -88,13 +88,18 @@ class InodeTable:
     def forget(self, gfid: bytes) -> None:
         self._map.pop(gfid, None)
 
-    def order(self, gfid: bytes, info: InodeInfo, kind: int, up: int) -> list[int]:
+    def order(self, gfid: bytes, info: InodeInfo, kind: int, up: int,
+              also: int = -1) -> list[int]:
         """Bricks to try for a read of ``kind``, best first; empty when none is good.
 
-        The first choice sticks (``read_child``) while it stays good, so a
-        directory listing keeps to one brick and its cookies stay valid.
+        With ``also``, bricks good for both kinds come first if there are any
+        (a stat wants size and mode from one good copy). The first choice
+        sticks (``read_child``) while it stays good, so a directory listing
+        keeps to one brick and its cookies stay valid.
         """
         good = up & ~info.bad[kind]
+        if also >= 0 and good & ~info.bad[also]:
+            good &= ~info.bad[also]
         if not good:
             return []
         first = info.read_child

@@ -158,3 +158,43 @@ async def test_silent_brick_declared_down_after_ping_timeout(tmp_path: Path) -> 
         proxy.thaw()
         await wait_for(lambda: rep.children[1].is_up, 10, "brick 1 reconnected")
         assert await rep.read(f, 0, 10) == b"during"
+
+
+async def test_two_clients_create_in_one_directory(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, post_op_delay=60.0) as env:
+        a = env.rep
+        b = await env.new_client(post_op_delay=60.0)
+        names = []
+        for k in range(6):
+            writer = a if k % 2 == 0 else b
+            with trio.fail_after(2):
+                await writer.create(ROOT_GFID, b"n%d" % k, g(), 0o644, 0, 0)
+            names.append("n%d" % k)
+        await a.settle()
+        await b.settle()
+        for br in env.bricks:
+            assert sorted(p.name for p in br.root.iterdir() if p.name != ".pyglfs") == names
+            assert index_dir(br.root) == set()
+
+
+async def test_name_removed_while_brick_down_stays_removed(tmp_path: Path) -> None:
+    async with open_replica(tmp_path) as env:
+        rep = env.rep
+        f = g()
+        await rep.create(ROOT_GFID, b"doomed", f, 0o644, 0, 0)
+        await rep.settle()
+        await env.bricks[1].stop()
+        await wait_for(lambda: not rep.children[1].is_up, 5, "brick 1 down")
+        await rep.unlink(ROOT_GFID, b"doomed")
+        await rep.settle()
+        await env.bricks[1].start()
+        await wait_for(lambda: rep.children[1].is_up, 10, "brick 1 back")
+        assert (env.bricks[1].root / "doomed").exists()
+        fresh = await env.new_client()
+        for client in (rep, fresh):
+            await client.lookup_gfid(ROOT_GFID)
+            with pytest.raises(OSError) as ei:
+                await client.lookup(ROOT_GFID, b"doomed")
+            assert ei.value.errno == errno.ENOENT
+            entries, _ = await client.readdir(ROOT_GFID, 0, 100)
+            assert b"doomed" not in [e.name for e in entries]
