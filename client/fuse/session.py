@@ -108,8 +108,8 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
             readiness.failed(msg)
             nursery.cancel_scope.cancel()
             return 1
-        log.info("mounted volume %s on %s (volfile %s)", plan.graph.name, plan.mountpoint,
-                 plan.volfile)
+        log.info("mounted volume %s on %s (volfile %s, pid %d)", plan.graph.name,
+                 plan.mountpoint, plan.volfile, os.getpid())
         try:
             nursery.start_soon(_terminate_on_signal)
             if plan.pid_file:
