@@ -169,7 +169,7 @@ async def test_two_clients_create_in_one_directory(tmp_path: Path) -> None:
             writer = a if k % 2 == 0 else b
             with trio.fail_after(2):
                 await writer.create(ROOT_GFID, b"n%d" % k, g(), 0o644, 0, 0)
-            names.append("n%d" % k)
+            names.append(f"n{k}")
         await a.settle()
         await b.settle()
         for br in env.bricks:
