@@ -295,7 +295,7 @@ class StoreCore:
             return os.stat(fd), False
         st = self._hstat(gfid)
         if is_dir_handle(st):
-            return os.stat(self._dir_fd(gfid)), True
+            return os.stat(self._walk(gfid)), True
         return st, False
 
     def _xattr_target(self, gfid: bytes) -> XattrTarget:
@@ -309,7 +309,7 @@ class StoreCore:
             return fd
         st = self._hstat(gfid)
         if is_dir_handle(st):
-            return self._dir_fd(gfid)
+            return self._walk(gfid)
         return proc_path(self.handles_fd, handle_rel(gfid))
 
     def _iatt(self, gfid: bytes, st: os.stat_result, is_dir: bool) -> list[Any]:
