@@ -55,15 +55,21 @@ def encode_frame(obj: Any) -> bytes:
 class FrameReader:
     """Receives frames from ``stream`` and returns their decoded messages.
 
+    ``first_frame_max``, if set, is a tighter limit for the first frame only (a
+    server's hello comes from a client that has not proven anything yet).
+
     Over a SocketTransport, the rest of a frame of 64 KiB or more is received
     straight into a buffer of the frame's size (kept for reuse up to 4 MiB) rather
     than through intermediate chunks.
     """
 
-    def __init__(self, stream: ByteStream, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(
+        self, stream: ByteStream, max_frame: int = DEFAULT_MAX_FRAME, *, first_frame_max: int = 0
+    ) -> None:
         self._stream = stream
         self._fast = stream if isinstance(stream, SocketTransport) else None
         self.max_frame = max_frame
+        self.first_frame_max = first_frame_max
         self._buf = bytearray()
         self._want = 0
         self._big: bytearray | None = None
@@ -135,10 +141,10 @@ class FrameReader:
         n = len(src)
         pos = 0
         out: list[Any] = []
-        limit = self.max_frame
         with memoryview(src) as mv:
             while n - pos >= 4:
                 (size,) = _unpack_hdr(mv, pos)
+                limit = self.first_frame_max or self.max_frame
                 if size > limit:
                     raise FrameTooLarge(f"frame of {size} bytes announced, maximum is {limit}")
                 end = pos + 4 + size
@@ -147,6 +153,7 @@ class FrameReader:
                     break
                 out.append(decode_body(mv[pos + 4 : end]))
                 pos = end
+                self.first_frame_max = 0
             else:
                 self._want = 0
         if src is buf:

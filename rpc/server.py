@@ -219,7 +219,7 @@ async def serve_rpc_stream(
         if holder:
             holder[0]._on_broken(exc)
 
-    reader = FrameReader(transport, min(max_frame, _MAX_HELLO))
+    reader = FrameReader(transport, max_frame, first_frame_max=min(max_frame, _MAX_HELLO))
     writer = FrameWriter(transport, on_broken=on_broken)
     try:
         with trio.move_on_after(handshake_timeout) as scope:
@@ -233,7 +233,6 @@ async def serve_rpc_stream(
             return
         if done is None or writer.broken is not None:
             return
-        reader.max_frame = max_frame
         hello, pending = done
         conn = ServerConnection(service, reader, writer, hello, peer, max_in_flight)
         holder.append(conn)

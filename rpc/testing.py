@@ -18,7 +18,7 @@ import trio.testing
 
 from pyglfs.rpc.connection import RpcConnection, connect_stream
 from pyglfs.rpc.errors import HandshakeRefused
-from pyglfs.rpc.server import ServerConnection, Service, serve_rpc_stream
+from pyglfs.rpc.server import ServerConnection, Service, serve_rpc, serve_rpc_stream
 
 TEST_AUTH = {"username": "test", "password": "secret"}
 
@@ -103,3 +103,31 @@ async def open_memory_connection(
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from None
         raise
+
+
+async def serve_echo(host: str = "127.0.0.1", port: int = 0, *, record: bool = False) -> None:
+    """Serve an EchoService on host:port and print ``listening on PORT`` once ready."""
+    svc = EchoService()
+    svc.record = record
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(serve_rpc, svc, host, port)
+        print(f"listening on {bound}", flush=True)
+
+
+def main() -> None:
+    """``python -m pyglfs.rpc.testing [HOST [PORT]]``: an echo server for tests and
+    benchmarks; runs until killed."""
+    import logging
+    import sys
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    host = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
+    port = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    try:
+        trio.run(serve_echo, host, port)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
