@@ -13,10 +13,11 @@ Contracts (see DESIGN.md, Replication):
   answered from the brick that has it (a pending entry heal, recorded).
 - gfids of new inodes come from above (the FUSE bridge) and go unchanged to
   every brick.
-- Opens go to every up brick and are not replayed on a brick that comes back:
-  a brick's open only keeps an unlinked-while-open file alive, and reads and
-  writes address inodes by gfid, so a brick that missed the open still serves
-  them. Release and flush of a brick that never saw the open are ignored.
+- Opens go to every up brick. A brick's open only keeps an unlinked-while-open
+  file alive (reads and writes address inodes by gfid), so a brick that comes
+  back gets this client's opens replayed in the background, best effort: a
+  file it lacks is skipped, and a release it gets for an open it never saw
+  is ignored by the brick.
 - Background work (post-ops, unlocks) runs under ``serve``; ``settle()``
   finishes it now (unmount, tests).
 """
@@ -116,10 +117,27 @@ class Replicate(Layer):
         # The next holder of each lock must include the brick that came back.
         if self.locks._nursery is not None:
             self.locks.release_all()
+            if self.opens:
+                self.locks._nursery.start_soon(self._replay_opens, i)
         if not self._was_up:
             self._was_up = True
             if self.parent is not None:
                 self.parent.child_up(self)
+
+    async def _replay_opens(self, i: int) -> None:
+        child = self.children[i]
+        replayed = 0
+        for gfid, count in list(self.opens.items()):
+            for _ in range(count):
+                try:
+                    await child.open(gfid, os.O_RDONLY)
+                    replayed += 1
+                except OSError as e:
+                    log.debug("replay of open %s on brick %s: %s", gfid.hex(), i, e)
+                    if is_transport(e):
+                        return
+                    break
+        log.info("replicate %s: replayed %d opens on brick %s", self.name, replayed, i)
 
     def child_down(self, child: Layer, reason: str) -> None:
         i = self._index(child)

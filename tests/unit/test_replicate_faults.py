@@ -198,3 +198,25 @@ async def test_name_removed_while_brick_down_stays_removed(tmp_path: Path) -> No
             assert ei.value.errno == errno.ENOENT
             entries, _ = await client.readdir(ROOT_GFID, 0, 100)
             assert b"doomed" not in [e.name for e in entries]
+
+
+async def test_open_is_replayed_on_a_brick_that_returns(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="pyglfs.client.replicate")
+    async with open_replica(tmp_path) as env:
+        rep = env.rep
+        f = g()
+        await rep.create(ROOT_GFID, b"kept", f, 0o644, 0, 0)
+        await rep.write(f, 0, b"still here")
+        await rep.release(f)
+        await rep.open(f, os.O_RDONLY)
+        await env.bricks[1].stop()
+        await wait_for(lambda: not rep.children[1].is_up, 5, "brick 1 down")
+        await env.bricks[1].start()
+        await wait_for(lambda: any("replayed 1 opens on brick 1" in r.getMessage()
+                                   for r in caplog.records), 10, "open replayed")
+        await rep.unlink(ROOT_GFID, b"kept")
+        # Unlinked while open: each brick keeps the data for this client's open.
+        for i in range(2):
+            assert await env.brick_client(rep, i).read(f, 0, 100) == b"still here"
+        await rep.release(f)
