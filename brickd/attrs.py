@@ -13,7 +13,7 @@ import stat
 from typing import Any
 
 from pyglfs.brickd import linux
-from pyglfs.brickd.names import handle_rel
+from pyglfs.brickd.names import check_owner, handle_rel
 from pyglfs.brickd.resolve import StoreCore
 
 _OFF_MAX = (1 << 63) - 1
@@ -34,6 +34,7 @@ class AttrOps(StoreCore):
 
         ``*_now`` wins over ``*_ns``; a time given by neither is left alone.
         """
+        check_owner(uid, gid)
         st, is_dir = self._stat_gfid(gfid)
         fmt = stat.S_IFMT(st.st_mode)
         if size is not None:

@@ -17,7 +17,14 @@ import stat
 from typing import Any
 
 from pyglfs.brickd import linux
-from pyglfs.brickd.names import NULL_GFID, check_gfid, gfid_str, handle_rel, proc_path
+from pyglfs.brickd.names import (
+    NULL_GFID,
+    check_gfid,
+    check_owner,
+    gfid_str,
+    handle_rel,
+    proc_path,
+)
 from pyglfs.brickd.resolve import DIR_OPEN, StoreCore, is_dir_handle, read_afr
 from pyglfs.rpc.brickops import GFID_LEN, GFID_XATTR, ROOT_GFID
 
@@ -45,9 +52,11 @@ class EntryOps(StoreCore):
         st, is_dir = self._stat_gfid(gfid)
         return {"iatt": self._iatt(gfid, st, is_dir), "xattrs": read_afr(self._xattr_target(gfid))}
 
-    def _check_new(self, pfd: int, name: bytes, gfid: bytes) -> None:
-        """EEXIST if ``name`` exists; EINVAL if ``gfid`` already names another inode."""
+    def _check_new(self, pfd: int, name: bytes, gfid: bytes, uid: int, gid: int) -> None:
+        """EEXIST if ``name`` exists; EINVAL if ``gfid`` already names another inode
+        (or is null or the root's), or the owner is out of range."""
         check_gfid(gfid)
+        check_owner(uid, gid)
         if not self._gfid_in_use(gfid):
             return
         try:
@@ -100,7 +109,7 @@ class EntryOps(StoreCore):
         an ``open`` (see FileOps.open).
         """
         pfd = self._parent(pgfid, name)
-        self._check_new(pfd, name, gfid)
+        self._check_new(pfd, name, gfid, uid, gid)
         self._xattrop_dir(pgfid, pfd, xattrop)
         fd = os.open(name, _CREATE, mode & 0o777, dir_fd=pfd)
         try:
@@ -120,7 +129,7 @@ class EntryOps(StoreCore):
                     gid: int, xattrop: dict[str, bytes] | None = None) -> dict[str, Any]:
         """Create a directory with the client's gfid and its handle symlink."""
         pfd = self._parent(pgfid, name)
-        self._check_new(pfd, name, gfid)
+        self._check_new(pfd, name, gfid, uid, gid)
         self._xattrop_dir(pgfid, pfd, xattrop)
         os.mkdir(name, mode & 0o777, dir_fd=pfd)
         fd = -1
@@ -160,8 +169,10 @@ class EntryOps(StoreCore):
         kind = stat.S_IFMT(mode) or stat.S_IFREG
         if kind not in _MKNOD_TYPES:
             raise OSError(errno.EINVAL, "mknod: unsupported file type")
+        if rdev >= 1 << 64:
+            raise OSError(errno.EINVAL, "mknod: device number out of range")
         pfd = self._parent(pgfid, name)
-        self._check_new(pfd, name, gfid)
+        self._check_new(pfd, name, gfid, uid, gid)
         self._xattrop_dir(pgfid, pfd, xattrop)
         os.mknod(name, kind | (mode & 0o777), rdev, dir_fd=pfd)
         return self._finish_node(pgfid, pfd, name, gfid, uid, gid, mode & 0o7777)
@@ -172,7 +183,7 @@ class EntryOps(StoreCore):
         if b"\0" in target:
             raise OSError(errno.EINVAL, "symlink target contains NUL")
         pfd = self._parent(pgfid, name)
-        self._check_new(pfd, name, gfid)
+        self._check_new(pfd, name, gfid, uid, gid)
         self._xattrop_dir(pgfid, pfd, xattrop)
         os.symlink(target, name, dir_fd=pfd)
         return self._finish_node(pgfid, pfd, name, gfid, uid, gid, None)
@@ -250,7 +261,12 @@ class EntryOps(StoreCore):
         self._dir_changed(old_pgfid)
         self._dir_changed(new_pgfid)
         same = dst is not None and (dst.st_ino, dst.st_dev) == (src.st_ino, src.st_dev)
-        if not same:
+        if not same and dst is not None and src_gfid is not None and dst_gfid == src_gfid:
+            # Two inodes claiming one gfid (made behind the brick's back): leave the
+            # handle alone rather than drop the survivor's.
+            log.error("rename: %r and %r are different inodes with one gfid=%s",
+                      old_name, new_name, gfid_str(src_gfid))
+        elif not same:
             if src_gfid is not None and stat.S_ISDIR(src.st_mode):
                 self._move_dir_handle(src_gfid, new_pgfid, new_name)
             if dst is not None and dst_gfid is not None and len(dst_gfid) == GFID_LEN:

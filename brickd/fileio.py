@@ -168,6 +168,8 @@ class FileOps(StoreCore):
     async def checksum(self, gfid: bytes, offset: int, size: int, block: int,
                        ) -> dict[str, Any]:
         """xxh3_64 of each ``block`` bytes of the range, for diff heal."""
+        if offset > _OFF_MAX or size > _OFF_MAX:
+            raise OSError(errno.EINVAL, "checksum range out of range")
         fd = self._file_fd(gfid)
         sums = await self._in_thread(fd, lambda f: block_checksums(f, offset, size, block))
         return {"sums": sums}

@@ -14,6 +14,7 @@ from pyglfs.rpc.brickops import GFID_LEN, INTERNAL_XATTR_PREFIXES, NAME_MAX, ROO
 
 INTERNAL_DIR_NAME = b".pyglfs"
 NULL_GFID = b"\x00" * GFID_LEN
+_ID_LIMIT = (1 << 32) - 1
 
 # A directory's handle is a symlink "../../ab/cd/<parent uuid>/<name>": relative to
 # handles/xy/zw/ it names the parent's handle and then the entry, as in GlusterFS.
@@ -41,6 +42,13 @@ def check_gfid(gfid: bytes) -> None:
     """A gfid a client may give a new inode: not null, not the root's."""
     if len(gfid) != GFID_LEN or gfid == NULL_GFID or gfid == ROOT_GFID:
         raise OSError(errno.EINVAL, "invalid gfid for a new inode")
+
+
+def check_owner(uid: int | None, gid: int | None) -> None:
+    """EINVAL for ids the kernel cannot store (-1, i.e. 2**32 - 1, means "unchanged")."""
+    for v in (uid, gid):
+        if v is not None and not 0 <= v < _ID_LIMIT:
+            raise OSError(errno.EINVAL, "uid or gid out of range")
 
 
 def is_internal_xattr(name: str) -> bool:

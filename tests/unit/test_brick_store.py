@@ -415,3 +415,19 @@ async def test_directory_resolution_checks_gfid(store: BrickStore, root: Path) -
     await expect(errno.ESTALE, store.readdir(gfid=d, cookie=0, count=5))
     os.rmdir(root / "d")
     await expect(errno.ESTALE, store.stat(gfid=d))
+
+
+async def test_out_of_range_arguments_are_einval(store: BrickStore) -> None:
+    g = await mkfile(store, ROOT_GFID, b"f", b"x")
+    for uid, gid in ((1 << 32, 0), (0, 1 << 40), ((1 << 32) - 1, 0)):
+        await expect(errno.EINVAL, store.create(pgfid=ROOT_GFID, name=b"n", gfid=new_gfid(),
+                                                mode=0o644, uid=uid, gid=gid))
+        await expect(errno.EINVAL, store.setattr(gfid=g, uid=uid, gid=gid))
+    await expect(errno.EINVAL, store.mknod(pgfid=ROOT_GFID, name=b"n", gfid=new_gfid(),
+                                           mode=stat.S_IFCHR | 0o600, rdev=1 << 64, uid=0,
+                                           gid=0))
+    await expect(errno.EFBIG, store.setattr(gfid=g, size=1 << 64))
+    await expect(errno.EINVAL, store.setattr(gfid=g, mtime_ns=1 << 100))
+    await expect(errno.EINVAL, store.checksum(gfid=g, offset=1 << 64, size=1, block=1))
+    await expect(errno.ENOENT, store.lookup(pgfid=ROOT_GFID, name=b"n"))
+    assert (await store.read(gfid=g, offset=0, size=1))["data"] == b"x"
