@@ -404,13 +404,17 @@ class Replicate(Layer):
             return c.create(pgfid, name, gfid, mode, uid, gid, flags, x)
 
         if self.locks.delay > 0 and flags & os.O_ACCMODE != os.O_RDONLY:
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self.locks.prefetch, gfid)
+            failed: OSError | None = None
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self.locks.prefetch, gfid)
+                try:
                     iatt = await self._new_inode(pgfid, gfid, _D | _M, call, xattrop)
-            except BaseException:
+                except OSError as e:
+                    # Raised outside the nursery, so callers get the OSError itself.
+                    failed = e
+            if failed is not None:
                 self.locks.want_release(gfid)
-                raise
+                raise failed
         else:
             iatt = await self._new_inode(pgfid, gfid, _D | _M, call, xattrop)
         self.opens[gfid] = self.opens.get(gfid, 0) + 1

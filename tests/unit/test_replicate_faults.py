@@ -220,3 +220,26 @@ async def test_open_is_replayed_on_a_brick_that_returns(
         for i in range(2):
             assert await env.brick_client(rep, i).read(f, 0, 100) == b"still here"
         await rep.release(f)
+
+
+async def test_errors_from_both_bricks_reach_the_caller_unwrapped(tmp_path: Path) -> None:
+    async with open_replica(tmp_path) as env:
+        rep = env.rep
+        f = g()
+        await rep.create(ROOT_GFID, b"f", f, 0o644, 0, 0, os.O_WRONLY)
+        for flags in (os.O_WRONLY, os.O_RDONLY):
+            with pytest.raises(OSError) as ei:
+                await rep.create(ROOT_GFID, b"f", g(), 0o644, 0, 0, flags)
+            assert ei.value.errno == errno.EEXIST
+        with pytest.raises(OSError) as ei:
+            await rep.mkdir(g(), b"d", g(), 0o755, 0, 0)
+        assert ei.value.errno == errno.ESTALE
+        with pytest.raises(OSError) as ei:
+            await rep.rmdir(ROOT_GFID, b"f")
+        assert ei.value.errno == errno.ENOTDIR
+        with pytest.raises(OSError) as ei:
+            await rep.getxattr(f, "user.none")
+        assert ei.value.errno == errno.ENODATA
+        await rep.settle()
+        for br in env.bricks:
+            assert index_dir(br.root) == set()
