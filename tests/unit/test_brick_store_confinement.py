@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -213,3 +214,23 @@ async def test_entry_symlink_in_path_of_name_ops(store: BrickStore, root: Path,
     await store.unlink(pgfid=ROOT_GFID, name=b"out2")
     assert not os.path.lexists(root / ".pyglfs" / "handles" / handle_rel(g).decode())
     assert snapshot(outside) == before
+
+
+async def test_random_names_either_work_or_fail_with_oserror(store: BrickStore, root: Path,
+                                                             tmp_path: Path) -> None:
+    rng = random.Random(1)
+    alphabet = b"./\0a\xff -.."
+    created = 0
+    for _ in range(400):
+        name = bytes(rng.choice(alphabet) for _ in range(rng.choice((1, 2, 3, 5, 256))))
+        try:
+            await store.mkdir(pgfid=ROOT_GFID, name=name, gfid=new_gfid(), mode=0o755, uid=0,
+                              gid=0)
+            created += 1
+        except OSError as e:
+            assert e.errno in (errno.EINVAL, errno.ENAMETOOLONG, errno.EEXIST, errno.EPERM)
+            continue
+        assert b"/" not in name and b"\0" not in name and name not in (b".", b"..")
+        assert (root / os.fsdecode(name)).is_dir()
+    assert created > 10
+    assert sorted(os.listdir(tmp_path)) == ["brick"]
