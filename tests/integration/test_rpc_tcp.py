@@ -21,7 +21,7 @@ from typing import Any
 import msgpack
 import pytest
 import trio
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pyglfs.rpc import messages
@@ -279,6 +279,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     with open(log_path, "wb") as log, echo_server_process(log) as server:
         yield server
     text = log_path.read_text()
+    assert "RuntimeError: a bug in the handler" in text, "the log check cannot see errors"
     assert "connection failed" not in text, text[-3000:]
     assert text.count("Traceback") == text.count("RuntimeError: a bug in the handler"), \
         text[-3000:]
@@ -326,7 +327,8 @@ def _send_garbage(port: int, data: bytes) -> None:
 
 _HELLO = _frame(msgpack.packb(messages.hello(volume="v", client_id="fuzz")))
 _values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=10) | st.binary(max_size=20),
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=10)
+    | st.binary(max_size=20),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
         st.sampled_from(["id", "op", "args", "ping", "x"]), inner, max_size=4),
     max_leaves=8,
@@ -350,6 +352,8 @@ byte_streams = st.one_of(
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=byte_streams)
+@example(data=_HELLO + _frame(msgpack.packb(messages.request(1, "crash", {}))))
+@example(data=_HELLO + _frame(msgpack.packb(messages.request(1, "echo", {"x": 1}))) + b"\x00")
 def test_byte_streams_never_kill_the_server(
     live_server: tuple[subprocess.Popen[bytes], int], data: bytes
 ) -> None:
