@@ -184,9 +184,12 @@ class EntryOps(BridgeBase):
                     try:
                         iatt = (await self.layer.lookup(dh.gfid, ent.name)).iatt
                     except OSError as e:
-                        if e.errno == errno.ENOENT:
-                            continue
-                        raise
+                        if e.errno not in (errno.ENOENT, errno.ENODATA):
+                            raise
+                        if e.errno == errno.ENODATA:
+                            log.warning("readdir: skipping %r in gfid=%s: it has no gfid",
+                                        ent.name, dh.gfid.hex())
+                        continue
                 ino = self.inodes.ino(iatt.gfid)
                 attrs = self.attrs(ino, iatt)
                 if not pyfuse3.readdir_reply(token, ent.name, attrs,

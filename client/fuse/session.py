@@ -111,7 +111,7 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
         log.info("mounted volume %s on %s (volfile %s, pid %d)", plan.graph.name,
                  plan.mountpoint, plan.volfile, os.getpid())
         try:
-            nursery.start_soon(_terminate_on_signal)
+            await nursery.start(_serve_signals, ops)
             if plan.pid_file:
                 _write_pid_file(plan.pid_file)
             readiness.ready()
@@ -133,9 +133,31 @@ def _write_pid_file(path: str) -> None:
     os.replace(tmp, path)
 
 
-async def _terminate_on_signal() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+async def _serve_signals(ops: FuseOperations, *,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """SIGTERM, SIGINT, SIGHUP: unmount and end; SIGUSR1: log a state dump (as
+    glusterfs does), for operators and for tests that follow the inode table."""
+    with trio.open_signal_receiver(*_STOP_SIGNALS, signal.SIGUSR1) as signals:
+        task_status.started()
         async for signum in signals:
+            if signum == signal.SIGUSR1:
+                log.info("statedump: %s", " ".join(f"{k}={v}" for k, v in statedump(ops).items()))
+                continue
             log.info("signal %d: unmounting", signum)
             pyfuse3.terminate()
             return
+
+
+def statedump(ops: FuseOperations) -> dict[str, int]:
+    """What the bridge holds: inodes the kernel references, open files and
+    directories, and the process's resident memory."""
+    rss_kib = 0
+    with contextlib.suppress(OSError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss_kib = int(line.split()[1])
+    return {"inodes": len(ops.inodes), "open_files": len(ops.files),
+            "open_dirs": len(ops.dirs), "rss_kib": rss_kib}
