@@ -16,12 +16,13 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 import trio
 
 from pyglfs.mgmt.errors import MgmtError
+from pyglfs.mgmt.globalopts import GlobalOptions, register_global_options
 from pyglfs.mgmt.peerlink import DEFAULT_PORT, PeerMonitor
 from pyglfs.mgmt.peers import WILDCARD_HOSTS, PeerManager, parse_hostport
 from pyglfs.mgmt.service import MgmtService
@@ -42,17 +43,18 @@ class MgmtDaemon:
     before it exists); ``serve`` runs until cancelled.
     """
 
-    def __init__(self, store: StateStore, node_uuid: str, peers: dict[str, PeerRecord],
-                 host: str, port: int, *, retry_interval: float = 3.0,
-                 ping_timeout: float = 10.0) -> None:
-        self.store = store
+    def __init__(self, state: NodeState, host: str, port: int, *,
+                 retry_interval: float = 3.0, ping_timeout: float = 10.0) -> None:
+        self.store = state.store
         self.host = host
-        self.monitor = PeerMonitor(node_uuid, retry_interval=retry_interval,
+        self.monitor = PeerMonitor(state.uuid, retry_interval=retry_interval,
                                    ping_timeout=ping_timeout)
-        self.peers = PeerManager(store, node_uuid, peers, self.monitor, listen_host=host,
-                                 port=port, call_timeout=ping_timeout)
+        self.peers = PeerManager(state.store, state.uuid, state.peers, self.monitor,
+                                 listen_host=host, port=port, call_timeout=ping_timeout)
         self.engine = TxnEngine()
         self.service = MgmtService(self.peers, self.engine)
+        self.options = state.options
+        register_global_options(self.service, self.options)
 
     @property
     def uuid(self) -> str:
@@ -78,17 +80,28 @@ class MgmtDaemon:
                 self.store.clear_listen()
 
 
-def load_state(state_dir: str) -> tuple[StateStore, str, dict[str, PeerRecord]]:
+class NodeState(NamedTuple):
+    """Everything read from the state directory before the daemon starts."""
+
+    store: StateStore
+    uuid: str
+    peers: dict[str, PeerRecord]
+    options: GlobalOptions
+
+
+def load_state(state_dir: str) -> NodeState:
     """Open, lock and read the state directory; StateError names the bad file."""
     store = StateStore(state_dir)
     store.open(lock=True)
     try:
         node_uuid = store.load_or_create_uuid()
         peers = store.load_peers()
+        options = GlobalOptions(store.dir)
+        options.load()
     except BaseException:
         store.close()
         raise
-    return store, node_uuid, peers
+    return NodeState(store, node_uuid, peers, options)
 
 
 def _setup_logging(log_file: str | None, level: str) -> None:
@@ -202,7 +215,7 @@ def main(state_dir: str, listen: str, log_file: str | None, log_level: str, fore
     except MgmtError as exc:
         raise click.BadParameter(exc.message, param_hint="--listen") from None
     try:
-        store, node_uuid, peers = load_state(state_dir)
+        state = load_state(state_dir)
     except StateError as exc:
         click.echo(f"pyglfsd: {exc}", err=True)
         sys.exit(1)
@@ -230,7 +243,7 @@ def main(state_dir: str, listen: str, log_file: str | None, log_level: str, fore
         os.close(pipe)
         pipe = None
 
-    daemon = MgmtDaemon(store, node_uuid, peers, host, port, retry_interval=retry_interval,
+    daemon = MgmtDaemon(state, host, port, retry_interval=retry_interval,
                         ping_timeout=ping_timeout)
     code = 1
     try:
@@ -240,6 +253,6 @@ def main(state_dir: str, listen: str, log_file: str | None, log_level: str, fore
         report("pyglfsd: failed during start-up; see the log", False)
         code = 1
     finally:
-        store.close()
+        state.store.close()
     log.info("pyglfsd stopped")
     sys.exit(code)

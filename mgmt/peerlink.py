@@ -98,9 +98,13 @@ class PeerMonitor:
 
     The rpc connection's watchdog pings an idle peer, so a host that vanishes is
     noticed within ``ping_timeout``; a peer that is down is retried every
-    ``retry_interval`` seconds. A peer that answers but no longer counts us as a
-    peer (it was detached while we were away) is marked ``rejected``.
+    ``retry_interval`` seconds. A peer that answers but does not count us as a
+    member is marked ``rejected`` once that lasts ``reject_grace`` seconds (while a
+    node joins, the others learn of it a moment after it learns of them); the
+    usual cause is that it was detached while we were away.
     """
+
+    reject_grace = 5.0
 
     def __init__(self, node_uuid: str, *, retry_interval: float = 3.0,
                  ping_timeout: float = 10.0,
@@ -111,6 +115,7 @@ class PeerMonitor:
         self.on_change = on_change
         self.connected: dict[str, bool] = {}
         self.rejected: dict[str, bool] = {}
+        self._since: dict[str, float] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -136,6 +141,7 @@ class PeerMonitor:
             return
         scope = trio.CancelScope()
         self._scopes[peer.uuid] = scope
+        self._since[peer.uuid] = trio.current_time()
         self._nursery.start_soon(self._watch, peer, scope)
 
     def unwatch(self, peer_uuid: str) -> None:
@@ -144,6 +150,7 @@ class PeerMonitor:
             scope.cancel()
         self.connected.pop(peer_uuid, None)
         self.rejected.pop(peer_uuid, None)
+        self._since.pop(peer_uuid, None)
 
     def _set(self, peer: PeerRecord, up: bool, why: str = "") -> None:
         if self.connected.get(peer.uuid) != up:
@@ -161,7 +168,11 @@ class PeerMonitor:
                 why = await self._session(peer)
                 if why is not None:
                     self._set(peer, False, why)
-                await trio.sleep(self.retry_interval)
+                    await trio.sleep(self.retry_interval)
+                elif not self.rejected.get(peer.uuid):
+                    await trio.sleep(min(self.retry_interval, 0.2))
+                else:
+                    await trio.sleep(self.retry_interval)
 
     async def _session(self, peer: PeerRecord) -> str | None:
         """One connection's life: why it ended, or None if the peer answered but does
@@ -177,11 +188,13 @@ class PeerMonitor:
                 except OSError as exc:
                     if exc.errno != errno.EPERM:
                         raise
-                    if not self.rejected.get(peer.uuid):
+                    self._set(peer, True)
+                    since = self._since.get(peer.uuid, trio.current_time())
+                    if (not self.rejected.get(peer.uuid)
+                            and trio.current_time() - since > self.reject_grace):
                         log.warning("peer %s (%s) does not count us as a member of its pool",
                                     peer.hostname, peer.uuid)
-                    self.rejected[peer.uuid] = True
-                    self._set(peer, True)
+                        self.rejected[peer.uuid] = True
                     return None
                 if type(reply) is not dict or reply.get("uuid") != peer.uuid:
                     return f"answered with another identity ({reply!r})"

@@ -16,7 +16,8 @@ from __future__ import annotations
 import errno
 import logging
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 import trio
@@ -79,6 +80,17 @@ def is_uuid(text: Any) -> TypeGuard[str]:
         return False
 
 
+@dataclass
+class SharedState:
+    """A piece of cluster-wide state (options now, volumes next) that a node joining
+    the pool adopts from the prober: ``export`` it on the prober, ``check`` it on the
+    joiner (MgmtError if malformed; returns the clean value), then ``adopt`` it."""
+
+    export: Callable[[], Any]
+    check: Callable[[Any], Any]
+    adopt: Callable[[Any], Awaitable[None]]
+
+
 class PeerManager:
     """This node's view of the pool, and the operations that change it."""
 
@@ -98,6 +110,7 @@ class PeerManager:
         # Filled in by the volume slice: the bricks a peer hosts, which make a
         # detach refuse. Returns brick names ("host:/path").
         self.bricks_on_peer: Callable[[str], list[str]] = lambda peer_uuid: []
+        self.shared: dict[str, SharedState] = {}
 
     @property
     def advertise(self) -> str:
@@ -227,7 +240,8 @@ class PeerManager:
                 others = [r.to_json() for r in self.peers.values()]
                 await self._call((host, port), "friend_join", {
                     "hostname": self.advertise, "port": self.port, "as": host,
-                    "peers": others})
+                    "peers": others,
+                    "shared": {name: s.export() for name, s in self.shared.items()}})
             except MgmtError:
                 raise
             except OSError as exc:
@@ -318,6 +332,12 @@ class PeerManager:
         if caller not in self.peers and self.peers:
             raise MgmtError(errno.EISCONN, f"{as_} is either already part of another "
                             "cluster or having volumes configured")
+        shared = args.get("shared", {})
+        if type(shared) is not dict:
+            raise MgmtError(errno.EINVAL, "invalid arguments: friend_join shared")
+        adopted = {name: s.check(shared.get(name)) for name, s in self.shared.items()}
+        for name, value in adopted.items():
+            await self.shared[name].adopt(value)
         await self._add(PeerRecord(caller, hostname or caller_ip, port), connected=True)
         for rec in records:
             if rec.uuid != self.uuid and rec.uuid not in self.peers:

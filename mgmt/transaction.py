@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -201,8 +202,8 @@ def _reason(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, trio.TooSlowError):
         return "Connection timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
+    if isinstance(exc, OSError) and type(exc.errno) is int:
+        return os.strerror(exc.errno)  # the detail is in the log line
     return str(exc) or type(exc).__name__
 
 
@@ -217,7 +218,7 @@ async def _each(parts: Sequence[Participant], phase: str, txn: Txn
             results[p.name] = await getattr(p, phase)(txn)
         except (TxnError, OSError, trio.TooSlowError) as exc:
             log.warning("txn=%s op=%s %s failed on %s: %s", txn.id, txn.op, phase, p.name,
-                        _reason(exc))
+                        exc)
             failed.append((p, exc))
 
     if len(parts) == 1:

@@ -1,6 +1,6 @@
 """`pyglfs`: the operator CLI, one click group talking to a pyglfsd.
 
-Command families live in their own modules (``peer``; volumes next) and share
+Command families live in their own modules (``peer``, ``volume``) and share
 ``common`` (options, the daemon call, errors) and ``output`` (gluster layouts,
 JSON).
 """
@@ -13,6 +13,7 @@ import click
 
 from pyglfs.mgmt.cli.common import CliContext, default_state_dir, resolve_mgmt
 from pyglfs.mgmt.cli.peer import peer, pool
+from pyglfs.mgmt.cli.volume import volume
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,6 +43,7 @@ def cli(ctx: click.Context, mgmt: str | None, state_dir: str, json_: bool, mode:
 
 cli.add_command(peer)
 cli.add_command(pool)
+cli.add_command(volume)
 
 
 def main() -> None:

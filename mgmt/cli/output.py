@@ -34,6 +34,13 @@ def format_pool_list(reply: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_options(reply: dict[str, Any]) -> str:
+    """`volume get`'s two-column table."""
+    lines = [f"{'Option':<40}{'Value':<40}", f"{'------':<40}{'-----':<40}"]
+    lines += [f"{k:<40}{v:<40}" for k, v in reply["options"].items()]
+    return "\n".join(lines)
+
+
 def to_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True)
 

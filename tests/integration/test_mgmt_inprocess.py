@@ -8,6 +8,7 @@ shows what an operator sees when a peer is down.
 from __future__ import annotations
 
 import errno
+import json
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,9 @@ class Running:
 
 
 async def start(nursery: trio.Nursery, state: Path, ip: str, port: int = 0) -> Running:
-    store, node_uuid, peers = load_state(str(state))
-    daemon = MgmtDaemon(store, node_uuid, peers, ip, port, retry_interval=0.1, ping_timeout=2)
+    loaded = load_state(str(state))
+    store = loaded.store
+    daemon = MgmtDaemon(loaded, ip, port, retry_interval=0.1, ping_timeout=2)
     scope = trio.CancelScope()
 
     async def run(task_status: trio.TaskStatus[None]) -> None:
@@ -147,6 +149,7 @@ async def test_force_detached_peer_sees_itself_rejected(tmp_path: Path,
     assert da.peers.peers == {}
     b2 = (await start(nursery, tmp_path / "b", IPS[1], port)).daemon
     assert b2.uuid == db.uuid and da.uuid in b2.peers.peers
+    b2.monitor.reject_grace = 0.3
     await wait_until(lambda: b2.peers.status()[0]["state"] == "Peer Rejected",
                      "b sees a reject it")
     assert b2.peers.status()[0]["connected"] is True
@@ -189,3 +192,62 @@ async def test_other_roles_are_refused(tmp_path: Path, nursery: trio.Nursery) ->
                                        client_id="c"):
             pass
     assert "management daemon" in ei.value.reason
+
+
+def options_files(nodes: list[Running]) -> list[Any]:
+    out = []
+    for n in nodes:
+        path = n.daemon.store.dir / "options"
+        out.append(json.loads(path.read_text()) if path.exists() else None)
+    return out
+
+
+async def call(node: MgmtDaemon, op: str, args: dict[str, Any]) -> Any:
+    async with open_rpc_connection(node.host, node.peers.port, volume="", role="mgmt",
+                                   client_id="cli:test") as conn:
+        return await conn.call(op, args, timeout=10)
+
+
+async def test_global_option_set_everywhere_and_adopted_by_joiner(
+        pool: list[Running], tmp_path: Path, nursery: trio.Nursery) -> None:
+    a = pool[0].daemon
+    res = await call(pool[1].daemon, "volume_set", {"volume": "all",
+                                                   "key": "cluster.brick-multiplex",
+                                                   "value": "enable"})
+    assert res == {"key": "cluster.brick-multiplex", "value": "on", "nodes": 3}
+    assert options_files(pool) == [{"cluster.brick-multiplex": "on"}] * 3
+    got = await call(pool[2].daemon, "volume_get", {"volume": "all",
+                                                   "key": "cluster.brick-multiplex"})
+    assert got == {"options": {"cluster.brick-multiplex": "on"}}
+    with pytest.raises(OSError) as ei:
+        await call(a, "volume_set", {"volume": "all", "key": "cluster.nope", "value": "1"})
+    assert ei.value.strerror == "failed: option : cluster.nope does not exist"
+    with pytest.raises(OSError) as ei:
+        await call(a, "volume_set", {"volume": "all", "key": "cluster.max-bricks-per-process",
+                                     "value": "many"})
+    assert "not a valid non-negative integer" in str(ei.value.strerror)
+    with pytest.raises(OSError) as ei:
+        await call(a, "volume_set", {"volume": "gvol0", "key": "k", "value": "v"})
+    assert ei.value.strerror == "failed: Volume gvol0 does not exist"
+    assert options_files(pool) == [{"cluster.brick-multiplex": "on"}] * 3
+
+    d = await start(nursery, tmp_path / "d", "127.0.0.5")
+    await a.peers.probe(d.daemon.host, d.daemon.peers.port)
+    assert d.daemon.options.values == {"cluster.brick-multiplex": "on"}
+    assert options_files([d]) == [{"cluster.brick-multiplex": "on"}]
+
+
+async def test_global_option_with_peer_down_changes_nothing(pool: list[Running]) -> None:
+    down = pool[1].daemon
+    pool[1].scope.cancel()
+    await wait_until(lambda: not pool[0].daemon.monitor.connected.get(down.uuid),
+                     "peer seen down")
+    with pytest.raises(OSError) as ei:
+        await call(pool[2].daemon, "volume_set", {"volume": "all",
+                                                 "key": "cluster.daemon-log-level",
+                                                 "value": "debug"})
+    assert ei.value.errno == errno.ENOTCONN
+    assert ei.value.strerror == (f"failed: Locking failed on {down.host}:{down.peers.port}: "
+                                 "Transport endpoint is not connected")
+    assert options_files(pool) == [None] * 3
+    assert pool[0].daemon.options.effective()["cluster.daemon-log-level"] == "INFO"

@@ -243,6 +243,32 @@ def test_three_nodes_learn_of_each_other_and_detach_propagates(
     assert a.peer_files() == [ub] and b.peer_files() == [ua]
 
 
+def test_cluster_option_transaction_from_the_cli(cluster: Callable[[str], Node]) -> None:
+    a, b, c = (cluster(ip) for ip in ("127.0.0.2", "127.0.0.3", "127.0.0.4"))
+    for n in (a, b, c):
+        n.start()
+    assert a.cli("peer", "probe", b.addr).returncode == 0
+    assert a.cli("peer", "probe", c.addr).returncode == 0
+    r = b.cli("volume", "set", "all", "cluster.max-bricks-per-process", "16")
+    assert (r.returncode, r.stdout) == (0, "volume set: success\n"), r.stderr
+    for n in (a, b, c):
+        assert json.loads((n.state / "options").read_text()) == {
+            "cluster.max-bricks-per-process": "16"}
+    r = c.cli("volume", "get", "all", "cluster.max-bricks-per-process")
+    assert r.stdout.splitlines()[2].split() == ["cluster.max-bricks-per-process", "16"]
+    r = c.cli("volume", "get", "all", json_out=True)
+    assert json.loads(r.stdout)["options"]["cluster.brick-multiplex"] == "off"
+
+    c.stop(signal.SIGKILL)
+    r = a.cli("volume", "set", "all", "cluster.max-bricks-per-process", "32")
+    assert r.returncode == 1
+    assert r.stderr == (f"volume set: failed: Locking failed on {c.addr}: Transport endpoint "
+                        "is not connected\n")
+    for n in (a, b, c):
+        assert json.loads((n.state / "options").read_text()) == {
+            "cluster.max-bricks-per-process": "16"}
+
+
 def test_disconnected_peer_and_restart_keeps_uuid_and_peers(two: tuple[Node, Node]) -> None:
     a, b = two
     assert b.cli("peer", "probe", a.addr).returncode == 0
