@@ -1,0 +1,277 @@
+"""Filesystem benchmark: the same workloads on the local disk, a FUSE passthrough,
+pyglfs (replica 2, both bricks on the local disk) and, where installed, GlusterFS.
+
+    python bench/fs_bench.py [--targets local,passthrough,pyglfs] [--workloads ...]
+                             [--quick] [--json out.json] [--keep]
+
+Run as root (to drop caches and mount). It prints one table: each figure, its
+ratio to the local disk and to the passthrough, and the goals of the FUSE
+client issue checked as PASS/MISS. Work happens under /var/tmp/pyglfs-bench (a
+local disk, not tmpfs), removed at the end unless ``--keep``. Targets that
+cannot run here are skipped with one line saying why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from targets import (  # noqa: E402
+    LocalTarget,
+    PassthroughTarget,
+    PyglfsTarget,
+    Target,
+    TargetSkipped,
+    say,
+)
+from workloads import METRICS, WORKLOADS, Config, Dropper, Run  # noqa: E402
+
+ALL_TARGETS = ("local", "passthrough", "pyglfs", "glusterfs")
+DEFAULT_TARGETS = "local,passthrough,pyglfs,glusterfs"
+WORKDIR = Path("/var/tmp/pyglfs-bench")
+
+
+@dataclass(frozen=True)
+class Goal:
+    """pyglfs's figure must be ``factor`` x the reference's (at least or at most)."""
+
+    metric: str
+    factor: float
+    ref: str
+    at_least: bool
+
+    def text(self) -> str:
+        return f"{'>=' if self.at_least else '<='} {self.factor:g} x {self.ref}"
+
+
+GOALS = [
+    Goal("seq_write", 0.48, "local", True),
+    Goal("seq_read", 0.8, "passthrough", True),
+    Goal("randread", 0.8, "passthrough", True),
+    Goal("randwrite", 0.5, "passthrough", True),
+    Goal("create", 0.75, "passthrough", True),
+    Goal("delete", 0.6, "passthrough", True),
+    Goal("rename", 0.7, "passthrough", True),
+    Goal("stat", 1.4, "passthrough", True),
+    Goal("ls_l", 4.0, "local", False),
+    Goal("untar", 1.5, "passthrough", False),
+]
+RSS_LIMIT_MIB = 200.0
+RSS_GROWTH_SLACK = 0.02  # "no growth": pass 2 within 2 % (at least 2 MiB) of pass 1
+
+
+def make_target(name: str, work: Path) -> Target:
+    if name == "glusterfs":
+        from glusterfs_target import GlusterfsTarget
+
+        return GlusterfsTarget(work)
+    cls: type[Target] = {"local": LocalTarget, "passthrough": PassthroughTarget,
+                         "pyglfs": PyglfsTarget}[name]
+    return cls(work)
+
+
+def run_target(name: str, args: argparse.Namespace, cfg: Config, work: Path,
+               drop: Dropper) -> tuple[dict[str, float], list[str]]:
+    """Run the chosen workloads on one target; returns its figures and notes."""
+    target = make_target(name, work)
+    figures: dict[str, float] = {}
+    notes: list[str] = []
+    try:
+        say(f"[{name}] setting up")
+        mnt = target.setup()
+        for wl in args.workloads:
+            if wl == "rss" and target.pid is None:
+                continue
+            say(f"[{name}] {wl}")
+            run = Run(name, mnt, work / "cache", cfg, target.pid, drop)
+            t = time.monotonic()
+            try:
+                got = WORKLOADS[wl](run)
+            except Exception as e:
+                notes.append(f"{name}: workload {wl} failed: {e}")
+                say(traceback.format_exc())
+                continue
+            figures |= got
+            notes += [f"{name}: {n}" for n in run.notes]
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in got.items())
+            say(f"[{name}] {wl} done in {time.monotonic() - t:.1f} s: {shown}")
+    except TargetSkipped as e:
+        notes.append(str(e))
+        say(f"[{name}] skipped: {e}")
+    finally:
+        say(f"[{name}] tearing down")
+        target.teardown()
+    return figures, notes
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if v >= 1000:
+        return f"{v:,.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.3g}"
+
+
+def check_goals(res: dict[str, dict[str, float]], who: str = "pyglfs") -> list[tuple[str, str, str]]:
+    """(what, goal, PASS/MISS/-) for every goal of the issue, judged on ``who``."""
+    mine = res.get(who, {})
+    out = []
+    for g in GOALS:
+        v, ref = mine.get(g.metric), res.get(g.ref, {}).get(g.metric)
+        verdict = "-"
+        if v is not None and ref:
+            ratio = v / ref
+            ok = ratio >= g.factor if g.at_least else ratio <= g.factor
+            verdict = f"{'PASS' if ok else 'MISS'} ({ratio:.2f} x)"
+        out.append((METRICS[g.metric].label, g.text(), verdict))
+    p1, p2 = mine.get("rss_pass1"), mine.get("rss_pass2")
+    verdict = "-"
+    if p1 is not None and p2 is not None:
+        ok = p2 <= RSS_LIMIT_MIB and p2 - p1 <= max(2.0, RSS_GROWTH_SLACK * p1)
+        verdict = f"{'PASS' if ok else 'MISS'} ({p1:.0f} -> {p2:.0f} MiB)"
+    out.append(("client RSS after 2 stat passes", f"<= {RSS_LIMIT_MIB:g} MiB, no growth",
+                verdict))
+    return out
+
+
+def table(res: dict[str, dict[str, float]], targets: list[str]) -> str:
+    ratios = [(t, "local") for t in targets if t != "local" and "local" in targets]
+    ratios += [(t, "passthrough") for t in targets
+               if t not in ("local", "passthrough") and "passthrough" in targets]
+    if "pyglfs" in targets and "glusterfs" in targets:
+        ratios.append(("pyglfs", "glusterfs"))
+    head = ["workload", "unit", *targets, *(f"{a}/{b}" for a, b in ratios)]
+    rows = [head]
+    for key, m in METRICS.items():
+        vals = [res.get(t, {}).get(key) for t in targets]
+        if all(v is None for v in vals):
+            continue
+        cells = [m.label, m.unit, *(_fmt(v) for v in vals)]
+        for a, b in ratios:
+            va, vb = res.get(a, {}).get(key), res.get(b, {}).get(key)
+            cells.append(f"{va / vb:.2f}" if va is not None and vb else "-")
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = []
+    for n, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--targets", default=DEFAULT_TARGETS,
+                    help=f"comma-separated, from {','.join(ALL_TARGETS)} (default: all)")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS),
+                    help=f"comma-separated, from {','.join(WORKLOADS)} (default: all)")
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--size-mb", type=int, help="sequential file size (default 512)")
+    ap.add_argument("--files", type=int, help="small files in one directory (default 5000)")
+    ap.add_argument("--renames", type=int, help="renames (default 1000)")
+    ap.add_argument("--fio-size-mb", type=int, help="fio file size (default 256)")
+    ap.add_argument("--fio-runtime", type=int, help="seconds per fio job (default 20)")
+    ap.add_argument("--tree-files", type=int, help="files in the untar tree (default 3000)")
+    ap.add_argument("--rss-files", type=int, help="files for the memory figure (default 100000)")
+    ap.add_argument("--workdir", type=Path, default=WORKDIR,
+                    help=f"on the local disk (default {WORKDIR})")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--no-drop-caches", action="store_true",
+                    help="do not drop caches: 'cold' figures become warm")
+    args = ap.parse_args(argv)
+    args.targets = [t for t in args.targets.split(",") if t]
+    args.workloads = [w for w in args.workloads.split(",") if w]
+    for t in args.targets:
+        if t not in ALL_TARGETS:
+            ap.error(f"unknown target {t!r}; choose from {', '.join(ALL_TARGETS)}")
+    for w in args.workloads:
+        if w not in WORKLOADS:
+            ap.error(f"unknown workload {w!r}; choose from {', '.join(WORKLOADS)}")
+    return args
+
+
+def config(args: argparse.Namespace) -> Config:
+    cfg = Config.quick() if args.quick else Config()
+    for f in ("size_mb", "files", "renames", "fio_size_mb", "fio_runtime", "tree_files",
+              "rss_files"):
+        v = getattr(args, f)
+        if v is not None:
+            if v <= 0:
+                raise SystemExit(f"fs_bench: --{f.replace('_', '-')} must be > 0")
+            setattr(cfg, f, v)
+    return cfg
+
+
+def remove_workdir(work: Path) -> None:
+    """Remove the work dir, unless a mount is still below it (rmtree would go in)."""
+    real = os.path.realpath(work) + "/"
+    with open("/proc/mounts", encoding="utf-8", errors="replace") as f:
+        left = [ln.split()[1] for ln in f if ln.split()[1].startswith(real)]
+    if left:
+        say(f"warning: still mounted, keeping {work}: {', '.join(left)}")
+        return
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = config(args)
+    work: Path = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    drop = Dropper(enabled=not args.no_drop_caches)
+    results: dict[str, dict[str, float]] = {}
+    notes: list[str] = []
+    started = time.time()
+    try:
+        for name in args.targets:
+            figures, tnotes = run_target(name, args, cfg, work, drop)
+            notes += tnotes
+            if figures:
+                results[name] = figures
+    finally:
+        if not args.keep:
+            remove_workdir(work)
+    shown = [t for t in args.targets if t in results]
+    print()
+    print(f"pyglfs filesystem benchmark  ({platform.node()}, {os.cpu_count()} CPUs, "
+          f"kernel {platform.release()}, {'quick' if args.quick else 'full'} run)")
+    print(f"config: {json.dumps(asdict(cfg))}")
+    print(f"caches dropped before cold phases: {'yes' if drop.enabled else 'NO'}")
+    print()
+    print(table(results, shown) if shown else "no figures")
+    print()
+    goals = check_goals(results)
+    print("goals of the FUSE client issue, judged on pyglfs:")
+    w0 = max(len(g[0]) for g in goals)
+    w1 = max(len(g[1]) for g in goals)
+    for what, goal, verdict in goals:
+        print(f"  {what.ljust(w0)}  {goal.ljust(w1)}  {verdict}")
+    for n in notes:
+        print(f"note: {n}")
+    if args.json:
+        doc = {"started": started, "config": asdict(cfg), "targets": args.targets,
+               "workloads": args.workloads, "results": results, "notes": notes,
+               "units": {k: m.unit for k, m in METRICS.items()},
+               "goals": [{"what": a, "goal": b, "verdict": c} for a, b, c in goals],
+               "host": {"kernel": platform.release(), "cpus": os.cpu_count()}}
+        args.json.write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
