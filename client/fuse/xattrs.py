@@ -4,6 +4,9 @@ pyfuse3 does the size negotiation (ERANGE) and the XATTR_CREATE/XATTR_REPLACE
 checks (through ``getxattr``), so these only move names and values. A missing
 attribute is ENODATA (``pyfuse3.ENOATTR``), as the brick reports it.
 
+Names cross the wire as UTF-8 text. A name that is not UTF-8 cannot exist on a
+brick: getting or removing it is ENODATA, setting it EINVAL.
+
 ``security.capability`` is answered locally with ENODATA, as GlusterFS's FUSE
 bridge does: the kernel asks for it before every write to a file (to drop file
 capabilities), and a brick round trip per write would halve small-write rates.
@@ -13,7 +16,6 @@ Setting it is refused with EOPNOTSUPP so that the answer stays true.
 from __future__ import annotations
 
 import errno
-import os
 from collections.abc import Sequence
 
 import pyfuse3
@@ -24,6 +26,13 @@ from pyglfs.client.fuse.errors import fuse_handler
 _CAPABILITY = b"security.capability"
 
 
+def _name(name: bytes, missing: int) -> str:
+    try:
+        return name.decode("utf-8")
+    except UnicodeDecodeError:
+        raise pyfuse3.FUSEError(missing) from None
+
+
 class XattrOps(BridgeBase):
     """getxattr, setxattr, listxattr, removexattr."""
 
@@ -31,7 +40,8 @@ class XattrOps(BridgeBase):
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if name == _CAPABILITY:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        return await self.layer.getxattr(self.inodes.gfid(inode), os.fsdecode(name))
+        return await self.layer.getxattr(self.inodes.gfid(inode),
+                                         _name(name, pyfuse3.ENOATTR))
 
     @fuse_handler
     async def setxattr(self, inode: int, name: bytes, value: bytes,
@@ -39,14 +49,14 @@ class XattrOps(BridgeBase):
         self.check_writable()
         if name == _CAPABILITY:
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-        await self.layer.setxattr(self.inodes.gfid(inode), os.fsdecode(name), value)
+        await self.layer.setxattr(self.inodes.gfid(inode), _name(name, errno.EINVAL), value)
 
     @fuse_handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
         names = await self.layer.listxattr(self.inodes.gfid(inode))
-        return [os.fsencode(n) for n in names]
+        return [n.encode("utf-8") for n in names]
 
     @fuse_handler
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self.check_writable()
-        await self.layer.removexattr(self.inodes.gfid(inode), os.fsdecode(name))
+        await self.layer.removexattr(self.inodes.gfid(inode), _name(name, pyfuse3.ENOATTR))

@@ -2,8 +2,9 @@
 (single brick, replica 2), a fresh pair of directories (local and on the mount)
 per test.
 
-Every test here is skipped cleanly without /dev/fuse, root or fusermount3. A
-test fails if the mount logged an unexpected exception while it ran.
+Every test that mounts is marked ``mount`` and skipped cleanly without
+/dev/fuse, root or fusermount3. A test fails if the mount logged an unexpected
+exception while it ran.
 """
 
 from __future__ import annotations
@@ -26,10 +27,16 @@ from helpers.mounts import (
 _skip = fuse_skip_reason()
 
 
+# Every fixture that mounts or starts bricks depends on one of these.
+_MOUNT_FIXTURES = {"volume", "single_volume"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:
-        if here in Path(str(item.fspath)).parents:
+        if here not in Path(str(item.fspath)).parents:
+            continue
+        if _MOUNT_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.mount)
             if _skip:
                 item.add_marker(pytest.mark.skip(reason=_skip))

@@ -7,9 +7,11 @@ included, at every step.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
+import pytest
 from mountdiff import RENAME_NOREPLACE, assert_same
 
 WR_CREAT = os.O_WRONLY | os.O_CREAT
@@ -311,3 +313,37 @@ def test_huge_offset_write(pair):
     # whatever the local filesystem allows, offsets past its limit are refused
     assert ("err", "EFBIG") in local or ("err", "EINVAL") in local
 
+
+
+def test_xattr_name_not_utf8(pair):
+    """Names travel as UTF-8: one that is not cannot exist on the volume."""
+    p = pair.mount / "f"
+    p.write_bytes(b"")
+    name = b"user.\xff\xfe"
+    with pytest.raises(OSError) as e:
+        os.setxattr(p, name, b"v")
+    assert e.value.errno == errno.EINVAL
+    with pytest.raises(OSError) as e:
+        os.getxattr(p, name)
+    assert e.value.errno == errno.ENODATA
+    with pytest.raises(OSError) as e:
+        os.removexattr(p, name)
+    assert e.value.errno == errno.ENODATA
+    assert os.listxattr(p) == []
+
+
+def test_fsync_file_and_directory(pair):
+    for root in (pair.local, pair.mount):
+        fd = os.open(root / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b"durable")
+            os.fsync(fd)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        dfd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    assert (pair.mount / "f").read_bytes() == b"durable"
