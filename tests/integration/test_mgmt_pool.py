@@ -14,10 +14,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
+from click.testing import CliRunner
+
+from pyglfs.mgmt.cli import cli as cli_group
+from pyglfs.rpc.connection import open_rpc_connection
 
 BIN = Path(sys.executable).parent
 PYGLFSD = str(BIN / "pyglfsd")
@@ -52,6 +58,13 @@ def pid_alive(pid: int) -> bool:
         return done == 0
     except ChildProcessError:
         return True
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
 
 
 class Node:
@@ -105,18 +118,29 @@ class Node:
         self.proc = None
         return code
 
-    def cli(self, *args: str, json_out: bool = False) -> subprocess.CompletedProcess[str]:
-        cmd = [PYGLFS, "--state-dir", str(self.state), "--mode=script", *args]
+    def cli(self, *args: str, json_out: bool = False, spawn: bool = False) -> Result:
+        """Run `pyglfs` against this node: in-process by default (the same code, without
+        a Python start-up per call), as a real process with ``spawn``."""
+        argv = ["--state-dir", str(self.state), "--mode=script", *args]
         if json_out:
-            cmd.append("--json")
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=30,
-                              stdin=subprocess.DEVNULL)
+            argv.append("--json")
+        if spawn:
+            p = subprocess.run([PYGLFS, *argv], capture_output=True, text=True, timeout=30,
+                               stdin=subprocess.DEVNULL)
+            return Result(p.returncode, p.stdout, p.stderr)
+        r = CliRunner().invoke(cli_group, argv, catch_exceptions=False)
+        return Result(r.exit_code, r.stdout, r.stderr)
 
     def info(self, command: str = "pool") -> Any:
-        r = self.cli(*(["pool", "list"] if command == "pool" else ["peer", "status"]),
-                     json_out=True)
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
+        """pool_list / peer_status straight over rpc: polling through the CLI would
+        spend a Python start-up per poll."""
+        async def go() -> Any:
+            async with open_rpc_connection(self.ip, self.port, volume="", role="mgmt",
+                                           client_id="test") as conn:
+                return await conn.call("pool_list" if command == "pool" else "peer_status",
+                                       {}, timeout=10)
+
+        return trio.run(go)
 
     @property
     def uuid(self) -> str:
@@ -161,7 +185,7 @@ def two(cluster: Callable[[str], Node]) -> tuple[Node, Node]:
 
 def test_probe_records_both_sides_and_detach_from_the_other(two: tuple[Node, Node]) -> None:
     a, b = two
-    r = a.cli("peer", "probe", b.addr)
+    r = a.cli("peer", "probe", b.addr, spawn=True)
     assert (r.returncode, r.stdout) == (0, "peer probe: success\n"), r.stderr
     ua, ub = a.uuid, b.uuid
     assert a.peer_files() == [ub] and b.peer_files() == [ua]
@@ -190,10 +214,10 @@ def test_probe_refusals_messages_and_exit_codes(two: tuple[Node, Node]) -> None:
     r = a.cli("peer", "probe", b.addr)
     assert r.returncode == 1
     assert r.stderr == f"peer probe: Host {b.ip} port {b.port} already in peer list\n"
-    r = a.cli("peer", "probe", a.addr)
+    r = a.cli("peer", "probe", a.addr, spawn=True)
     assert (r.returncode, r.stderr) == (1, "peer probe: Probe on localhost not needed\n")
     nobody = f"127.0.0.4:{free_port('127.0.0.4')}"
-    r = a.cli("peer", "probe", nobody)
+    r = a.cli("peer", "probe", nobody, spawn=True)
     assert r.returncode == 1
     assert r.stderr == ("peer probe: failed: Probe returned with Transport endpoint is not "
                         "connected\n")
@@ -260,7 +284,7 @@ def test_cluster_option_transaction_from_the_cli(cluster: Callable[[str], Node])
     assert json.loads(r.stdout)["options"]["cluster.brick-multiplex"] == "off"
 
     c.stop(signal.SIGKILL)
-    r = a.cli("volume", "set", "all", "cluster.max-bricks-per-process", "32")
+    r = a.cli("volume", "set", "all", "cluster.max-bricks-per-process", "32", spawn=True)
     assert r.returncode == 1
     assert r.stderr == (f"volume set: failed: Locking failed on {c.addr}: Transport endpoint "
                         "is not connected\n")
