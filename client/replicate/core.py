@@ -292,9 +292,11 @@ class Replicate(Layer):
 
     async def readdir(self, gfid: bytes, cookie: int, count: int,
                       plus: bool = False) -> tuple[list[DirEntry], bool]:
-        # Cookies belong to one brick: only a listing's start may move to another.
+        # A cookie is a hash of the entry's name on every brick, so a listing
+        # may go on from another brick (a good copy of the directory has the
+        # same names).
         r: tuple[list[DirEntry], bool] = await self._read(
-            gfid, ENTRY, "readdir", gfid, cookie, count, plus, failover=cookie == 0)
+            gfid, ENTRY, "readdir", gfid, cookie, count, plus)
         return r
 
     async def readlink(self, gfid: bytes) -> bytes:

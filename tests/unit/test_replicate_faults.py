@@ -243,3 +243,32 @@ async def test_errors_from_both_bricks_reach_the_caller_unwrapped(tmp_path: Path
         await rep.settle()
         for br in env.bricks:
             assert index_dir(br.root) == set()
+
+
+async def test_listing_goes_on_from_the_other_brick(tmp_path: Path) -> None:
+    async with open_replica(tmp_path) as env:
+        rep = env.rep
+        want = set()
+        for k in range(40):
+            await rep.create(ROOT_GFID, b"e%02d" % k, g(), 0o644, 0, 0)
+            want.add(b"e%02d" % k)
+        await rep.settle()
+        entries, eof = await rep.readdir(ROOT_GFID, 0, 10)
+        assert not eof and entries
+        info = rep.inodes.get(ROOT_GFID)
+        assert info is not None and info.read_child >= 0
+        reader = info.read_child
+        await env.bricks[reader].stop()
+        await wait_for(lambda: not rep.children[reader].is_up, 5, "read brick down")
+        seen = [e.name for e in entries]
+        cookie = entries[-1].cookie
+        for _ in range(20):
+            if eof:
+                break
+            entries, eof = await rep.readdir(ROOT_GFID, cookie, 10)
+            seen += [e.name for e in entries]
+            if entries:
+                cookie = entries[-1].cookie
+        assert eof
+        assert len(seen) == len(set(seen))
+        assert set(seen) - {b".", b".."} == want
