@@ -285,13 +285,16 @@ class PeerManager:
             try:
                 await self._call(rec, "friend_leave", {})
             except OSError as exc:
-                if not is_transport_error(exc):
+                if exc.errno == errno.EPERM:
+                    log.info("peer %s had already forgotten us", name)
+                elif not is_transport_error(exc):
                     raise MgmtError(exc.errno or errno.EIO,
                                     f"failed: {exc.strerror or exc}") from None
-                if not force:
+                elif not force:
                     raise MgmtError(errno.ENOTCONN, f"failed: {name} is not connected. Use "
                                     "'peer detach HOST force' to remove it anyway") from None
-                log.warning("detaching unreachable peer %s (force): %s", name, exc)
+                else:
+                    log.warning("detaching unreachable peer %s (force): %s", name, exc)
             await self._delete(rec.uuid)
             await self._tell_others("friend_forget", {"uuid": rec.uuid}, skip=set())
             log.info("peer %s (%s) detached", name, rec.uuid)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pyglfs import __version__
@@ -136,16 +137,33 @@ class MgmtService:
         return {"uuid": self.peers.uuid, "port": self.peers.port, "version": __version__,
                 "listen": self.peers.listen_host}
 
+    @contextmanager
+    def _pool_change(self) -> Iterator[None]:
+        """Hold this node's cluster lock while the pool changes, so that no cluster
+        transaction runs (here or from a peer) with a membership in flux."""
+        txn = Txn("pool-change", {}, originator=self.peers.uuid)
+        try:
+            self.engine.locks.acquire(CLUSTER_LOCK, txn.id)
+        except TxnError as exc:
+            raise MgmtError(exc.code, f"failed: {exc}") from None
+        try:
+            yield
+        finally:
+            self.engine.locks.release(CLUSTER_LOCK, txn.id)
+
     async def _peer_probe(self, args: dict[str, Any], conn: ServerConnection) -> Any:
         host = _host_arg(args)
         port = _opt_port(args) or DEFAULT_PORT
-        return await self.peers.probe(host, port)
+        with self._pool_change():
+            return await self.peers.probe(host, port)
 
     async def _peer_detach(self, args: dict[str, Any], conn: ServerConnection) -> Any:
         force = args.get("force", False)
         if type(force) is not bool:
             raise bad_args("force")
-        return await self.peers.detach(_host_arg(args), _opt_port(args), force=force)
+        host, port = _host_arg(args), _opt_port(args)
+        with self._pool_change():
+            return await self.peers.detach(host, port, force=force)
 
     async def _peer_status(self, args: dict[str, Any], conn: ServerConnection) -> Any:
         return {"peers": self.peers.status()}

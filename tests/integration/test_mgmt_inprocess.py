@@ -251,3 +251,26 @@ async def test_global_option_with_peer_down_changes_nothing(pool: list[Running])
                                  "Transport endpoint is not connected")
     assert options_files(pool) == [None] * 3
     assert pool[0].daemon.options.effective()["cluster.daemon-log-level"] == "INFO"
+
+
+async def test_pool_change_waits_for_no_transaction(pool: list[Running], tmp_path: Path,
+                                                    nursery: trio.Nursery) -> None:
+    a = pool[0].daemon
+    d = (await start(nursery, tmp_path / "d", "127.0.0.5")).daemon
+    await a.engine.lock(Txn("test-set", {}, id="running"))
+    with pytest.raises(OSError) as ei:
+        await call(a, "peer_probe", {"host": d.host, "port": d.peers.port})
+    assert ei.value.strerror == ("failed: Another transaction is in progress. "
+                                 "Please try again after some time.")
+    await a.engine.unlock(Txn("test-set", {}, id="running"))
+    await call(a, "peer_probe", {"host": d.host, "port": d.peers.port})
+    assert len(d.peers.peers) == 3
+    assert a.engine.locks.holder("cluster") is None
+
+
+async def test_detach_of_a_peer_that_forgot_us(pool: list[Running]) -> None:
+    a, b = pool[0].daemon, pool[1].daemon
+    await b.peers._delete(a.uuid)
+    await call(a, "peer_detach", {"host": b.host})
+    assert b.uuid not in a.peers.peers
+    assert b.uuid not in pool[2].daemon.peers.peers
