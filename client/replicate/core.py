@@ -267,11 +267,11 @@ class Replicate(Layer):
             for k in changelog.KINDS:
                 bad[k] |= absent
         pending = bool(absent) or any(changelog.has_pending(lk.xattrs) for lk in found.values())
-        held = self.locks.inode.get(gfid)
-        if held is not None:
-            for k in changelog.KINDS:
-                bad[k] |= held.blamed[k]
-        if pending:
+        for held in (self.locks.inode.get(gfid), self.locks.entry.get(gfid)):
+            if held is not None:
+                for k in changelog.KINDS:
+                    bad[k] |= held.blamed[k]
+        if any(bad):
             log.info("replicate %s: %s (gfid %s) has pending changes: %s", self.name, what,
                      gfid.hex(), changelog.describe(bad))
         info = self.inodes.learn(gfid, bad, pending)

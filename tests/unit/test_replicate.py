@@ -230,3 +230,26 @@ async def test_quorum_none_writes_to_second_brick(tmp_path: Path) -> None:
         b1 = env.bricks[1].root
         assert decode(os.getxattr(b1 / "f", afr_xattr(V, 0)))[0] > 0
         assert f in index_dir(b1)
+
+
+async def test_fsync_clears_dirty_and_keeps_the_lock(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, post_op_delay=30.0) as env:
+        rep = env.rep
+        f = g()
+        await rep.create(ROOT_GFID, b"f", f, 0o644, 0, 0, os.O_RDWR)
+        await rep.write(f, 0, b"one")
+        for b in env.bricks:
+            assert decode(os.getxattr(b.root / "f", AFR_DIRTY))[0] == 1
+        await rep.fsync(f)
+        for b in env.bricks:
+            assert os.getxattr(b.root / "f", AFR_DIRTY) == ZERO
+        assert f in rep.locks.inode
+        await rep.write(f, 3, b"two")
+        for b in env.bricks:
+            assert decode(os.getxattr(b.root / "f", AFR_DIRTY))[0] == 1
+        await rep.flush(f)
+        await rep.release(f)
+        await wait_for(lambda: f not in rep.locks.inode, 5, "lock given back at close")
+        for b in env.bricks:
+            assert (b.root / "f").read_bytes() == b"onetwo"
+            assert_clean(b.root)
