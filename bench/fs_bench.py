@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, float]] = {}
     notes: list[str] = []
     started = time.time()
+    load_start = os.getloadavg()
     try:
         for name in args.targets:
             figures, tnotes = run_target(name, args, cfg, work, drop)
@@ -246,12 +247,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             remove_workdir(work)
+    load_end = os.getloadavg()
     shown = [t for t in args.targets if t in results]
     print()
     print(f"pyglfs filesystem benchmark  ({platform.node()}, {os.cpu_count()} CPUs, "
           f"kernel {platform.release()}, {'quick' if args.quick else 'full'} run)")
     print(f"config: {json.dumps(asdict(cfg))}")
-    print(f"caches dropped before cold phases: {'yes' if drop.enabled else 'NO'}")
+    print(f"caches dropped before cold phases: {'yes' if drop.enabled else 'NO'}; "
+          f"load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end "
+          f"(figures from a busy machine are not comparable)")
     print()
     print(table(results, shown) if shown else "no figures")
     print()
@@ -268,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
                "workloads": args.workloads, "results": results, "notes": notes,
                "units": {k: m.unit for k, m in METRICS.items()},
                "goals": [{"what": a, "goal": b, "verdict": c} for a, b, c in goals],
-               "host": {"kernel": platform.release(), "cpus": os.cpu_count()}}
+               "host": {"kernel": platform.release(), "cpus": os.cpu_count(),
+                        "loadavg_start": load_start, "loadavg_end": load_end}}
         args.json.write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 
