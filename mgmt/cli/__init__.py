@@ -11,6 +11,7 @@ import logging
 
 import click
 
+from pyglfs import __version__
 from pyglfs.mgmt.cli.common import CliContext, default_state_dir, resolve_mgmt
 from pyglfs.mgmt.cli.peer import peer, pool
 from pyglfs.mgmt.cli.volume import volume
@@ -29,6 +30,7 @@ from pyglfs.mgmt.cli.volume import volume
               help="Seconds to wait for the daemon's answer.")
 @click.option("--log-level", default="ERROR", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.version_option(__version__, prog_name="pyglfs")
 @click.pass_context
 def cli(ctx: click.Context, mgmt: str | None, state_dir: str, json_: bool, mode: str,
         timeout: float, log_level: str) -> None:

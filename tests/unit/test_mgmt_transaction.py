@@ -194,3 +194,28 @@ def test_txn_from_wire_refuses_malformed() -> None:
         Txn.from_wire({"id": 1, "op": "set", "args": {}, "key": "k", "originator": ""})
     t = Txn("set", {"a": 1}, originator="u")
     assert Txn.from_wire(t.to_wire()) == t
+
+
+async def test_commit_failure_on_peer_is_reported_and_unlocks() -> None:
+    nodes, parts = cluster()
+
+    async def broken_commit(args: dict[str, Any]) -> Any:
+        raise TxnError("disk full", errno.ENOSPC)
+
+    nodes[2].engine.ops["set"] = TxnOp(nodes[2].engine.ops["set"].stage, broken_commit)
+    with pytest.raises(TxnError) as ei:
+        await run_transaction(parts, Txn("set", {"k": "a", "v": 1}))
+    assert str(ei.value) == "Commit failed on 127.0.0.4: disk full"
+    assert nodes[0].data == {"a": 1} and nodes[1].data == {"a": 1}
+    assert no_locks(nodes)
+
+
+async def test_cancelled_originator_still_unlocks_everywhere(
+        autojump_clock: trio.abc.Clock) -> None:
+    nodes, parts = cluster()
+    parts[1].stage_gate = trio.Event()
+    with trio.move_on_after(0.2) as scope:
+        await run_transaction(parts, Txn("set", {"k": "a", "v": 1}))
+    assert scope.cancelled_caught
+    assert all(n.data == {} for n in nodes)
+    assert no_locks(nodes)
