@@ -250,6 +250,7 @@ async def test_fsync_clears_dirty_and_keeps_the_lock(tmp_path: Path) -> None:
         await rep.flush(f)
         await rep.release(f)
         await wait_for(lambda: f not in rep.locks.inode, 5, "lock given back at close")
+        await rep.settle()
         for b in env.bricks:
             assert (b.root / "f").read_bytes() == b"onetwo"
             assert_clean(b.root)
