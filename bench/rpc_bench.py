@@ -1,0 +1,248 @@
+"""RPC benchmark: client and server in separate processes over loopback TCP.
+
+    python bench/rpc_bench.py [--seconds 2] [--repeat 3] [--server brick|echo|both]
+                              [--json out.json]
+
+Measures, against a real ``pyglfs-brickd`` serving a brick on a tmpfs directory
+(under /dev/shm, removed at the end) and/or the protocol's own echo server
+(``python -m pyglfs.rpc.testing``):
+
+- null round trips/s with 1 and with 64 calls in flight on one connection;
+- MB/s of 128 KiB and 1 MiB writes with 1 and 4 in flight: on the brick each
+  write goes to one file through its normal write path; the echo server only
+  counts the bytes, which gives the protocol's share of the cost.
+
+Each figure is the median of ``--repeat`` runs of ``--seconds`` each, with the best
+run beside it; the CPU time both processes used per operation shows whether a
+figure is bound by CPU or by wake-up latency. The machine's load average is
+printed too: other processes on the same cores move these numbers a lot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import trio
+
+from pyglfs.rpc.brickops import ROOT_GFID
+from pyglfs.rpc.connection import RpcConnection, open_rpc_connection
+
+HOST = "127.0.0.1"
+VOLUME = "benchvol"
+START_TIMEOUT = 30.0
+TARGETS = {
+    ("null", 1): 10_000,
+    ("null", 64): 20_000,
+    ("write 1 MiB", 1): 600,
+    ("write 1 MiB", 4): 600,
+}
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Result:
+    server: str
+    workload: str
+    in_flight: int
+    unit: str
+    median: float
+    best: float
+    runs: list[float] = field(default_factory=list)
+    client_cpu_us: float = 0.0
+    server_cpu_us: float = 0.0
+
+
+class Server:
+    """A server process printing ``listening on [HOST:]PORT``; stopped by PID."""
+
+    def __init__(self, name: str, argv: list[str], cleanup: Callable[[], None] | None = None):
+        self.name = name
+        self.cleanup = cleanup
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+        try:
+            self.port = self._read_port()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _read_port(self) -> int:
+        assert self.proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            if not sel.select(START_TIMEOUT):
+                raise RuntimeError(f"{self.name} server did not start")
+        line = self.proc.stdout.readline().decode()
+        if not line.startswith("listening on "):
+            raise RuntimeError(f"{self.name} server said {line!r}")
+        return int(line.rsplit(":", 1)[-1]) if ":" in line else int(line.split()[-1])
+
+    def cpu_seconds(self) -> float:
+        fields = open(f"/proc/{self.proc.pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        if self.cleanup is not None:
+            self.cleanup()
+
+
+def start_brick() -> Server:
+    root = tempfile.mkdtemp(prefix="pyglfs-rpc-bench-", dir="/dev/shm")
+    brick = os.path.join(root, "brick")
+    os.mkdir(brick)
+    argv = [sys.executable, "-m", "pyglfs.brickd.main", "--brick", brick,
+            "--listen", f"{HOST}:0", "--volume", VOLUME, "--volume-id", str(uuid.uuid4()),
+            "--log-level", "WARNING", "--log-file", os.path.join(root, "brickd.log")]
+    try:
+        return Server("brick", argv, cleanup=lambda: shutil.rmtree(root, ignore_errors=True))
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
+def start_echo() -> Server:
+    return Server("echo", [sys.executable, "-m", "pyglfs.rpc.testing", HOST, "0"])
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+async def _timed(
+    server: Server, seconds: float, in_flight: int, op: Callable[[int], Awaitable[Any]],
+) -> tuple[int, float, float, float]:
+    """Runs ``op`` from ``in_flight`` tasks for ``seconds``; (ops, wall, client cpu,
+    server cpu)."""
+    count = 0
+    stop_at = trio.current_time() + seconds
+
+    async def worker(w: int) -> None:
+        nonlocal count
+        i = w
+        while trio.current_time() < stop_at:
+            await op(i)
+            i += in_flight
+            count += 1
+
+    c0, s0, t0 = _cpu(), server.cpu_seconds(), time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for w in range(in_flight):
+            nursery.start_soon(worker, w)
+    return count, time.perf_counter() - t0, _cpu() - c0, server.cpu_seconds() - s0
+
+
+async def _measure(
+    conn: RpcConnection, server: Server, args: argparse.Namespace, workload: str,
+    in_flight: int, op: Callable[[int], Awaitable[Any]], bytes_per_op: int = 0,
+) -> Result:
+    await _timed(server, 0.2, in_flight, op)  # warm up
+    runs, ccpu, scpu = [], [], []
+    for _ in range(args.repeat):
+        n, wall, cc, sc = await _timed(server, args.seconds, in_flight, op)
+        runs.append(n * bytes_per_op / wall / 1e6 if bytes_per_op else n / wall)
+        ccpu.append(cc / n * 1e6)
+        scpu.append(sc / n * 1e6)
+    unit = "MB/s" if bytes_per_op else "ops/s"
+    r = Result(server.name, workload, in_flight, unit, statistics.median(runs), max(runs),
+               runs, statistics.median(ccpu), statistics.median(scpu))
+    _print_result(r)
+    return r
+
+
+def _print_result(r: Result) -> None:
+    target = TARGETS.get((r.workload, r.in_flight))
+    verdict = ""
+    if target is not None and (r.server == "brick" or r.workload == "null"):
+        verdict = "PASS" if r.median >= target else f"MISS (target {target})"
+    print(f"{r.server:6s} {r.workload:13s} {r.in_flight:3d} in flight  "
+          f"{r.median:9.0f} {r.unit:5s} (best {r.best:9.0f})  "
+          f"cpu/op: client {r.client_cpu_us:6.1f} us, server {r.server_cpu_us:6.1f} us  "
+          f"{verdict}", flush=True)
+
+
+async def bench_server(server: Server, args: argparse.Namespace) -> list[Result]:
+    results = []
+    async with open_rpc_connection(HOST, server.port, volume=VOLUME, client_id="rpc-bench",
+                                   role="bench") as conn:
+
+        async def null(_: int) -> None:
+            await conn.call("null", {})
+
+        for in_flight in (1, 64):
+            results.append(await _measure(conn, server, args, "null", in_flight, null))
+        gfid = uuid.uuid4().bytes
+        if server.name == "brick":
+            await conn.call("create", {
+                "pgfid": ROOT_GFID, "name": b"rpc-bench.dat", "gfid": gfid, "mode": 0o644,
+                "uid": os.getuid(), "gid": os.getgid()})
+        for size, label in ((128 * 1024, "write 128 KiB"), (1024 * 1024, "write 1 MiB")):
+            data = os.urandom(size)
+            slots = (64 * 1024 * 1024) // size  # keep the file at 64 MiB of tmpfs
+
+            # The echo server's "write" only counts the bytes: the cost of the
+            # protocol alone, to set against the brick's figure.
+            async def write(i: int, data: bytes = data, slots: int = slots) -> None:
+                await conn.call("write", {"gfid": gfid, "offset": (i % slots) * len(data),
+                                          "data": data})
+
+            for in_flight in (1, 4):
+                results.append(await _measure(conn, server, args, label, in_flight, write,
+                                              bytes_per_op=size))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=2.0, help="length of one run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
+    parser.add_argument("--server", choices=("brick", "echo", "both"), default="both")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+
+    print(f"load average before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}; "
+          f"{os.cpu_count()} cpus; python {sys.version.split()[0]}", flush=True)
+    results: list[Result] = []
+    starters = {"brick": start_brick, "echo": start_echo}
+    names = ["brick", "echo"] if args.server == "both" else [args.server]
+    for name in names:
+        try:
+            server = starters[name]()
+        except (OSError, RuntimeError) as exc:
+            print(f"{name}: skipped: {exc}", flush=True)
+            continue
+        try:
+            results += trio.run(bench_server, server, args)
+        finally:
+            server.stop()
+    print(f"load average after: {os.getloadavg()[0]:.2f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([asdict(r) for r in results], f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
