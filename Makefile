@@ -37,7 +37,8 @@ lint: deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint
+# install first: the mount tests use mount(8) with /sbin/mount.fuse.pyglfs.
+test: lint install
 	$(BIN)/python -m pytest -q tests
 
 unit: deps
