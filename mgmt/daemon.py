@@ -67,6 +67,7 @@ class MgmtDaemon:
             bound: int = await nursery.start(serve_rpc, self.service, self.host,
                                              self.peers.port)
             self.peers.port = bound
+            self.monitor.hello_args = {"port": bound}
             await nursery.start(self.monitor.serve)
             self.peers.start_monitoring()
             cli_host = "127.0.0.1" if self.host in WILDCARD_HOSTS else self.host

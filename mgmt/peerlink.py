@@ -116,6 +116,8 @@ class PeerMonitor:
         self.connected: dict[str, bool] = {}
         self.rejected: dict[str, bool] = {}
         self._since: dict[str, float] = {}
+        # What we tell a peer when we check in: the port we listen on (set once bound).
+        self.hello_args: dict[str, Any] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -184,7 +186,7 @@ class PeerMonitor:
                 call_timeout=self.ping_timeout,
             ) as conn:
                 try:
-                    reply = await conn.call("friend_hello", {})
+                    reply = await conn.call("friend_hello", self.hello_args)
                 except OSError as exc:
                     if exc.errno != errno.EPERM:
                         raise

@@ -310,8 +310,17 @@ class PeerManager:
     def on_identify(self) -> dict[str, Any]:
         return {"uuid": self.uuid}
 
-    def on_hello(self, caller: str) -> dict[str, Any]:
-        self._known(caller)
+    async def on_hello(self, caller: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A member's monitor checks in, telling the port it listens on now: a daemon
+        restarted on another port is followed (the hostname stays the operator's)."""
+        rec = self._known(caller)
+        port = args.get("port")
+        if type(port) is int and 0 < port < 65536 and port != rec.port:
+            moved = PeerRecord(rec.uuid, rec.hostname, port)
+            log.info("peer %s (%s) now listens on port %d (was %d)", rec.hostname, rec.uuid,
+                     port, rec.port)
+            await self._save(moved)
+            self.monitor.watch(moved)
         return {"uuid": self.uuid}
 
     async def on_join(self, caller: str, caller_ip: str, args: dict[str, Any]

@@ -176,7 +176,7 @@ class MgmtService:
         return self.peers.on_identify()
 
     async def _friend_hello(self, args: dict[str, Any], conn: ServerConnection) -> Any:
-        return self.peers.on_hello(conn.client_id)
+        return await self.peers.on_hello(conn.client_id, args)
 
     async def _friend_join(self, args: dict[str, Any], conn: ServerConnection) -> Any:
         return await self.peers.on_join(conn.client_id, _caller_ip(conn), args)

@@ -274,3 +274,18 @@ async def test_detach_of_a_peer_that_forgot_us(pool: list[Running]) -> None:
     await call(a, "peer_detach", {"host": b.host})
     assert b.uuid not in a.peers.peers
     assert b.uuid not in pool[2].daemon.peers.peers
+
+
+async def test_peer_restarted_on_another_port_is_followed(tmp_path: Path,
+                                                          nursery: trio.Nursery) -> None:
+    a = (await start(nursery, tmp_path / "a", IPS[0])).daemon
+    b = await start(nursery, tmp_path / "b", IPS[1])
+    await a.peers.probe(b.daemon.host, b.daemon.peers.port)
+    old = b.daemon.peers.port
+    b.scope.cancel()
+    await wait_until(lambda: not a.monitor.connected.get(b.daemon.uuid), "a sees b down")
+    b2 = (await start(nursery, tmp_path / "b", IPS[1])).daemon
+    assert b2.peers.port != old
+    await wait_until(lambda: a.peers.peers[b2.uuid].port == b2.peers.port
+                     and a.monitor.connected.get(b2.uuid), "a follows b to its new port")
+    assert json.loads((tmp_path / "a" / "peers" / b2.uuid).read_text())["port"] == b2.peers.port
