@@ -301,7 +301,7 @@ class PeerManager:
             return {"uuid": rec.uuid, "hostname": rec.hostname, "port": rec.port}
 
     # -- what other daemons ask -------------------------------------------
-    def _known(self, caller: str) -> PeerRecord:
+    def require_member(self, caller: str) -> PeerRecord:
         rec = self.peers.get(caller)
         if rec is None:
             raise MgmtError(errno.EPERM, "not a member of this node's pool")
@@ -313,7 +313,7 @@ class PeerManager:
     async def on_hello(self, caller: str, args: dict[str, Any]) -> dict[str, Any]:
         """A member's monitor checks in, telling the port it listens on now: a daemon
         restarted on another port is followed (the hostname stays the operator's)."""
-        rec = self._known(caller)
+        rec = self.require_member(caller)
         port = args.get("port")
         if type(port) is int and 0 < port < 65536 and port != rec.port:
             moved = PeerRecord(rec.uuid, rec.hostname, port)
@@ -357,7 +357,7 @@ class PeerManager:
         return {"uuid": self.uuid}
 
     async def on_update(self, caller: str, args: dict[str, Any]) -> dict[str, Any]:
-        self._known(caller)
+        self.require_member(caller)
         listed = args.get("peers")
         if type(listed) is not list:
             raise MgmtError(errno.EINVAL, "invalid arguments: friend_update")
@@ -371,7 +371,7 @@ class PeerManager:
         return {}
 
     async def on_forget(self, caller: str, args: dict[str, Any]) -> dict[str, Any]:
-        self._known(caller)
+        self.require_member(caller)
         gone = args.get("uuid")
         if not is_uuid(gone):
             raise MgmtError(errno.EINVAL, "invalid arguments: friend_forget")
@@ -382,7 +382,7 @@ class PeerManager:
 
     async def on_leave(self, caller: str) -> dict[str, Any]:
         """We were detached: leave the pool, forgetting every peer."""
-        rec = self._known(caller)
+        rec = self.require_member(caller)
         log.info("detached from the pool by %s (%s)", rec.hostname, caller)
         for peer_uuid in list(self.peers):
             await self._delete(peer_uuid)

@@ -121,7 +121,7 @@ class MgmtService:
 
     def _txn(self, phase: str) -> Handler:
         async def handler(args: dict[str, Any], conn: ServerConnection) -> Any:
-            self.peers._known(conn.client_id)
+            self.peers.require_member(conn.client_id)
             try:
                 txn = Txn.from_wire(args.get("txn"))
                 if txn.originator != conn.client_id:
