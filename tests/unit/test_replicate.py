@@ -254,3 +254,37 @@ async def test_fsync_clears_dirty_and_keeps_the_lock(tmp_path: Path) -> None:
         for b in env.bricks:
             assert (b.root / "f").read_bytes() == b"onetwo"
             assert_clean(b.root)
+
+
+async def test_without_eager_locking_every_change_unlocks(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, eager_lock=False) as env:
+        rep = env.rep
+        f = g()
+        await rep.create(ROOT_GFID, b"f", f, 0o644, 0, 0, os.O_WRONLY)
+        for k in range(5):
+            await rep.write(f, k, b"%d" % k)
+        await wait_for(lambda: not rep.locks.busy(), 5, "locks given back")
+        for b in env.bricks:
+            assert (b.root / "f").read_bytes() == b"01234"
+            assert_clean(b.root)
+
+
+async def test_replica_three_keeps_writing_with_one_brick_down(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, n=3) as env:
+        rep = env.rep
+        f = g()
+        await rep.create(ROOT_GFID, b"f", f, 0o644, 0, 0)
+        await env.bricks[0].stop()
+        await wait_for(lambda: not rep.children[0].is_up, 5, "brick 0 down")
+        await rep.write(f, 0, b"two of three")
+        await rep.settle()
+        for b in env.bricks[1:]:
+            assert (b.root / "f").read_bytes() == b"two of three"
+            assert decode(os.getxattr(b.root / "f", afr_xattr(V, 0)))[0] > 0
+            assert afr_xattr(V, 2) not in os.listxattr(b.root / "f")
+        await env.bricks[1].stop()
+        await wait_for(lambda: not rep.children[1].is_up, 5, "brick 1 down")
+        with pytest.raises(OSError) as ei:
+            await rep.write(f, 0, b"one of three")
+        assert ei.value.errno == errno.EROFS
+        assert await rep.read(f, 0, 100) == b"two of three"
