@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from pyglfs import __version__
@@ -29,7 +29,9 @@ from pyglfs.mgmt.transaction import (
     Txn,
     TxnEngine,
     TxnError,
+    lock_all,
     run_transaction,
+    unlock_all,
 )
 from pyglfs.rpc.errors import HandshakeRefused
 from pyglfs.rpc.server import ServerConnection
@@ -137,24 +139,28 @@ class MgmtService:
         return {"uuid": self.peers.uuid, "port": self.peers.port, "version": __version__,
                 "listen": self.peers.listen_host}
 
-    @contextmanager
-    def _pool_change(self) -> Iterator[None]:
-        """Hold this node's cluster lock while the pool changes, so that no cluster
-        transaction runs (here or from a peer) with a membership in flux."""
+    @asynccontextmanager
+    async def _pool_change(self, skip: str = "") -> AsyncIterator[None]:
+        """Hold the cluster lock on every reachable member while the pool changes, so
+        that neither a cluster transaction nor another probe or detach runs with the
+        membership in flux. ``skip`` (a detach's target) is not locked. Reachability
+        is judged by the pool operation itself, which words it for the operator."""
         txn = Txn("pool-change", {}, originator=self.peers.uuid)
+        parts = [p for p in self.participants()
+                 if not (isinstance(p, RemoteParticipant) and p.peer.uuid == skip)]
         try:
-            self.engine.locks.acquire(CLUSTER_LOCK, txn.id)
+            locked = await lock_all(parts, txn, skip_unreachable=True)
         except TxnError as exc:
             raise MgmtError(exc.code, f"failed: {exc}") from None
         try:
             yield
         finally:
-            self.engine.locks.release(CLUSTER_LOCK, txn.id)
+            await unlock_all(locked, txn)
 
     async def _peer_probe(self, args: dict[str, Any], conn: ServerConnection) -> Any:
         host = _host_arg(args)
         port = _opt_port(args) or DEFAULT_PORT
-        with self._pool_change():
+        async with self._pool_change():
             return await self.peers.probe(host, port)
 
     async def _peer_detach(self, args: dict[str, Any], conn: ServerConnection) -> Any:
@@ -162,7 +168,8 @@ class MgmtService:
         if type(force) is not bool:
             raise bad_args("force")
         host, port = _host_arg(args), _opt_port(args)
-        with self._pool_change():
+        target = self.peers.find(host, port)
+        async with self._pool_change(skip=target.uuid if target else ""):
             return await self.peers.detach(host, port, force=force)
 
     async def _peer_status(self, args: dict[str, Any], conn: ServerConnection) -> Any:

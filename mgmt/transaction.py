@@ -251,9 +251,29 @@ def _phase_error(phase: str, failed: list[tuple[Participant, BaseException]],
     return TxnError("\n".join(lines), code)
 
 
-async def _unlock_all(parts: Sequence[Participant], txn: Txn) -> None:
+async def lock_all(parts: Sequence[Participant], txn: Txn, *,
+                   skip_unreachable: bool = False) -> list[Participant]:
+    """Take ``txn.key`` for ``txn`` on every participant; the ones locked.
+
+    All or nothing: on any failure the locks taken are released and TxnBusy or
+    TxnError (naming the nodes) is raised. With ``skip_unreachable`` a node that
+    cannot be reached is left out instead (for callers that judge reachability
+    themselves); a refusal still fails.
+    """
+    locked, failed = await _each(parts, "lock", txn)
+    locked_parts = [p for p in parts if p.name in locked]
+    if skip_unreachable:
+        failed = [(p, exc) for p, exc in failed if isinstance(exc, TxnError)]
+    if failed:
+        await unlock_all(locked_parts, txn)
+        raise _phase_error("Locking", failed, txn.key)
+    return locked_parts
+
+
+async def unlock_all(parts: Sequence[Participant], txn: Txn) -> None:
+    """Release ``txn``'s locks; never raises (failures are logged, the TTL frees them)."""
     # Shielded so a cancelled caller still frees the pool; each unlock has its own
-    # deadline inside the participant, and the TTL covers whatever is missed.
+    # deadline inside the participant.
     with trio.CancelScope(shield=True):
         await _each(parts, "unlock", txn)
 
@@ -269,11 +289,7 @@ async def run_transaction(parts: Sequence[Participant], txn: Txn) -> dict[str, A
     """
     locals_ = [p for p in parts if p.is_local]
     remotes = [p for p in parts if not p.is_local]
-    locked, failed = await _each(parts, "lock", txn)
-    locked_parts = [p for p in parts if p.name in locked]
-    if failed:
-        await _unlock_all(locked_parts, txn)
-        raise _phase_error("Locking", failed, txn.key)
+    locked_parts = await lock_all(parts, txn)
     try:
         _, failed = await _each(parts, "stage", txn)
         if failed:
@@ -289,4 +305,4 @@ async def run_transaction(parts: Sequence[Participant], txn: Txn) -> dict[str, A
         log.info("txn=%s op=%s committed on %d node(s)", txn.id, txn.op, len(parts))
         return results
     finally:
-        await _unlock_all(locked_parts, txn)
+        await unlock_all(locked_parts, txn)

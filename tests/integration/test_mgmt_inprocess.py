@@ -263,6 +263,15 @@ async def test_pool_change_waits_for_no_transaction(pool: list[Running], tmp_pat
     assert ei.value.strerror == ("failed: Another transaction is in progress. "
                                  "Please try again after some time.")
     await a.engine.unlock(Txn("test-set", {}, id="running"))
+    # A transaction running on another member blocks the probe too.
+    b = pool[1].daemon
+    await b.engine.lock(Txn("test-set", {}, id="elsewhere"))
+    with pytest.raises(OSError) as ei:
+        await call(a, "peer_probe", {"host": d.host, "port": d.peers.port})
+    assert "Another transaction is in progress" in str(ei.value.strerror)
+    assert d.peers.peers == {}
+    assert a.engine.locks.holder("cluster") is None
+    await b.engine.unlock(Txn("test-set", {}, id="elsewhere"))
     await call(a, "peer_probe", {"host": d.host, "port": d.peers.port})
     assert len(d.peers.peers) == 3
     assert a.engine.locks.holder("cluster") is None
