@@ -1,11 +1,12 @@
 """pyglfsd's rpc service: the op table for the CLI and for other daemons.
 
 Ops from the CLI (any mgmt client): ``node_info``, ``peer_probe``, ``peer_detach``,
-``peer_status``, ``pool_list``. Ops from other daemons, accepted only from a UUID
-in our pool (``client_id`` of the connection), except the two a probe needs
-before it is one: ``friend_identify``, ``friend_join``, ``friend_hello``,
-``friend_update``, ``friend_forget``, ``friend_leave``, ``txn_lock``,
-``txn_stage``, ``txn_commit``, ``txn_unlock``.
+``peer_status``, ``pool_list``, plus those other modules ``register`` (cluster
+options: ``volume_set``, ``volume_get``). Ops from other daemons: ``friend_identify``
+and ``friend_join`` from anyone (a probe comes from a node not yet in our pool);
+``friend_hello``, ``friend_update``, ``friend_forget``, ``friend_leave`` and the
+``txn_*`` phases only from a member, known by the connection's ``client_id`` (its
+node UUID). mgmt/OPS.md has the arguments and results.
 
 Every refusal is a ``MgmtError`` (an errno reply whose message is for the operator).
 """
