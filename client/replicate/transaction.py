@@ -13,6 +13,12 @@ One change (``Writer.inode_op`` / ``Writer.entry_op``):
    as bad on them for reads.
 5. The post-op that takes the dirty marks back waits for the lock's release.
 
+Round trips (each to all bricks in parallel) in the common case, one client
+alone in a directory: create a file for writing 1 (its lock rides along, see
+``Replicate.create``), write 1, flush 1, release 1; the post-op and unlock (2)
+run in the background after the flush. The directory's entry lock and its
+dirty mark cost 1 + 2 once per burst of entry changes, not per change.
+
 When every brick fails, the caller gets the error (the same errno from all of
 them gives that errno). A change that lands only on bricks that are not a
 quorum (the first brick died under it) is recorded and then reported as EROFS.
