@@ -219,6 +219,8 @@ class RpcConnection:
                 raise ProtocolError(f"expected a reply or event, got {messages.describe(m)}")
             rid = m.get("id")
             if rid is not None:
+                if type(rid) is not int:
+                    raise ProtocolError(f"reply id {rid!r} is not an integer")
                 c = pending.pop(rid, None)
                 if c is None:
                     log.debug("%r: reply to unknown or timed-out req=%r", self, rid)

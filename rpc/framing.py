@@ -174,7 +174,9 @@ class FrameWriter:
 
     With ``shield``, a send that has to wait for the peer is not interrupted by the
     sending task's cancellation (half a frame would corrupt the stream for every
-    other caller); it ends when the data is out or the transport is closed. Over a
+    other caller); it ends when the data is out or the transport is closed. Without
+    it, a send cancelled half-way marks the writer broken, which ends the
+    connection rather than corrupting it. Over a
     SocketTransport, queued buffers go out with one ``sendmsg`` and without any
     checkpoint when the kernel takes them at once.
     """
@@ -200,6 +202,8 @@ class FrameWriter:
     def put(self, obj: Any) -> None:
         """Queue ``obj`` as one frame. Raises TypeError/ValueError if it cannot be packed."""
         body = self._packer.pack(obj)
+        if self.broken is not None:
+            return
         n = len(body)
         self._queued += n
         if n < _BIG:
@@ -229,6 +233,11 @@ class FrameWriter:
                 await self._send_queued()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._failed(exc)
+        except BaseException as exc:
+            # Cancelled mid-send: part of a frame may be out, and the frames taken
+            # from the queue are lost. The stream cannot be trusted any more.
+            self._failed(exc)
+            raise
         finally:
             self._sending = False
 

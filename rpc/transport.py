@@ -26,41 +26,7 @@ from trio.lowlevel import notify_closing, wait_readable, wait_writable
 class ByteStream(Protocol):
     """What the framing layer needs of a transport (a trio Stream fits)."""
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if max_bytes is None:
-            max_bytes = 65536
-        sock = self.socket
-        self.blocked = self._drained
-        if self._drained:
-            await wait_readable(sock)
-        while True:
-            try:
-                data = sock.recv(max_bytes)
-                self._drained = len(data) < max_bytes
-                return data
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise _broken(exc) from exc
-            self.blocked = True
-            await wait_readable(sock)
-
-    async def receive_into(self, buf: memoryview) -> int:
-        sock = self.socket
-        self.blocked = self._drained
-        if self._drained:
-            await wait_readable(sock)
-        while True:
-            try:
-                n = sock.recv_into(buf)
-                self._drained = n < len(buf)
-                return n
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise _broken(exc) from exc
-            self.blocked = True
-            await wait_readable(sock)
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray: ...
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None: ...
 
@@ -99,10 +65,14 @@ class SocketTransport:
         if max_bytes is None:
             max_bytes = 65536
         sock = self.socket
-        self.blocked = False
+        self.blocked = self._drained
+        if self._drained:
+            await wait_readable(sock)
         while True:
             try:
-                return sock.recv(max_bytes)
+                data = sock.recv(max_bytes)
+                self._drained = len(data) < max_bytes
+                return data
             except BlockingIOError:
                 pass
             except OSError as exc:
@@ -112,10 +82,14 @@ class SocketTransport:
 
     async def receive_into(self, buf: memoryview) -> int:
         sock = self.socket
-        self.blocked = False
+        self.blocked = self._drained
+        if self._drained:
+            await wait_readable(sock)
         while True:
             try:
-                return sock.recv_into(buf)
+                n = sock.recv_into(buf)
+                self._drained = n < len(buf)
+                return n
             except BlockingIOError:
                 pass
             except OSError as exc:

@@ -250,3 +250,23 @@ async def test_slow_handler_does_not_trip_ping_timeout(autojump_clock: Any) -> N
     async with open_memory_connection(EchoService(), ping_timeout=2) as conn:
         assert await conn.call("sleep", {"t": 30, "n": 5}) == 5
         assert not conn.closed
+
+
+async def test_malformed_reply_closes_the_connection_not_the_owner() -> None:
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+
+    async def bad_server() -> None:
+        reader = FrameReader(server_stream)
+        writer = FrameWriter(server_stream)
+        await reader.receive()
+        await writer.send(messages.welcome("bad", "vol0"))
+        await reader.receive()
+        await writer.send({"id": [1], "ok": 1})
+        await reader.receive()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(bad_server)
+        async with connect_stream(client_stream, volume="vol0", client_id="c") as conn:
+            await _expect_errno(conn.call("null", {}), errno.ENOTCONN)
+            assert "bad frame" in (await conn.wait_closed())
+        nursery.cancel_scope.cancel()

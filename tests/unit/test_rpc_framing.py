@@ -212,3 +212,15 @@ async def test_socket_transport_close_wakes_a_blocked_receiver() -> None:
 def test_fast_transport_leaves_other_streams_alone() -> None:
     a, _ = trio.testing.memory_stream_pair()
     assert fast_transport(a) is a
+
+
+async def test_send_cancelled_half_way_marks_the_writer_broken(autojump_clock: Any) -> None:
+    a, b = trio.testing.lockstep_stream_pair()
+    seen: list[BaseException] = []
+    writer = FrameWriter(a, on_broken=seen.append)
+    with trio.move_on_after(1):
+        await writer.send({"data": b"x" * 100_000})  # nobody reads: blocks
+    assert writer.broken is not None and seen == [writer.broken]
+    writer.put({"later": 1})
+    await writer.flush()
+    assert seen == [writer.broken]
