@@ -76,17 +76,15 @@ def daemonize(what: str = "mount") -> Readiness:
 
 
 def _parent_wait(r: int, pid: int, what: str) -> NoReturn:
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(r, 65536)
-        except InterruptedError:
-            continue
+    # One line is the whole word: do not wait for EOF, which a process the
+    # child started could hold off.
+    word = b""
+    while b"\n" not in word:
+        chunk = os.read(r, 65536)
         if not chunk:
             break
-        chunks.append(chunk)
+        word += chunk
     os.close(r)
-    word = b"".join(chunks)
     if word.startswith(_READY):
         os._exit(0)
     if word.startswith(_ERROR):
