@@ -1,0 +1,218 @@
+"""The brick's RPC service: the boundary between the wire and the storage.
+
+Every request is checked against ``rpc.brickops`` before any storage code runs
+(an unknown op is ENOSYS, bad arguments EINVAL). Lock ops go to the in-memory
+:class:`~pyglfs.brickd.locks.LockManager`, ``index_list`` to the heal index,
+everything else to the store method of the same name, with the same argument
+names. A connection's locks and open files belong to it: when it ends, they
+are released, so a client that died cannot wedge the others.
+
+The handshake admits a client only for this brick's volume and, when the brick
+has credentials, only with exactly those credentials.
+"""
+
+from __future__ import annotations
+
+import errno
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from pyglfs.brickd.auth import Credentials
+from pyglfs.brickd.changelog import HealIndex
+from pyglfs.brickd.locks import LockManager
+from pyglfs.rpc.brickops import OPS, ArgError, validate
+from pyglfs.rpc.errors import HandshakeRefused
+from pyglfs.rpc.server import ServerConnection, serve_rpc
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[dict[str, Any], ServerConnection], Awaitable[Any]]
+
+LOCK_OPS = ("inodelk", "entrylk", "lk")
+INDEX_PAGE_MAX = 4096
+# Ops answered from memory or a single short syscall: run in the reader task,
+# saving a task spawn per request. Lock ops may wait, so they never are.
+_INLINE_OWN = frozenset({"null", "index_list"})
+
+
+async def _null(args: dict[str, Any], conn: ServerConnection) -> dict[str, Any]:
+    return {}
+
+
+class BrickService:
+    """``rpc.server.Service`` for one brick.
+
+    ``store`` has one async method per storage op of ``rpc.brickops`` (taking
+    ``conn_id=`` where it tracks per-connection state) and ``release_all``.
+    ``nursery`` runs the service's background sends (lock-contention events),
+    so a blocked lock request never waits on the holder's socket.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        volume: str,
+        *,
+        nursery: trio.Nursery,
+        credentials: Credentials | None = None,
+        index: HealIndex | None = None,
+        server_name: str | None = None,
+    ) -> None:
+        self.store = store
+        self.volume = volume
+        self.credentials = credentials
+        self.server_name = server_name
+        self.index = index if index is not None else getattr(store, "heal_index", None)
+        self.locks = LockManager(on_contention=self._contention)
+        self._nursery = nursery
+        self._table: dict[str, Handler] = self._build_table()
+        self.inline_ops = _INLINE_OWN | frozenset(getattr(store, "inline_ops", ()))
+
+    # ---- handshake and connection life ---------------------------------------------------
+
+    def authenticate(self, hello: dict[str, Any]) -> None:
+        """Refuse a client of another volume or with the wrong credentials."""
+        if hello.get("volume") != self.volume:
+            raise HandshakeRefused(
+                f"volume {hello.get('volume')!r} is not served here: "
+                f"this brick belongs to volume {self.volume!r}"
+            )
+        if self.credentials is not None and not self.credentials.accepts(hello.get("auth")):
+            raise HandshakeRefused(
+                f"authentication failed for volume {self.volume!r}: wrong or missing credentials"
+            )
+
+    def disconnected(self, conn: ServerConnection) -> None:
+        """Release everything the connection held: locks at once, open files soon."""
+        self.locks.release_all(conn)
+        release = getattr(self.store, "release_all", None)
+        if release is None:
+            return
+        result = release(conn.conn_id)
+        if inspect.isawaitable(result):
+            self._nursery.start_soon(_await_logged, result, conn)
+
+    def _contention(self, holder: Hashable, gfid: bytes, domain: str, owner: bytes) -> None:
+        conn = holder
+        if isinstance(conn, ServerConnection) and not conn.closed:
+            self._nursery.start_soon(_send_contention, conn, gfid, domain, owner)
+
+    # ---- requests ------------------------------------------------------------------------
+
+    async def handle(self, op: str, args: dict[str, Any], conn: ServerConnection) -> Any:
+        """Validate, then dispatch; errors leave as OSError (errno names on the wire)."""
+        try:
+            validate(op, args)
+        except KeyError:
+            raise OSError(errno.ENOSYS, f"unknown operation {op!r}") from None
+        except ArgError as e:
+            raise OSError(errno.EINVAL, str(e)) from None
+        handler = self._table.get(op)
+        if handler is None:
+            raise OSError(errno.ENOSYS, f"operation {op!r} is not supported by this brick")
+        return await handler(args, conn)
+
+    def _build_table(self) -> dict[str, Handler]:
+        table: dict[str, Handler] = {"null": _null, "index_list": self._index_list}
+        locks = self.locks
+        for name in LOCK_OPS:
+            table[name] = _lock_handler(getattr(locks, name))
+        for op in OPS:
+            if op in table:
+                continue
+            meth = getattr(self.store, op, None)
+            if meth is None:
+                continue
+            table[op] = _store_handler(meth, _takes_conn_id(meth))
+        return table
+
+    async def _index_list(self, args: dict[str, Any], conn: ServerConnection) -> dict[str, Any]:
+        if self.index is None:
+            raise OSError(errno.ENOSYS, "this brick keeps no heal index")
+        count = min(args.get("count") or INDEX_PAGE_MAX, INDEX_PAGE_MAX)
+        gfids, cookie, eof = self.index.list(args.get("cookie") or 0, count)
+        return {"gfids": gfids, "cookie": cookie, "eof": eof}
+
+
+def _lock_handler(meth: Callable[..., Awaitable[Any]]) -> Handler:
+    async def handler(args: dict[str, Any], conn: ServerConnection) -> Any:
+        return await meth(conn_id=conn, **args)
+
+    return handler
+
+
+def _store_handler(meth: Callable[..., Awaitable[Any]], with_conn: bool) -> Handler:
+    if with_conn:
+        async def handler(args: dict[str, Any], conn: ServerConnection) -> Any:
+            return await meth(conn_id=conn.conn_id, **args)
+    else:
+        async def handler(args: dict[str, Any], conn: ServerConnection) -> Any:
+            return await meth(**args)
+
+    return handler
+
+
+def _takes_conn_id(meth: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(meth).parameters
+    except (TypeError, ValueError):
+        return False
+    return "conn_id" in params
+
+
+async def _await_logged(result: Awaitable[Any], conn: ServerConnection) -> None:
+    try:
+        await result
+    except Exception:
+        log.exception("%r: releasing its open files failed", conn)
+
+
+async def _send_contention(conn: ServerConnection, gfid: bytes, domain: str,
+                           owner: bytes) -> None:
+    try:
+        await conn.send_event("lock-contention", {"gfid": gfid, "domain": domain, "owner": owner})
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+        log.debug("%r: lock-contention event not delivered: %r", conn, e)
+
+
+@asynccontextmanager
+async def open_brick_service(
+    store: Any,
+    volume: str,
+    *,
+    credentials: Credentials | None = None,
+    index: HealIndex | None = None,
+    server_name: str | None = None,
+) -> AsyncIterator[BrickService]:
+    """A BrickService whose background sends stop when the block exits."""
+    async with trio.open_nursery() as nursery:
+        service = BrickService(
+            store, volume, nursery=nursery, credentials=credentials, index=index,
+            server_name=server_name,
+        )
+        try:
+            yield service
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def serve_brick(
+    store: Any,
+    volume: str,
+    host: str,
+    port: int,
+    *,
+    credentials: Credentials | None = None,
+    index: HealIndex | None = None,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``store`` on host:port until cancelled; reports the bound port."""
+    async with open_brick_service(
+        store, volume, credentials=credentials, index=index,
+    ) as service:
+        await serve_rpc(service, host, port, task_status=task_status)
