@@ -28,6 +28,7 @@ DEFAULT_MAX_FRAME = 16 * 1024 * 1024 + 64 * 1024
 RECEIVE_SIZE = 256 * 1024
 MAX_RECEIVE_SIZE = 4 * 1024 * 1024
 _BIG = 64 * 1024
+_EMPTY_BIN = b"\xc4\x00"
 _KEEP_BIG = 4 * 1024 * 1024
 HIGH_WATER = 32 * 1024 * 1024
 
@@ -201,6 +202,10 @@ class FrameWriter:
 
     def put(self, obj: Any) -> None:
         """Queue ``obj`` as one frame. Raises TypeError/ValueError if it cannot be packed."""
+        blob = _find_blob(obj)
+        if blob is not None:
+            self._put_blob(obj, *blob)
+            return
         body = self._packer.pack(obj)
         if self.broken is not None:
             return
@@ -211,6 +216,25 @@ class FrameWriter:
         else:
             self._out.append(_pack_hdr(n))
             self._out.append(body)
+
+    def _put_blob(self, obj: dict[Any, Any], outer: Any, key: Any, data: bytes) -> None:
+        """Queue ``obj`` without copying ``data``: the message is packed with an empty
+        bin in its place, moved to the very end, and the frame goes out as that head
+        with a bin32 header, then ``data`` itself."""
+        inner = {k: v for k, v in obj[outer].items() if k != key}
+        inner[key] = b""
+        shell = dict(obj)
+        shell[outer] = inner
+        head = self._packer.pack(shell)
+        if self.broken is not None:
+            return
+        assert head.endswith(_EMPTY_BIN)
+        n = len(head) - len(_EMPTY_BIN) + 5 + len(data)
+        self._queued += n
+        self._out.append(b"".join((
+            _pack_hdr(n), memoryview(head)[: -len(_EMPTY_BIN)], b"\xc6", _pack_hdr(len(data)),
+        )))
+        self._out.append(data)
 
     async def flush(self) -> None:
         """Send everything queued, unless another task is already doing so."""
@@ -300,6 +324,22 @@ class FrameWriter:
                 if small:
                     await send_all(b"".join(small))
             self._wake_drained()
+
+
+def _find_blob(obj: Any) -> tuple[Any, Any, bytes] | None:
+    """Where ``obj`` carries bulk data worth sending without a copy: a bin of 64 KiB
+    or more directly in the map that is ``obj``'s last value (a request's args, a
+    reply's ok). Returns (outer key, inner key, data) or None."""
+    if type(obj) is not dict or not obj:
+        return None
+    outer = next(reversed(obj))
+    inner = obj[outer]
+    if type(inner) is not dict:
+        return None
+    for key, value in inner.items():
+        if type(value) is bytes and _BIG <= len(value) < 0xFFFF0000:
+            return outer, key, value
+    return None
 
 
 def _advance(bufs: list[bytes | memoryview], n: int) -> list[bytes | memoryview]:

@@ -224,3 +224,25 @@ async def test_send_cancelled_half_way_marks_the_writer_broken(autojump_clock: A
     writer.put({"later": 1})
     await writer.flush()
     assert seen == [writer.broken]
+
+
+@pytest.mark.parametrize("msg", [
+    {"id": 1, "op": "write", "args": {"gfid": b"g" * 16, "offset": 5, "data": b"d" * 70_000,
+                                      "xattrop": {"a": b"x" * 12}}},
+    {"id": 2, "ok": {"data": b"r" * 1_000_000}},
+    {"id": 3, "ok": {"a": b"1" * 65_536, "b": b"2" * 65_536, "c": "three"}},
+    {"event": "e", "args": {"blob": b"\x00" * 200_000}},
+    {"id": 4, "ok": {"data": b"small"}},
+    {"id": 5, "ok": [b"x" * 100_000]},
+])
+async def test_bulk_data_goes_out_uncopied_and_decodes_the_same(msg: dict[str, Any]) -> None:
+    a, b = trio.testing.memory_stream_pair()
+    writer = FrameWriter(a)
+    writer.put(msg)
+    blobs = [v for inner in msg.values() if isinstance(inner, dict) for v in inner.values()
+             if isinstance(v, bytes) and len(v) >= 65_536]
+    if blobs:
+        assert any(buf is blobs[0] for buf in writer._out), "bulk data was copied"
+    await writer.flush()
+    await a.aclose()
+    assert await read_all(FrameReader(b)) == [msg]
