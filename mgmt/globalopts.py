@@ -9,6 +9,7 @@ never disagrees. A node joining the pool adopts the prober's options.
 from __future__ import annotations
 
 import errno
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,8 @@ from pyglfs.mgmt.transaction import TxnError, TxnOp
 if TYPE_CHECKING:
     from pyglfs.mgmt.service import MgmtService
     from pyglfs.rpc.server import ServerConnection
+
+log = logging.getLogger(__name__)
 
 OPTIONS_FILE = "options"
 TXN_OP = "global-set"
@@ -125,6 +128,7 @@ class GlobalOptions:
     async def _commit(self, args: dict[str, Any]) -> Any:
         key, value = self._args(args)
         await self.replace({**self.values, key: value})
+        log.info("cluster option %s set to %s", key, value)
         return {"key": key, "value": value}
 
     def txn_op(self) -> TxnOp:
