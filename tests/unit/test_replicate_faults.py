@@ -272,3 +272,22 @@ async def test_listing_goes_on_from_the_other_brick(tmp_path: Path) -> None:
         assert eof
         assert len(seen) == len(set(seen))
         assert set(seen) - {b".", b".."} == want
+
+
+async def test_split_brain_reads_are_eio(tmp_path: Path) -> None:
+    from pyglfs.client.replicate.changelog import encode
+
+    async with open_replica(tmp_path) as env:
+        rep = env.rep
+        f = g()
+        await rep.create(ROOT_GFID, b"sb", f, 0o644, 0, 0)
+        await rep.write(f, 0, b"data")
+        await rep.settle()
+        await env.brick_client(rep, 0).xattrop(f, {afr_xattr(V, 1): encode(1, 0, 0)})
+        await env.brick_client(rep, 1).xattrop(f, {afr_xattr(V, 0): encode(1, 0, 0)})
+        fresh = await env.new_client()
+        assert (await fresh.lookup(ROOT_GFID, b"sb")).iatt.gfid == f
+        with pytest.raises(OSError) as ei:
+            await fresh.read(f, 0, 4)
+        assert ei.value.errno == errno.EIO
+        assert fresh.needs_heal(f)
