@@ -166,11 +166,15 @@ class EagerLocks:
                 st.state = ACQUIRING
                 try:
                     st.locked_on = await self._take(st)
+                except OSError:
+                    self._forget(st)
+                    raise
                 except BaseException:
-                    st.state = FREE
-                    if table.get(key) is st:
-                        del table[key]
-                    st.notify()
+                    # Cancelled part-way: a brick may have granted it. Until the
+                    # unlock is through, a new hold of this key must wait, or the
+                    # late unlock (same owner) would drop the new one.
+                    st.state = RELEASING
+                    self._spawn(self._abandon, st, bits(self.up_mask()))
                     raise
                 st.state = HELD
                 st.users = 1
@@ -207,25 +211,20 @@ class EagerLocks:
         targets = bits(self.up_mask())
         if not targets:
             raise OSError(errno.ENOTCONN, "no brick is connected")
-        try:
-            res = await fanout(self.n, targets, lambda i: self._lock(st, i, "wr", False))
-            errors = {i: r for i in targets if isinstance(r := res[i], OSError)}
-            got = [i for i in targets if i not in errors]
-            if any(e.errno == errno.EAGAIN for e in errors.values()):
-                log.debug("lock %r contended, taking it in brick order", st)
-                await self._unlock(st, got)
-                got = []
-                errors = {}
-                for i in targets:
-                    try:
-                        await self._lock(st, i, "wr", True)
-                        got.append(i)
-                    except OSError as e:
-                        errors[i] = e
-        except BaseException:
-            # Cancelled part-way: give back whatever a brick may have granted.
-            self._spawn(self._unlock, st, targets)
-            raise
+        res = await fanout(self.n, targets, lambda i: self._lock(st, i, "wr", False))
+        errors = {i: r for i in targets if isinstance(r := res[i], OSError)}
+        got = [i for i in targets if i not in errors]
+        if any(e.errno == errno.EAGAIN for e in errors.values()):
+            log.debug("lock %r contended, taking it in brick order", st)
+            await self._unlock(st, got)
+            got = []
+            errors = {}
+            for i in targets:
+                try:
+                    await self._lock(st, i, "wr", True)
+                    got.append(i)
+                except OSError as e:
+                    errors[i] = e
         if not got:
             raise pick_error(errors)
         for i, err in errors.items():
@@ -243,6 +242,19 @@ class EagerLocks:
                 log.debug("unlock %r on brick %s: %s", st, i, res[i])
 
     # -- giving back ------------------------------------------------------
+    def _forget(self, st: LockState) -> None:
+        st.state = FREE
+        table = self.entry if st.entry else self.inode
+        if table.get(st.key) is st:
+            del table[st.key]
+        st.notify()
+
+    async def _abandon(self, st: LockState, targets: list[int]) -> None:
+        try:
+            await self._unlock(st, targets)
+        finally:
+            self._forget(st)
+
     def _start_release(self, st: LockState) -> None:
         if st.state != HELD or st.users:
             return
@@ -255,11 +267,7 @@ class EagerLocks:
                 targets = bits(st.locked_on & self.up_mask())
                 await fanout(self.n, targets, lambda i: self._post_op_unlock(st, i))
         finally:
-            st.state = FREE
-            table = self.entry if st.entry else self.inode
-            if table.get(st.key) is st:
-                del table[st.key]
-            st.notify()
+            self._forget(st)
 
     def _take_marks(self, st: LockState, i: int) -> dict[str, bytes] | None:
         m = st.marks[i]

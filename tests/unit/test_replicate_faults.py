@@ -291,3 +291,46 @@ async def test_split_brain_reads_are_eio(tmp_path: Path) -> None:
             await fresh.read(f, 0, 4)
         assert ei.value.errno == errno.EIO
         assert fresh.needs_heal(f)
+
+
+class Stalling(Layer):
+    """Forwards to a protocol client; while ``stall`` is set, inodelk never answers."""
+
+    def __init__(self, child: Layer) -> None:
+        super().__init__(child.name, [child])
+        self.stall = False
+
+    async def inodelk(self, gfid: bytes, domain: str, type: str, start: int, len: int,
+                      owner: bytes, block: bool = False) -> None:
+        if self.stall and type != "un":
+            await trio.sleep_forever()
+        await self.child.inodelk(gfid, domain, type, start, len, owner, block)
+
+
+async def test_cancelled_lock_request_gives_back_what_it_got(tmp_path: Path) -> None:
+    wrapped: list[Stalling] = []
+
+    def wrap(i: int, child: Layer) -> Layer:
+        wrapped.append(Stalling(child))
+        return wrapped[-1]
+
+    async with open_replica(tmp_path, client=False) as env:
+        rep = await env.new_client(wrap=wrap, post_op_delay=30.0)
+        f = g()
+        await rep.create(ROOT_GFID, b"f", f, 0o644, 0, 0)
+        wrapped[1].stall = True
+        with trio.move_on_after(0.3) as scope:
+            await rep.write(f, 0, b"never")
+        assert scope.cancelled_caught
+        await wait_for(lambda: f not in rep.locks.inode, 5, "abandoned lock forgotten")
+        # Brick 0 granted the lock before the cancel; it must have been given back.
+        other = await env.new_client(post_op_delay=0.0)
+        with trio.fail_after(3):
+            await env.brick_client(other, 0).inodelk(f, rep.name, "wr", 0, 0, b"other", False)
+            await env.brick_client(other, 0).inodelk(f, rep.name, "un", 0, 0, b"other", False)
+        wrapped[1].stall = False
+        with trio.fail_after(3):
+            await rep.write(f, 0, b"later")
+        await rep.settle()
+        for br in env.bricks:
+            assert (br.root / "f").read_bytes() == b"later"
