@@ -110,9 +110,9 @@ async def run_brick(
                 bound = await nursery.start(partial(
                     serve_brick, store, volume, host, port, credentials=credentials,
                 ))
-                print(f"listening on {format_address(host, bound)}", flush=True)
-                log.info("brick %s of volume %s listening on %s", brick, volume,
-                         format_address(host, bound))
+                address = format_address(host, bound)
+                log.info("brick %s of volume %s listening on %s", brick, volume, address)
+                print(f"listening on {address}", flush=True)
                 async for signum in signals:
                     log.info("%s received: stopping brick %s", signal.Signals(signum).name, brick)
                     break
