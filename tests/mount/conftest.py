@@ -1,6 +1,6 @@
-"""Fixtures for real FUSE mounts: bricks and a mount per module and volume kind
-(single brick, replica 2), a fresh pair of directories (local and on the mount)
-per test.
+"""Fixtures for real FUSE mounts: bricks and a mount per volume kind (single
+brick, replica 2) shared by the whole session, and a fresh pair of directories
+(local and on the mount) per test.
 
 Every test that mounts is marked ``mount`` and skipped cleanly without
 /dev/fuse, root or fusermount3. A test fails if the mount logged an unexpected
@@ -42,7 +42,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=_skip))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def single_volume(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Volume]:
     vol = start_volume(tmp_path_factory.mktemp("single"), "single")
     try:
@@ -51,7 +51,7 @@ def single_volume(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Volume]:
         vol.stop()
 
 
-@pytest.fixture(scope="module", params=["single", "replica2"])
+@pytest.fixture(scope="session", params=["single", "replica2"])
 def volume(request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Volume]:
     """Each volume kind in turn: the bridge over a protocol client, then over replicate."""
@@ -62,7 +62,7 @@ def volume(request: pytest.FixtureRequest,
         vol.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def volume_mount(volume: Volume) -> Iterator[Mount]:
     with mounted_volume(volume.volfile, volume.volfile.parent / "mnt") as m:
         yield m
