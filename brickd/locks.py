@@ -14,7 +14,9 @@ Internal locks are granted first come, first served: a request that conflicts
 with a waiter queued before it waits too, so a stream of readers cannot starve
 a writer. Locks of one owner never conflict with each other. An internal
 unlock removes every lock of that owner overlapping the range (no splitting;
-replicate locks and unlocks whole ranges). POSIX locks instead behave like
+replicate locks and unlocks whole ranges) and withdraws that owner's blocked
+requests there with ECANCELED, so a request whose client gave up waiting
+cannot be granted later and leak. POSIX locks instead behave like
 fcntl: an owner holds a set of disjoint ranges, a new lock replaces the
 owner's locks in its range (converting rd/wr), unlocking splits, and adjacent
 ranges of one type merge; blocked requests retry whenever the file's locks
@@ -138,6 +140,16 @@ class _FairLocks:
         q.granted = [
             g for g in q.granted if not (g.owner == owner and self._overlap(g.span, span))
         ]
+        # A request the owner stopped waiting for (its call timed out) must not be
+        # granted later and leak: the owner's unlock withdraws it too.
+        still: list[_Req] = []
+        for w in q.waiting:
+            if w.owner == owner and self._overlap(w.span, span) and w.event is not None:
+                w.error = OSError(errno.ECANCELED, "lock request withdrawn by its owner's unlock")
+                w.event.set()
+            else:
+                still.append(w)
+        q.waiting = still
         self._regrant(key, q)
 
     def release_conn(self, conn_id: Hashable) -> None:

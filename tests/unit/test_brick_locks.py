@@ -330,3 +330,25 @@ async def test_setlkw_cycle_is_edeadlk(autojump_clock: trio.testing.MockClock) -
         await plk(lm, 2, b"b", "setlk", "un", 0, 0)
     assert await plk(lm, 2, b"b", "getlk", "wr", 15, 1) == {
         "type": "wr", "start": 0, "len": 20, "pid": 1, "owner": b"a"}
+
+
+async def test_unlock_withdraws_the_owners_blocked_request(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    lm = LockManager()
+    await ilk(lm, 1, b"a", "wr")
+    outcome: list[int] = []
+
+    async def abandoned() -> None:
+        try:
+            await ilk(lm, 2, b"b", "wr", block=True)
+        except OSError as e:
+            outcome.append(e.errno or 0)
+
+    async with trio.open_nursery() as n:
+        n.start_soon(abandoned)
+        await trio.sleep(1)
+        await ilk(lm, 2, b"b", "un")  # b's client gave up waiting and unlocks
+        await wait_until(lambda: outcome == [errno.ECANCELED])
+    await ilk(lm, 1, b"a", "un")
+    assert lm.is_idle()  # b's request was not granted behind a's back
