@@ -317,7 +317,19 @@ class EagerLocks:
             self._start_release(st)
 
     def contended(self, key: bytes) -> None:
-        """A brick says another client waits for our lock on ``key``."""
+        """A brick says another client waits for our lock on ``key``.
+
+        Holding no such lock means a brick granted one whose answer we never
+        saw (a timed-out request): give it back, or the other client waits
+        until our connection drops.
+        """
+        if key not in self.inode and key not in self.entry and self._nursery is not None:
+            log.info("lock on %s wanted elsewhere but not held here: unlocking", key.hex())
+            st = LockState(key, False, self.n)
+            st.state = RELEASING
+            self.inode[key] = st
+            self._spawn(self._abandon, st, bits(self.up_mask()))
+            return
         self.want_release(key, False)
         self.want_release(key, True)
 

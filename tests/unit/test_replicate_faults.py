@@ -334,3 +334,21 @@ async def test_cancelled_lock_request_gives_back_what_it_got(tmp_path: Path) -> 
         await rep.settle()
         for br in env.bricks:
             assert (br.root / "f").read_bytes() == b"later"
+
+
+async def test_contention_for_a_lock_we_lost_track_of_unlocks_it(tmp_path: Path) -> None:
+    async with open_replica(tmp_path) as env:
+        a = env.rep
+        f = g()
+        await a.create(ROOT_GFID, b"f", f, 0o644, 0, 0)
+        await a.settle()
+        # A grant whose reply never reached replicate (a timed-out request).
+        for i in range(2):
+            await env.brick_client(a, i).inodelk(f, a.name, "wr", 0, 0, a.owner, False)
+        assert f not in a.locks.inode
+        b = await env.new_client()
+        with trio.fail_after(5):
+            await b.write(f, 0, b"not stuck")
+        await b.settle()
+        for br in env.bricks:
+            assert (br.root / "f").read_bytes() == b"not stuck"
