@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers.brickd import brickd_process, run_brickd, start_brickd
+from helpers.brickd import BrickdProcess, brickd_process, run_brickd, start_brickd
 
 
 def args(brick: Path, volume_id: str, *extra: str, volume: str = "vol0") -> list[str]:
@@ -122,3 +123,12 @@ def test_logs_go_to_the_log_file(tmp_path: Path) -> None:
         assert b.alive()
         assert "listening on" in b.log_text()
     assert (tmp_path / f"brickd-{b.brick.name}.stderr").read_text() == ""
+
+
+def test_brickd_factory_stops_what_it_started(
+    brickd_factory: Callable[..., BrickdProcess],
+) -> None:
+    a = brickd_factory(host="127.0.0.2")
+    b = brickd_factory(host="127.0.0.3", volume="other")
+    assert a.alive() and b.alive() and a.pid != b.pid
+    assert (a.host, b.host) == ("127.0.0.2", "127.0.0.3")
