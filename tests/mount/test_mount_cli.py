@@ -18,6 +18,7 @@ from helpers.mounts import (
     mount_volume,
     mounted_volume,
     pid_alive,
+    start_volume,
     wait_for,
 )
 
@@ -184,3 +185,25 @@ def test_default_log_file_name():
     assert default_log_file("/mnt/gvol0") == "/var/log/pyglfs/mnt-gvol0.log"
     assert default_log_file("/mnt/a/b/") == "/var/log/pyglfs/mnt-a-b.log"
     assert default_log_file("/") == "/var/log/pyglfs/root.log"
+
+
+def test_replica_mounts_with_one_brick_down(tmp_path):
+    vol = start_volume(tmp_path, "replica2")
+    try:
+        vol.bricks[1].stop()
+        t0 = time.monotonic()
+        with mounted_volume(vol.volfile, tmp_path / "mnt") as m:
+            assert time.monotonic() - t0 < 10
+            (m.mountpoint / "f").write_bytes(b"degraded but writable")
+            assert (m.mountpoint / "f").read_bytes() == b"degraded but writable"
+        vol.bricks[0].stop()
+        mnt2 = tmp_path / "mnt2"
+        mnt2.mkdir()
+        r = _run([*mount_argv(vol.volfile, mnt2, f"log-file={tmp_path / 'l'}"),
+                  "--up-timeout", "1"])
+        assert r.returncode == 1 and "not reachable" in r.stderr
+        assert not is_mounted(mnt2)
+    finally:
+        if is_mounted(tmp_path / "mnt2"):
+            subprocess.run(["fusermount3", "-u", "-z", str(tmp_path / "mnt2")], timeout=10)
+        vol.stop()
