@@ -117,7 +117,8 @@ class RpcConnection:
         pending[rid] = c
         if deadline < self._next_deadline:
             self._next_deadline = deadline
-            self._watch_scope.deadline = deadline
+            if deadline < self._watch_scope.deadline:
+                self._watch_scope.deadline = deadline
         try:
             self._writer.put(messages.request(rid, op, args))
             await self._writer.flush()

@@ -225,6 +225,20 @@ async def test_silent_peer_declared_down_after_ping_timeout(autojump_clock: Any)
     await _with_fake_server(False, body, ping_timeout=7)
 
 
+async def test_silent_peer_detected_when_the_call_starts_on_an_idle_connection(
+    autojump_clock: Any,
+) -> None:
+    # The watchdog is asleep until its next ping when the call starts: the call's
+    # far deadline must not push that wake-up back.
+    async def body(conn: Any) -> None:
+        await trio.sleep(0.5)
+        start = trio.current_time()
+        await _expect_errno(conn.call("null", {}), errno.ENOTCONN)
+        assert trio.current_time() - start <= 8
+
+    await _with_fake_server(False, body, ping_timeout=8)
+
+
 async def test_idle_silent_peer_is_detected_by_ping(autojump_clock: Any) -> None:
     async def body(conn: Any) -> None:
         start = trio.current_time()
