@@ -132,9 +132,6 @@ async def test_contention_moves_the_lock_between_clients(tmp_path: Path) -> None
             assert os.getxattr(br.root / "shared", "trusted.afr.dirty") == ZERO
 
 
-@pytest.mark.xfail(reason="rpc/connection.py RpcConnection.call sets the watchdog's deadline to "
-                          "the call's deadline even when the next ping is due sooner, so a "
-                          "silent brick is declared down only after call_timeout", strict=False)
 async def test_silent_brick_declared_down_after_ping_timeout(tmp_path: Path) -> None:
     async with open_replica(tmp_path, client=False) as env:
         b1 = env.bricks[1]
