@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import sys
 from dataclasses import dataclass
 
@@ -79,7 +80,11 @@ def prepare(mountpoint: str, volfile: str | None, option_strings: tuple[str, ...
     except VolfileError as e:
         raise MountError(f"invalid volfile: {e}") from None
     mp = os.path.abspath(mountpoint)
-    if not os.path.isdir(mp):
+    try:
+        st = os.stat(mp)
+    except OSError as e:
+        raise MountError(f"mount point {mp}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mount point {mp} is not a directory")
     log_file: str | None = None
     if opts.log_level_number is not None:

@@ -34,7 +34,9 @@ _MAX_OFF = (1 << 63) - 1
 
 
 def _to_next_id(cookie: int) -> int:
-    return cookie + _COOKIE_SHIFT
+    # A cookie within 3 of the top of off_t (odds 2**-61) would overflow; clamped,
+    # a resumed listing may repeat those few entries instead.
+    return min(cookie + _COOKIE_SHIFT, _MAX_OFF)
 
 
 def _from_next_id(next_id: int) -> int:
@@ -206,8 +208,6 @@ class EntryOps(BridgeBase):
         pos = dh.positions.get(cookie) if cookie else None
         if pos is not None and (pos < len(dh.page) or dh.page_eof):
             return dh.page, pos, dh.page_eof
-        if cookie > _MAX_OFF - _COOKIE_SHIFT:
-            raise OSError(errno.EINVAL, "readdir cookie out of range")
         entries, eof = await self.layer.readdir(dh.gfid, cookie, READDIR_PAGE, plus=True)
         dh.page = entries
         dh.page_eof = eof

@@ -81,3 +81,16 @@ def test_appends_from_two_mounts(two_mounts):
     lines = (a / name).read_bytes().split()
     assert sorted(lines) == sorted([f"a{i}".encode() for i in range(5)]
                                    + [f"b{i}".encode() for i in range(5)])
+
+
+def test_negative_timeout_caches_misses(volume, two_mounts, tmp_path):
+    a, b = (m.mountpoint for m in two_mounts)
+    name = f"late-{uuid.uuid4().hex[:8]}"
+    with mounted_volume(volume.volfile, tmp_path / "neg", "negative-timeout=60") as n:
+        assert not os.path.exists(n.mountpoint / name)
+        assert not os.path.exists(b / name)
+        os.mkdir(a / name)
+        assert os.path.isdir(b / name)  # misses are not cached by default
+        assert not os.path.exists(n.mountpoint / name)  # cached for 60 s
+        assert name in os.listdir(n.mountpoint)  # listings are not cached
+    os.rmdir(a / name)
