@@ -4,8 +4,8 @@ Three lock families, all owned by ``(conn_id, owner bytes)`` so that a
 client's disconnect can drop exactly its locks (:meth:`LockManager.release_all`):
 
 * inode locks (``inodelk``) order replicate's writers per ``(gfid, domain)``
-  over byte ranges. A blocked request tells each conflicting holder once, via
-  the contention callback, so a client holding a lock eagerly gives it up.
+  over byte ranges. A blocked request tells the conflicting holders, via the
+  contention callback, so a client holding a lock eagerly gives it up.
 * entry locks (``entrylk``) per ``(pgfid, domain)`` on one name, or on the
   whole directory when the name is None.
 * POSIX locks (``lk``) for applications, with fcntl semantics.
@@ -42,6 +42,9 @@ Owner = tuple[Hashable, bytes]
 # (holder's conn_id, gfid, domain, holder's owner bytes)
 ContentionCallback = Callable[[Hashable, bytes, str, bytes], None]
 
+CONTENTION_DELAY = 5.0
+"""Seconds before the holder of one granted inode lock is told of contention again."""
+
 OFFSET_MAX = 1 << 63
 """Exclusive end of a lock that runs to end of file (``len`` 0)."""
 
@@ -74,7 +77,7 @@ class _Req:
     event: trio.Event | None = None
     granted: bool = False
     error: OSError | None = None
-    notified: set[Owner] = field(default_factory=set)
+    notified_at: float | None = None
 
 
 @dataclass(eq=False)
@@ -90,9 +93,11 @@ class _FairLocks:
         self,
         overlap: Callable[[Any, Any], bool],
         on_contention: Callable[[Hashable, Owner], None] | None = None,
+        contention_delay: float = 0.0,
     ) -> None:
         self._overlap = overlap
         self._on_contention = on_contention
+        self._contention_delay = contention_delay
         self._res: dict[Hashable, _Queue] = {}
 
     def __len__(self) -> int:
@@ -182,9 +187,11 @@ class _FairLocks:
     def _notify(self, key: Hashable, q: _Queue, waiter: _Req) -> None:
         if self._on_contention is None:
             return
+        now = trio.current_time()
         for g in q.granted:
-            if g.owner not in waiter.notified and self._conflict(waiter, g):
-                waiter.notified.add(g.owner)
+            if (g.notified_at is None or now - g.notified_at >= self._contention_delay) and \
+                    self._conflict(waiter, g):
+                g.notified_at = now
                 try:
                     self._on_contention(key, g.owner)
                 except Exception:
@@ -353,15 +360,19 @@ def _apply(f: _PFile, owner: Owner, kind: str, s: int, e: int, pid: int) -> None
 class LockManager:
     """All of one brick's locks. Methods take the rpc arguments by name.
 
-    ``on_contention(conn_id, gfid, domain, owner)`` is called synchronously,
-    once per (blocked inode-lock request, conflicting holder), with the
-    holder's connection and owner; it must not block (the server spawns the
-    event send). Results are the ops' reply values.
+    ``on_contention(conn_id, gfid, domain, owner)`` is called synchronously
+    with the holder's connection and owner when a blocked inode-lock request
+    conflicts with a granted lock; it must not block (the server spawns the
+    event send). As in GlusterFS, one granted lock is told at most once per
+    ``contention_delay`` seconds however many requests queue behind it, so a
+    crowd of waiters does not flood its holder; a lock granted later is told
+    afresh about whoever still waits. Results are the ops' reply values.
     """
 
-    def __init__(self, on_contention: ContentionCallback | None = None) -> None:
+    def __init__(self, on_contention: ContentionCallback | None = None, *,
+                 contention_delay: float = CONTENTION_DELAY) -> None:
         self._on_contention = on_contention
-        self._inode = _FairLocks(_ranges_overlap, self._inode_contention)
+        self._inode = _FairLocks(_ranges_overlap, self._inode_contention, contention_delay)
         self._entry = _FairLocks(_names_overlap)
         self._posix = _PosixLocks()
 
