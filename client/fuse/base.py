@@ -17,7 +17,7 @@ import pyfuse3
 
 from pyglfs.client.fuse.attrs import entry_attributes
 from pyglfs.client.fuse.inodes import InodeTable
-from pyglfs.client.layer import Layer
+from pyglfs.client.layer import DirEntry, Layer
 from pyglfs.rpc.brickops import NAME_MAX, Iatt
 
 
@@ -59,7 +59,7 @@ class DirHandle:
     def __init__(self, gfid: bytes, ino: int) -> None:
         self.gfid = gfid
         self.ino = ino
-        self.page: list = []
+        self.page: list[DirEntry] = []
         self.page_eof = False
         self.positions: dict[int, int] = {}
 
