@@ -175,7 +175,10 @@ class StateStore:
             raise StateError(path, "missing, but peers are recorded: refusing to create "
                                    "a new node UUID")
         node = str(uuidlib.uuid4())
-        write_json(path, {"uuid": node, "version": STATE_VERSION})
+        try:
+            write_json(path, {"uuid": node, "version": STATE_VERSION})
+        except OSError as exc:
+            raise StateError(path, f"cannot write: {exc.strerror or exc}") from None
         return node
 
     # -- peers ------------------------------------------------------------

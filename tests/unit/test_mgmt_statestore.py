@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pyglfs.mgmt import statestore
 from pyglfs.mgmt.statestore import (
     PeerRecord,
     StateError,
@@ -138,3 +139,23 @@ def test_unreadable_peer_entry_names_it(tmp_path: Path) -> None:
         s.load_peers()
     assert ei.value.path == str(odd) and "cannot read" in str(ei.value)
     assert odd.is_dir()
+
+
+def test_unwritable_identity_is_a_state_error(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(path: Path, obj: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(statestore, "write_json", full)
+    with pytest.raises(StateError) as ei:
+        opened(tmp_path).load_or_create_uuid()
+    assert ei.value.path == str(tmp_path / "pyglfsd.info")
+    assert "No space left on device" in str(ei.value)
+
+
+def test_state_dir_that_is_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "state"
+    f.write_bytes(b"x")
+    with pytest.raises(StateError) as ei:
+        StateStore(f).open()
+    assert str(f) in str(ei.value)
