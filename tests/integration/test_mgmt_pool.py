@@ -377,3 +377,20 @@ def test_daemonizes_returns_when_listening_and_exits_on_sigterm(
     os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not pid_alive(pid), what="daemon exit after SIGTERM")
     assert a.listen_record() is None
+
+
+def test_silent_peer_is_disconnected_after_ping_timeout(two: tuple[Node, Node]) -> None:
+    a, b = two
+    assert a.cli("peer", "probe", b.addr).returncode == 0
+    ub = b.uuid
+    wait_for(lambda: a.peers_connected() == {ub: True}, what="a sees b")
+    assert b.proc is not None
+    b.proc.send_signal(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        wait_for(lambda: a.peers_connected() == {ub: False}, timeout=15,
+                 what="a sees the stopped b disconnected")
+        assert time.monotonic() - t0 < 10  # ping timeout 3 s, plus the poll
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: a.peers_connected() == {ub: True}, timeout=15, what="b back")
