@@ -78,6 +78,9 @@ class _Req:
     granted: bool = False
     error: OSError | None = None
     notified_at: float | None = None
+    # False from a queued request's grant until its task resumes: contention
+    # is told only then, so the holder sees the grant's reply before the event.
+    resumed: bool = True
 
 
 @dataclass(eq=False)
@@ -137,6 +140,9 @@ class _FairLocks:
             raise
         if req.error is not None:
             raise req.error
+        req.resumed = True
+        if self._on_contention is not None and any(self._conflict(w, req) for w in q.waiting):
+            self._tell(key, req, trio.current_time())
 
     def unlock(self, key: Hashable, owner: Owner, span: Any) -> None:
         q = self._res.get(key)
@@ -176,6 +182,7 @@ class _FairLocks:
                 still.append(w)
                 continue
             w.granted = True
+            w.resumed = False
             q.granted.append(w)
             assert w.event is not None
             w.event.set()
@@ -189,13 +196,18 @@ class _FairLocks:
             return
         now = trio.current_time()
         for g in q.granted:
-            if (g.notified_at is None or now - g.notified_at >= self._contention_delay) and \
-                    self._conflict(waiter, g):
-                g.notified_at = now
-                try:
-                    self._on_contention(key, g.owner)
-                except Exception:
-                    log.exception("lock contention callback failed for key=%r", key)
+            if g.resumed and self._conflict(waiter, g):
+                self._tell(key, g, now)
+
+    def _tell(self, key: Hashable, holder: _Req, now: float) -> None:
+        if holder.notified_at is not None and now - holder.notified_at < self._contention_delay:
+            return
+        holder.notified_at = now
+        assert self._on_contention is not None
+        try:
+            self._on_contention(key, holder.owner)
+        except Exception:
+            log.exception("lock contention callback failed for key=%r", key)
 
     def _tidy(self, key: Hashable, q: _Queue) -> None:
         if not q.granted and not q.waiting and self._res.get(key) is q:

@@ -127,10 +127,22 @@ async def test_new_holder_is_told_about_remaining_waiters(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     events: list[tuple[Any, ...]] = []
-    lm = LockManager(on_contention=lambda *a: events.append(a))
+    tasks: list[Any] = []
+
+    def on_contention(*a: Any) -> None:
+        events.append(a)
+        tasks.append(trio.lowlevel.current_task())
+
+    lm = LockManager(on_contention=on_contention)
     await ilk(lm, 1, b"a", "wr")
+    b_task: list[Any] = []
+
+    async def b_waits() -> None:
+        b_task.append(trio.lowlevel.current_task())
+        await ilk(lm, 2, b"b", "wr", block=True)
+
     async with trio.open_nursery() as n:
-        n.start_soon(lambda: ilk(lm, 2, b"b", "wr", block=True))
+        n.start_soon(b_waits)
         await trio.sleep(1)
         n.start_soon(lambda: ilk(lm, 3, b"c", "wr", block=True))
         await trio.sleep(1)
@@ -138,6 +150,8 @@ async def test_new_holder_is_told_about_remaining_waiters(
         await ilk(lm, 1, b"a", "un")
         await wait_until(lambda: len(events) == 2)
         assert events[1] == (2, G, D, b"b")  # b got it, c still waits: b is told
+        # ... by b's own task as it returns, so a server queues b's reply first
+        assert tasks[1] is b_task[0]
         await ilk(lm, 2, b"b", "un")
     await ilk(lm, 3, b"c", "un")
     assert lm.is_idle()
