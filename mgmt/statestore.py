@@ -168,9 +168,14 @@ class StateStore:
             try:
                 if type(d) is not dict or type(d.get("uuid")) is not str:
                     raise ValueError("no uuid")
-                return _check_uuid(d["uuid"])
+                node = _check_uuid(d["uuid"])
             except ValueError as exc:
                 raise StateError(path, f"corrupt state file ({exc})") from None
+            version = d.get("version", STATE_VERSION)
+            if type(version) is not int or version > STATE_VERSION:
+                raise StateError(path, f"state version {version!r} is newer than this "
+                                       f"pyglfsd understands ({STATE_VERSION})")
+            return node
         if self.peer_files():
             raise StateError(path, "missing, but peers are recorded: refusing to create "
                                    "a new node UUID")

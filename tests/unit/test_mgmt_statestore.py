@@ -159,3 +159,11 @@ def test_state_dir_that_is_a_file(tmp_path: Path) -> None:
     with pytest.raises(StateError) as ei:
         StateStore(f).open()
     assert str(f) in str(ei.value)
+
+
+def test_newer_state_version_is_refused(tmp_path: Path) -> None:
+    info = tmp_path / "pyglfsd.info"
+    info.write_text(f'{{"uuid": "{U1}", "version": 99}}')
+    with pytest.raises(StateError) as ei:
+        opened(tmp_path).load_or_create_uuid()
+    assert "newer" in str(ei.value) and ei.value.path == str(info)
