@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from pyglfs.mgmt.cli import cli
-from pyglfs.mgmt.cli.common import resolve_mgmt
+from pyglfs.mgmt.cli.common import CliContext, resolve_mgmt
 from pyglfs.mgmt.cli.output import format_peer_status, format_pool_list, json_result
 from pyglfs.mgmt.daemon import listen_address
 from pyglfs.mgmt.errors import MgmtError
@@ -116,3 +116,13 @@ def test_bad_arguments_are_clean_errors() -> None:
     assert r.exit_code == 2
     r = CliRunner().invoke(cli, ["--mgmt", free_addr(), "peer", "probe", "h:x"])
     assert (r.exit_code, r.output) == (1, "peer probe: failed: invalid port in 'h:x'\n")
+
+
+def test_detach_asks_on_a_terminal_and_no_cancels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(CliContext, "interactive", lambda self: True)
+    r = CliRunner().invoke(cli, ["--mgmt", free_addr(), "peer", "detach", "h"], input="n\n")
+    assert r.exit_code == 1
+    assert "do you want to proceed?" in r.output
+    assert r.stderr == "peer detach: cancelled\n"
+    r = CliRunner().invoke(cli, ["--mgmt", free_addr(), "peer", "detach", "h"], input="y\n")
+    assert r.exit_code == 1 and "Connection failed" in r.stderr
