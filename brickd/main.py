@@ -10,14 +10,12 @@ SIGTERM and SIGINT end the brick cleanly with status 0.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import signal
 import sys
 import uuid
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import click
 import trio
@@ -25,6 +23,7 @@ import trio
 from pyglfs.brickd.auth import AuthFileError, Credentials, load_credentials
 from pyglfs.brickd.layout import BrickRefused
 from pyglfs.brickd.server import serve_brick
+from pyglfs.brickd.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -79,32 +78,13 @@ def setup_logging(level: str, log_file: str | None) -> None:
     root.setLevel(level.upper())
 
 
-async def _open_store(brick: Path, volume_id: str) -> Any:
-    from pyglfs.brickd.store import BrickStore
-
-    store = BrickStore.open(brick, volume_id)
-    if inspect.isawaitable(store):
-        store = await store
-    return store
-
-
-async def _close_store(store: Any) -> None:
-    for name in ("aclose", "close"):
-        closer = getattr(store, name, None)
-        if closer is not None:
-            result = closer()
-            if inspect.isawaitable(result):
-                await result
-            return
-
-
 async def run_brick(
     brick: Path, volume: str, volume_id: str, host: str, port: int,
     credentials: Credentials | None,
 ) -> None:
     """Serve until SIGTERM/SIGINT. Store refusals propagate to the caller."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        store = await _open_store(brick, volume_id)
+        store = open_store(brick, volume_id)
         try:
             async with trio.open_nursery() as nursery:
                 bound = await nursery.start(partial(
@@ -118,8 +98,7 @@ async def run_brick(
                     break
                 nursery.cancel_scope.cancel()
         finally:
-            with trio.CancelScope(shield=True):
-                await _close_store(store)
+            store.close()
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from helpers.brickd import BrickdProcess, brickd_process
 
 from pyglfs.brickd.auth import Credentials
 from pyglfs.brickd.server import open_brick_service
+from pyglfs.brickd.store import open_store
 
 
 @pytest.fixture(scope="module")
@@ -39,32 +39,13 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Any]:
     return "memory", root
 
 
-async def open_store(root: Path, volume_id: str) -> Any:
-    from pyglfs.brickd.store import BrickStore
-
-    store = BrickStore.open(str(root), volume_id)
-    if inspect.isawaitable(store):
-        store = await store
-    return store
-
-
-async def close_store(store: Any) -> None:
-    for name in ("aclose", "close"):
-        closer = getattr(store, name, None)
-        if closer is not None:
-            result = closer()
-            if inspect.isawaitable(result):
-                await result
-            return
-
-
 @pytest.fixture
 async def brick(backend: tuple[str, Any]) -> AsyncIterator[BrickUnderTest]:
     kind, thing = backend
     if kind == "process":
         yield ProcessBrick(thing)
         return
-    store = await open_store(thing, str(uuid.uuid4()))
+    store = open_store(thing, str(uuid.uuid4()))
     try:
         async with trio.open_nursery() as nursery:
             async with open_brick_service(
@@ -73,7 +54,7 @@ async def brick(backend: tuple[str, Any]) -> AsyncIterator[BrickUnderTest]:
                 yield MemoryBrick(nursery, service, thing)
             nursery.cancel_scope.cancel()
     finally:
-        await close_store(store)
+        store.close()
 
 
 @pytest.fixture
