@@ -108,6 +108,9 @@ def run_target(name: str, args: argparse.Namespace, cfg: Config, work: Path,
     except TargetSkipped as e:
         notes.append(str(e))
         say(f"[{name}] skipped: {e}")
+    except Exception as e:
+        notes.append(f"{name}: setup failed: {e}")
+        say(traceback.format_exc())
     finally:
         say(f"[{name}] tearing down")
         target.teardown()
