@@ -347,3 +347,31 @@ def test_fsync_file_and_directory(pair):
         finally:
             os.close(dfd)
     assert (pair.mount / "f").read_bytes() == b"durable"
+
+
+def test_rename_exchange_all_or_nothing(pair):
+    from mountdiff import RENAME_EXCHANGE, run_steps
+    steps = [
+        ("write_file", "a", b"A"),
+        ("mkdir", "b"),
+        ("rename", "a", "b", RENAME_EXCHANGE),
+        ("lstat", "a"),
+        ("lstat", "b"),
+    ]
+    local = run_steps(str(pair.local), steps)
+    remote = run_steps(str(pair.mount), steps)
+    if remote[2] == ("err", "EINVAL"):  # exchange not supported: nothing changed
+        assert remote[3][1]["type"] == stat.S_IFREG and remote[4][1]["type"] == stat.S_IFDIR
+    else:
+        assert remote == local
+
+
+def test_security_capability_answered_locally(pair):
+    p = pair.mount / "f"
+    p.write_bytes(b"")
+    with pytest.raises(OSError) as e:
+        os.getxattr(p, "security.capability")
+    assert e.value.errno == errno.ENODATA
+    with pytest.raises(OSError) as e:
+        os.setxattr(p, "security.capability", b"\x01\x00\x00\x02" + bytes(16))
+    assert e.value.errno == errno.EOPNOTSUPP

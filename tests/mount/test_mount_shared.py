@@ -94,3 +94,24 @@ def test_negative_timeout_caches_misses(volume, two_mounts, tmp_path):
         assert not os.path.exists(n.mountpoint / name)  # cached for 60 s
         assert name in os.listdir(n.mountpoint)  # listings are not cached
     os.rmdir(a / name)
+
+
+def test_create_over_a_name_another_mount_made(volume, two_mounts, tmp_path):
+    """The kernel sends CREATE when it believes a name is missing; when another
+    mount made it meanwhile, O_CREAT without O_EXCL opens what is there."""
+    a = two_mounts[0].mountpoint
+    names = [f"race-{i}-{uuid.uuid4().hex[:8]}" for i in range(3)]
+    with mounted_volume(volume.volfile, tmp_path / "neg", "negative-timeout=60") as n:
+        for name in names:
+            assert not os.path.exists(n.mountpoint / name)  # a cached miss
+            (a / name).write_bytes(b"made by a")
+        with open(n.mountpoint / names[0], "ab") as f:  # O_CREAT|O_APPEND
+            f.write(b", appended by n")
+        assert (a / names[0]).read_bytes() == b"made by a, appended by n"
+        with pytest.raises(FileExistsError):
+            os.open(n.mountpoint / names[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        with open(n.mountpoint / names[2], "wb") as f:  # O_CREAT|O_TRUNC
+            f.write(b"rewritten")
+        assert wait_for(lambda: _read(a / names[2]) == b"rewritten", TIMEOUT)
+    for name in names:
+        os.unlink(a / name)
