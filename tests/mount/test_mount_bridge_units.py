@@ -110,3 +110,36 @@ async def test_handler_lets_base_exceptions_through():
     with trio.move_on_after(0.01) as scope:
         await fuse_handler(trio.sleep_forever)()
     assert scope.cancelled_caught
+
+
+def _volfile(tmp_path):
+    vf = tmp_path / "v.vol"
+    vf.write_text("volume v-client-0\n    type protocol/client\n"
+                  "    option remote-host 127.0.0.1\n    option remote-subvolume /b\n"
+                  "end-volume\nvolume v\n    type debug/io-stats\n"
+                  "    subvolumes v-client-0\nend-volume\n")
+    return vf
+
+
+def test_prepare_checks_before_forking(tmp_path):
+    from pyglfs.client.mount import MountError, prepare
+
+    vf = _volfile(tmp_path)
+    log = tmp_path / "logs" / "m.log"
+    plan = prepare(str(tmp_path), None, (f"volfile={vf},log-file={log}", "ro"), None)
+    assert plan.graph.name == "v" and plan.fsname == "v" and plan.options.read_only
+    assert plan.mountpoint == str(tmp_path) and log.exists()
+    assert "allow_other" in plan.options.fuse_options(plan.fsname)
+    for args, named in [
+        ((str(tmp_path), str(vf), ("bogus=1",), None), "bogus"),
+        ((str(tmp_path), None, (), None), "volfile"),
+        ((str(tmp_path), str(tmp_path / "none.vol"), (), None), "none.vol"),
+        ((str(vf), str(vf), (f"log-file={log}",), None), "not a directory"),
+        ((str(tmp_path / "nodir"), str(vf), (f"log-file={log}",), None), "nodir"),
+        ((str(tmp_path), str(vf), (f"log-file={tmp_path}",), None), "log file"),
+    ]:
+        with pytest.raises(MountError) as e:
+            prepare(*args)
+        assert named in str(e.value)
+    plan = prepare(str(tmp_path), str(vf), ("log-level=NONE",), "none")
+    assert plan.log_file is None and plan.fsname == "none"
