@@ -391,3 +391,22 @@ def test_unlink_file_still_open_from_create(pair):
         ("close", "o"),
         ("exists", "new"),
     ])
+
+
+def test_special_modes_and_long_targets(pair):
+    # devices are made and listed alike; opening one differs by design: FUSE
+    # mounts are nodev (libfuse's default) unlike the local filesystem
+    assert_same(pair.local, pair.mount, [
+        ("mkdir", "sticky", 0o3777),
+        ("stat", "sticky"),
+        ("symlink", "t" * 4095, "longest"),
+        ("readlink", "longest"),
+        ("symlink", "t" * 4096, "toolong"),
+        ("mknod", "null", stat.S_IFCHR | 0o600, os.makedev(1, 3)),
+        ("lstat", "null"),
+        ("mknod", "blk", stat.S_IFBLK | 0o600, os.makedev(7, 200)),
+        ("lstat", "blk"),
+        ("mknod", "sock", stat.S_IFSOCK | 0o600),
+        ("lstat", "sock"),
+        ("scandir",),
+    ])
