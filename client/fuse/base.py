@@ -54,13 +54,14 @@ class DirHandle:
     served from one brick round trip of many entries.
     """
 
-    __slots__ = ("gfid", "ino", "page", "page_eof", "positions")
+    __slots__ = ("gfid", "ino", "page", "page_eof", "page_time", "positions")
 
     def __init__(self, gfid: bytes, ino: int) -> None:
         self.gfid = gfid
         self.ino = ino
         self.page: list[DirEntry] = []
         self.page_eof = False
+        self.page_time = 0.0
         self.positions: dict[int, int] = {}
 
 

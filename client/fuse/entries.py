@@ -15,6 +15,7 @@ import stat
 from collections.abc import Sequence
 
 import pyfuse3
+import trio
 
 from pyglfs.client.fuse.base import BridgeBase, DirHandle
 from pyglfs.client.fuse.errors import fuse_handler, log_unexpected
@@ -24,6 +25,9 @@ from pyglfs.client.layer import DirEntry
 log = logging.getLogger(__name__)
 
 READDIR_PAGE = 256
+# How long a fetched page may serve the kernel's follow-up requests: its
+# attributes go into the kernel's cache as if fresh.
+PAGE_TTL = 1.0
 
 # next_id values of the two entries the bridge adds itself; brick cookies are
 # shifted past them (see ``_to_next_id``).
@@ -205,12 +209,15 @@ class EntryOps(BridgeBase):
     async def _page_from(self, dh: DirHandle, cookie: int) -> tuple[list[DirEntry], int, bool]:
         """The brick's entries after ``cookie``: from the handle's cached page when
         it holds that position, else one new brick call (which becomes the cache)."""
+        now = trio.current_time()
         pos = dh.positions.get(cookie) if cookie else None
-        if pos is not None and (pos < len(dh.page) or dh.page_eof):
+        if (pos is not None and (pos < len(dh.page) or dh.page_eof)
+                and now - dh.page_time <= PAGE_TTL):
             return dh.page, pos, dh.page_eof
         entries, eof = await self.layer.readdir(dh.gfid, cookie, READDIR_PAGE, plus=True)
         dh.page = entries
         dh.page_eof = eof
+        dh.page_time = now
         dh.positions = {e.cookie: i + 1 for i, e in enumerate(entries)}
         return entries, 0, eof
 
