@@ -19,7 +19,10 @@ import ast
 import ctypes
 import errno
 import os
+import selectors
+import signal
 import stat
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -241,8 +244,22 @@ def run_steps_as(root: str, steps: Sequence[Step], *, uid: int = 0, gid: int = 0
         finally:
             os._exit(code)
     os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
+    data = b""
+    deadline = time.monotonic() + timeout
+    with os.fdopen(r, "rb", buffering=0) as f, selectors.DefaultSelector() as sel:
+        sel.register(f, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise TimeoutError(f"step runner did not finish in {timeout} s")
+            if not sel.select(left):
+                continue
+            chunk = f.read(65536)
+            if not chunk:
+                break
+            data += chunk
     _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"step runner exited with status {status}")
