@@ -7,6 +7,7 @@ import errno
 import fcntl
 import mmap
 import os
+import select
 import sqlite3
 import stat
 import subprocess
@@ -178,7 +179,8 @@ def test_locks_between_processes(pair, kind):
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdin is not None
-        assert holder.stdout.readline().strip() == "locked"
+        ready, _, _ = select.select([holder.stdout], [], [], 10)
+        assert ready and holder.stdout.readline().strip() == "locked"
         fd = os.open(p, os.O_RDWR)
         try:
             with pytest.raises(OSError) as e:
