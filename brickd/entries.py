@@ -102,11 +102,12 @@ class EntryOps(StoreCore):
 
     async def create(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
                      gid: int, flags: int | None = None,
-                     xattrop: dict[str, bytes] | None = None) -> dict[str, Any]:
+                     xattrop: dict[str, bytes] | None = None,
+                     conn_id: int = 0) -> dict[str, Any]:
         """Create a regular file (always exclusive) with the client's gfid.
 
-        ``flags`` is accepted for the client's bookkeeping; create does not count as
-        an ``open`` (see FileOps.open).
+        The create counts as an ``open`` by ``conn_id`` (the client's create hands
+        back an open file), to be paired with a ``release``.
         """
         pfd = self._parent(pgfid, name)
         self._check_new(pfd, name, gfid, uid, gid)
@@ -122,6 +123,7 @@ class EntryOps(StoreCore):
             self._unlink_handle(gfid)
             raise
         self.files.put(gfid, fd)
+        self._count_open(gfid, conn_id)
         self._dir_changed(pgfid)
         return {"iatt": self._iatt(gfid, st, False)}
 

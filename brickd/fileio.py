@@ -62,9 +62,7 @@ class FileOps(StoreCore):
         fd = self._file_fd(gfid)
         if flags & os.O_TRUNC:
             os.ftruncate(fd, 0)
-        per_conn = self._conn_opens.setdefault(conn_id, {})
-        per_conn[gfid] = per_conn.get(gfid, 0) + 1
-        self._opens[gfid] = self._opens.get(gfid, 0) + 1
+        self._count_open(gfid, conn_id)
         return {"iatt": self._iatt(gfid, os.stat(fd), False)}
 
     async def release(self, gfid: bytes, conn_id: int = 0) -> dict[str, Any]:

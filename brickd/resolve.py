@@ -176,6 +176,12 @@ class StoreCore:
         self._listings.pop(gfid, None)
         self.heal_index.note(gfid, {})
 
+    def _count_open(self, gfid: bytes, conn_id: int) -> None:
+        """Record one open of ``gfid`` by ``conn_id``: its data outlives its names."""
+        per_conn = self._conn_opens.setdefault(conn_id, {})
+        per_conn[gfid] = per_conn.get(gfid, 0) + 1
+        self._opens[gfid] = self._opens.get(gfid, 0) + 1
+
     def _name_dropped(self, gfid: bytes, nlink_before: int) -> None:
         """A non-directory lost one name; remove its handle once no name is left.
 

@@ -60,6 +60,7 @@ async def new_file(c: BrickClient, parent: bytes, name: bytes, mode: int = 0o644
                                 "uid": 0, "gid": 0})
     iatt = Iatt.from_wire(r["iatt"])
     assert iatt.gfid == g
+    await c.call("release", {"gfid": g})  # create counts as an open
     return iatt
 
 

@@ -377,8 +377,6 @@ def test_security_capability_answered_locally(pair):
     assert e.value.errno == errno.EOPNOTSUPP
 
 
-@pytest.mark.xfail(strict=True, reason="the brick does not count create as an open, so "
-                   "unlinking a file still open from its O_CREAT drops its data (ESTALE)")
 def test_unlink_file_still_open_from_create(pair):
     assert_same(pair.local, pair.mount, [
         ("open", "o", "new", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600),

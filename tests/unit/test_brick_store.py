@@ -58,6 +58,7 @@ async def mkfile(s: BrickStore, pgfid: bytes, name: bytes, data: bytes = b"",
     await s.create(pgfid=pgfid, name=name, gfid=g, mode=mode, uid=0, gid=0)
     if data:
         await s.write(gfid=g, offset=0, data=data)
+    await s.release(gfid=g)  # create counts as an open
     return g
 
 
