@@ -73,6 +73,15 @@ class Layer:
             task_status.started()
             await trio.sleep_forever()
 
+    async def settle(self) -> None:
+        """Finish deferred work now (delayed post-ops, eager locks): called at unmount.
+
+        The default settles the children in turn; a layer that defers work
+        finishes its own first, then calls this.
+        """
+        for child in self.children:
+            await child.settle()
+
     @property
     def is_up(self) -> bool:
         return all(c.is_up for c in self.children) if self.children else True

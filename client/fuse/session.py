@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SETTLE_TIMEOUT = 1.0
+UNMOUNT_SETTLE_TIMEOUT = 5.0
 
 
 def _bricks(layer: Layer) -> list[str]:
@@ -59,7 +60,7 @@ class _Watch(Layer):
                 self.changed = trio.Event()
         return self.child.is_up
 
-    async def settle(self, timeout: float) -> None:
+    async def wait_all_bricks(self, timeout: float) -> None:
         """Give bricks that are still connecting a moment once the graph is up,
         so that the first changes reach every replica instead of needing heal."""
         clients = _protocol_clients(self.child)
@@ -98,7 +99,7 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
             readiness.failed(msg)
             nursery.cancel_scope.cancel()
             return 1
-        await watch.settle(min(SETTLE_TIMEOUT, plan.up_timeout))
+        await watch.wait_all_bricks(min(SETTLE_TIMEOUT, plan.up_timeout))
         ops = FuseOperations(top, config)
         try:
             pyfuse3.init(ops, plan.mountpoint, opts.fuse_options(plan.fsname))
@@ -118,6 +119,10 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
             await pyfuse3.main()
         finally:
             pyfuse3.close(unmount=True)
+            # Clear the dirty marks this mount left on the bricks, so a clean
+            # unmount leaves nothing for heal to look at.
+            with trio.CancelScope(shield=True), trio.move_on_after(UNMOUNT_SETTLE_TIMEOUT):
+                await top.settle()
             if plan.pid_file:
                 with contextlib.suppress(OSError):
                     os.unlink(plan.pid_file)

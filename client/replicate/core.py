@@ -101,6 +101,7 @@ class Replicate(ReadOps):
     async def settle(self) -> None:
         """Do every delayed post-op and give back every eager lock, now."""
         await self.locks.settle()
+        await super().settle()
 
     @property
     def is_up(self) -> bool:
