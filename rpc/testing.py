@@ -9,6 +9,7 @@ real framing and dispatch, with trio's autojump clock if timeouts are involved.
 from __future__ import annotations
 
 import errno
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -106,12 +107,17 @@ async def open_memory_connection(
 
 
 async def serve_echo(host: str = "127.0.0.1", port: int = 0, *, record: bool = False) -> None:
-    """Serve an EchoService on host:port and print ``listening on PORT`` once ready."""
+    """Serve an EchoService on host:port and print ``listening on PORT`` once ready;
+    returns on SIGTERM or SIGINT."""
     svc = EchoService()
     svc.record = record
-    async with trio.open_nursery() as nursery:
-        bound = await nursery.start(serve_rpc, svc, host, port)
-        print(f"listening on {bound}", flush=True)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(serve_rpc, svc, host, port)
+            print(f"listening on {bound}", flush=True)
+            async for _ in signals:
+                break
+            nursery.cancel_scope.cancel()
 
 
 def main() -> None:
@@ -123,10 +129,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     host = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
     port = int(sys.argv[2]) if len(sys.argv) > 2 else 0
-    try:
-        trio.run(serve_echo, host, port)
-    except KeyboardInterrupt:
-        pass
+    trio.run(serve_echo, host, port)
 
 
 if __name__ == "__main__":
