@@ -145,10 +145,10 @@ def sha256_of(path: Path) -> tuple[int, bytes]:
 
 
 class Worker(threading.Thread):
-    """Runs ``steps`` one after another, counting the finished ones in ``done``.
+    """The application: runs ``step(k)`` for k in range(steps), then ``finish()``.
 
-    ``between(k)`` runs after step k; an exception stops the worker and is kept
-    in ``error`` for the test to report.
+    ``done`` counts the finished steps, so the test can kill a brick at a known
+    point; an exception stops the worker and is kept in ``error`` for the test.
     """
 
     def __init__(self, steps: int, step: Callable[[int], None],
@@ -286,9 +286,11 @@ def test_second_brick_killed_during_2000_creates(replica: Volume, tmp_path: Path
         before, after = kill_when(vol, 1, w, n // 3)
         w.wait(120)
         elapsed = time.monotonic() - t0
-        # Files 0..before-1 were closed before the kill; file `after` and later
-        # ones were started (create, write, close) after brick 1 was reaped.
+        # Files 0..before-1 were closed before the kill, files after+1.. were
+        # started after brick 1 was reaped; those between were in flight, and
+        # the kill may have cut any of their create, write or flush on brick 1.
         in_flight = range(before, after + 1)
+        assert after + 1 < n
         print(f"{n} files in {elapsed:.1f}s, brick 1 killed after {before} "
               f"(in flight: {list(in_flight)})")
 
