@@ -6,33 +6,16 @@ import errno
 import os
 import random
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_brick_store import VOL, F, expect, mkdir, mkfile, new_gfid
+from test_brick_store import F, expect, mkdir, mkfile, new_gfid
 
 from pyglfs.brickd import readdir as readdir_mod
 from pyglfs.brickd.store import BrickStore
 from pyglfs.rpc.brickops import ROOT_GFID
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="trusted.* xattrs need root")
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = tmp_path / "brick"
-    r.mkdir()
-    return r
-
-
-@pytest.fixture
-def store(root: Path) -> Iterator[BrickStore]:
-    s = BrickStore.open(root, VOL)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 async def list_all(s: BrickStore, gfid: bytes, count: int, plus: bool = False,

@@ -6,7 +6,6 @@ import errno
 import os
 import stat
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +18,9 @@ from pyglfs.rpc.brickops import GFID_XATTR, IATT_FIELDS, ROOT_GFID, VOLUME_ID_XA
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="trusted.* xattrs need root")
 
-VOL = str(uuid.uuid4())
+from conftest import VOL  # noqa: E402
+
 F = {name: i for i, name in enumerate(IATT_FIELDS)}
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = tmp_path / "brick"
-    r.mkdir()
-    return r
-
-
-@pytest.fixture
-def store(root: Path) -> Iterator[BrickStore]:
-    s = BrickStore.open(root, VOL)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def new_gfid() -> bytes:

@@ -6,13 +6,11 @@ import errno
 import os
 import random
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_brick_store import (
-    VOL,
     F,
     expect,
     mkdir,
@@ -26,21 +24,6 @@ from pyglfs.rpc.brickops import ROOT_GFID
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="trusted.* xattrs need root")
 
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = tmp_path / "brick"
-    r.mkdir()
-    return r
-
-
-@pytest.fixture
-def store(root: Path) -> Iterator[BrickStore]:
-    s = BrickStore.open(root, VOL)
-    try:
-        yield s
-    finally:
-        s.close()
 
 BAD_NAMES = [(b".", errno.EINVAL), (b"..", errno.EINVAL), (b"a/b", errno.EINVAL),
              (b"../../etc", errno.EINVAL), (b"a\0b", errno.EINVAL),

@@ -29,21 +29,6 @@ from pyglfs.rpc.brickops import ROOT_GFID
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="trusted.* xattrs need root")
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    r = tmp_path / "brick"
-    r.mkdir()
-    return r
-
-
-@pytest.fixture
-def store(root: Path) -> Iterator[BrickStore]:
-    s = BrickStore.open(root, VOL)
-    try:
-        yield s
-    finally:
-        s.close()
-
 DIRTY = "trusted.afr.dirty"
 BLAME = "trusted.afr.vol-client-1"
 
