@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 import traceback
@@ -220,6 +221,16 @@ def config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def checkout_commit() -> str:
+    """The commit of the code under test, so figures can be tied to it."""
+    try:
+        r = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse",
+                            "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return r.stdout.strip() or "unknown"
+
+
 def remove_workdir(work: Path) -> None:
     """Remove the work dir, unless a mount is still below it (rmtree would go in)."""
     real = os.path.realpath(work) + "/"
@@ -240,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, float]] = {}
     notes: list[str] = []
     started = time.time()
+    commit = checkout_commit()
     load_start = os.getloadavg()
     try:
         for name in args.targets:
@@ -254,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     shown = [t for t in args.targets if t in results]
     print()
     print(f"pyglfs filesystem benchmark  ({platform.node()}, {os.cpu_count()} CPUs, "
-          f"kernel {platform.release()}, {'quick' if args.quick else 'full'} run)")
+          f"kernel {platform.release()}, commit {commit}, "
+          f"{'quick' if args.quick else 'full'} run)")
     print(f"config: {json.dumps(asdict(cfg))}")
     print(f"caches dropped before cold phases: {'yes' if drop.enabled else 'NO'}; "
           f"load average {load_start[0]:.2f} at start, {load_end[0]:.2f} at end "
@@ -274,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in notes:
         print(f"note: {n}")
     if args.json:
-        doc = {"started": started, "config": asdict(cfg), "targets": args.targets,
+        doc = {"started": started, "commit": commit, "config": asdict(cfg), "targets": args.targets,
                "workloads": args.workloads, "results": results, "notes": notes,
                "units": {k: m.unit for k, m in METRICS.items()},
                "goals": [{"what": a, "goal": b, "verdict": c} for a, b, c in goals],
