@@ -155,8 +155,11 @@ def ensure_fio() -> str | None:
         return found
     print("fio is missing: running apt-get install -y fio", flush=True)
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "install", "-y", "-qq", "fio"], env=env, capture_output=True,
-                   timeout=600)
+    for cmd in (["apt-get", "install", "-y", "-qq", "fio"], ["apt-get", "update", "-qq"],
+                ["apt-get", "install", "-y", "-qq", "fio"]):
+        subprocess.run(cmd, env=env, capture_output=True, timeout=600)
+        if shutil.which("fio"):
+            break
     return shutil.which("fio")
 
 
