@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -242,8 +243,15 @@ def remove_workdir(work: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(f"fs_bench: stopped by signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM/SIGINT unwind through the finally blocks: mounts and daemons go
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGINT, _exit_on_signal)
     cfg = config(args)
     work: Path = args.workdir
     work.mkdir(parents=True, exist_ok=True)
