@@ -8,7 +8,7 @@ APT_PACKAGES := fuse3 libfuse3-dev pkg-config attr gcc python3-dev
 STAMP_APT := $(VENV)/.apt-ok
 STAMP_PIP := $(VENV)/.pip-ok
 
-.PHONY: all test lint unit check deps bench clean demo demo-stop install
+.PHONY: all test lint unit check deps bench bench-fs bench-fs-quick clean demo demo-stop install
 
 all: test
 
@@ -44,8 +44,15 @@ test: lint install
 unit: deps
 	$(BIN)/python -m pytest -q tests/unit tests/contract
 
+# Benchmarks (not part of `make test`; as root). bench-fs takes ~40 min with all targets.
 bench: deps
 	$(BIN)/python bench/rpc_bench.py
+
+bench-fs: install
+	$(BIN)/python bench/fs_bench.py --targets local,passthrough,pyglfs,glusterfs --json bench/fs.json
+
+bench-fs-quick: install
+	$(BIN)/python bench/fs_bench.py --quick
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
