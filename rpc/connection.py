@@ -257,6 +257,7 @@ class RpcConnection:
         interval = self.ping_interval
         timeout = self.ping_timeout
         writer = self._writer
+        judged_once = False
         while self.close_reason is None:
             now = trio.current_time()
             if now >= self._next_deadline:
@@ -270,6 +271,13 @@ class RpcConnection:
                 assert self._bg_nursery is not None
                 self._bg_nursery.start_soon(writer.flush)
             if self._pending or self._ping_sent is not None:
+                if now - self._last_rx >= timeout and not judged_once:
+                    # After a stall of this process, replies may wait in the socket
+                    # while the reader has not run yet: give it a moment first.
+                    judged_once = True
+                    await trio.sleep(min(0.05, timeout / 20))
+                    continue
+                judged_once = False
                 if now - self._last_rx >= timeout:
                     log.warning(
                         "%r: no answer for %.1fs with calls or a ping outstanding; peer is down",

@@ -361,3 +361,31 @@ def test_byte_streams_never_kill_the_server(
     _send_garbage(port, data)
     assert proc.poll() is None, "server died"
     _well_behaved_round_trip(port)
+
+
+def test_replies_waiting_after_a_stall_of_the_client_are_not_a_dead_peer(
+    tmp_path: Any,
+) -> None:
+    """The client's own process stalls (a slow syscall, a page-cache drop) past the
+    ping timeout while the server's reply already waits in the socket: the reply
+    wins, the peer is not declared down."""
+    import time
+
+    async def main(port: int) -> None:
+        async with open_rpc_connection(HOST, port, volume="v", client_id="c",
+                                       auth=TEST_AUTH, ping_timeout=1.0) as conn:
+            async with trio.open_nursery() as nursery:
+                result: list[Any] = []
+
+                async def call() -> None:
+                    result.append(await conn.call("sleep", {"t": 0.1, "n": 7}))
+
+                nursery.start_soon(call)
+                await trio.sleep(0.02)  # the request is on its way
+                time.sleep(1.5)  # noqa: ASYNC251 -- the stall under test
+            assert result == [7]
+            assert conn.close_reason is None
+            assert await conn.call("null", {}) == {}
+
+    with open(tmp_path / "server.log", "wb") as log, echo_server_process(log) as (_, port):
+        trio.run(main, port)

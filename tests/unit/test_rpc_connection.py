@@ -218,7 +218,7 @@ async def test_silent_peer_declared_down_after_ping_timeout(autojump_clock: Any)
         start = trio.current_time()
         await _expect_errno(conn.call("null", {}), errno.ENOTCONN)
         waited = trio.current_time() - start
-        assert 7 <= waited <= 7.01, waited
+        assert 7 <= waited <= 7.06, waited  # + the reader's grace
         assert "ping timeout" in (await conn.wait_closed())
         await _expect_errno(conn.call("null", {}), errno.ENOTCONN)
 
@@ -246,7 +246,7 @@ async def test_idle_silent_peer_is_detected_by_ping(autojump_clock: Any) -> None
         assert "ping timeout" in reason
         # Idle: a ping goes out after the ping interval (timeout/2); the peer is down
         # once nothing has been heard for the whole timeout.
-        assert trio.current_time() - start == pytest.approx(4, abs=0.01)
+        assert trio.current_time() - start == pytest.approx(4.05, abs=0.01)  # + the reader's grace
 
     await _with_fake_server(False, body, ping_timeout=4)
 
