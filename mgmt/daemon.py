@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import click
 import trio
 
+from pyglfs.mgmt.bricksup import DEFAULT_BRICK_PORT, BrickSupervisor
 from pyglfs.mgmt.errors import MgmtError
 from pyglfs.mgmt.globalopts import GlobalOptions, register_global_options
 from pyglfs.mgmt.peerlink import DEFAULT_PORT, PeerMonitor
@@ -28,6 +29,9 @@ from pyglfs.mgmt.peers import WILDCARD_HOSTS, PeerManager, parse_hostport
 from pyglfs.mgmt.service import MgmtService
 from pyglfs.mgmt.statestore import DEFAULT_STATE_DIR, PeerRecord, StateError, StateStore
 from pyglfs.mgmt.transaction import TxnEngine
+from pyglfs.mgmt.volservice import register_volumes
+from pyglfs.mgmt.volstore import VolumeRecord, VolumeStore
+from pyglfs.mgmt.volumes import VolumeManager
 from pyglfs.rpc.server import serve_rpc
 
 log = logging.getLogger(__name__)
@@ -44,7 +48,8 @@ class MgmtDaemon:
     """
 
     def __init__(self, state: NodeState, host: str, port: int, *,
-                 retry_interval: float = 3.0, ping_timeout: float = 10.0) -> None:
+                 retry_interval: float = 3.0, ping_timeout: float = 10.0,
+                 brick_port: int = DEFAULT_BRICK_PORT) -> None:
         self.store = state.store
         self.host = host
         self.monitor = PeerMonitor(state.uuid, retry_interval=retry_interval,
@@ -55,6 +60,11 @@ class MgmtDaemon:
         self.service = MgmtService(self.peers, self.engine)
         self.options = state.options
         register_global_options(self.service, self.options)
+        self.supervisor = BrickSupervisor(state.volstore, self.store.dir / "logs" / "bricks",
+                                          base_port=brick_port)
+        self.volumes = VolumeManager(state.volstore, state.uuid, self.supervisor,
+                                     state.volumes)
+        register_volumes(self.service, self.volumes)
 
     @property
     def uuid(self) -> str:
@@ -69,6 +79,8 @@ class MgmtDaemon:
             self.peers.port = bound
             self.monitor.hello_args = {"port": bound}
             await nursery.start(self.monitor.serve)
+            await nursery.start(self.supervisor.serve)
+            await self.volumes.resume()
             self.peers.start_monitoring()
             cli_host = "127.0.0.1" if self.host in WILDCARD_HOSTS else self.host
             await trio.to_thread.run_sync(self.store.save_listen, cli_host, bound)
@@ -88,6 +100,8 @@ class NodeState(NamedTuple):
     uuid: str
     peers: dict[str, PeerRecord]
     options: GlobalOptions
+    volstore: VolumeStore
+    volumes: dict[str, VolumeRecord]
 
 
 def load_state(state_dir: str) -> NodeState:
@@ -99,10 +113,12 @@ def load_state(state_dir: str) -> NodeState:
         peers = store.load_peers()
         options = GlobalOptions(store.dir)
         options.load()
+        volstore = VolumeStore(store.dir)
+        volumes = volstore.load()
     except BaseException:
         store.close()
         raise
-    return NodeState(store, node_uuid, peers, options)
+    return NodeState(store, node_uuid, peers, options, volstore, volumes)
 
 
 def _setup_logging(log_file: str | None, level: str) -> None:
@@ -208,8 +224,10 @@ def listen_address(text: str) -> tuple[str, int]:
               help="Seconds of silence after which a peer counts as disconnected.")
 @click.option("--retry-interval", default=3.0, show_default=True, type=click.FloatRange(0.05),
               help="Seconds between reconnection attempts to a peer that is down.")
+@click.option("--brick-port", default=DEFAULT_BRICK_PORT, show_default=True,
+              type=click.IntRange(1, 65535), help="First port to try for a local brick.")
 def main(state_dir: str, listen: str, log_file: str | None, log_level: str, foreground: bool,
-         ping_timeout: float, retry_interval: float) -> None:
+         ping_timeout: float, retry_interval: float, brick_port: int) -> None:
     """The pyglfs management daemon."""
     try:
         host, port = listen_address(listen)
@@ -245,7 +263,7 @@ def main(state_dir: str, listen: str, log_file: str | None, log_level: str, fore
         pipe = None
 
     daemon = MgmtDaemon(state, host, port, retry_interval=retry_interval,
-                        ping_timeout=ping_timeout)
+                        ping_timeout=ping_timeout, brick_port=brick_port)
     code = 1
     try:
         code = trio.run(_run, daemon, report)

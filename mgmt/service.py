@@ -89,8 +89,12 @@ class MgmtService:
         }
 
     def register(self, op: str, handler: Handler) -> None:
-        """Add an op (the volume slice adds its own)."""
+        """Add an op, or replace one (the volume slice adds its own)."""
         self._ops[op] = handler
+
+    def handler(self, op: str) -> Handler:
+        """The current handler of ``op`` (to wrap it); KeyError if there is none."""
+        return self._ops[op]
 
     # -- Service protocol -------------------------------------------------
     def authenticate(self, hello: dict[str, Any]) -> None:

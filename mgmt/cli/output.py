@@ -54,3 +54,51 @@ def json_result(result: Any) -> str:
 
 def json_error(message: str, errno_name: str) -> str:
     return to_json({"ok": False, "error": message, "errno": errno_name})
+
+
+def format_volume_info(reply: dict[str, Any]) -> str:
+    """`volume info`: one block per volume, as gluster prints it."""
+    vols = reply["volumes"]
+    if not vols:
+        return "No volumes present"
+    lines: list[str] = []
+    for v in vols:
+        count = (f"{v['sets']} x {v['replica']} = {v['brick_count']}" if v["replica"] > 1
+                 else str(v["brick_count"]))
+        lines += [" ", f"Volume Name: {v['name']}", f"Type: {v['type']}",
+                  f"Volume ID: {v['id']}", f"Status: {v['status']}", "Snapshot Count: 0",
+                  f"Number of Bricks: {count}", "Transport-type: tcp", "Bricks:"]
+        lines += [f"Brick{i}: {b['host']}:{b['path']}" for i, b in enumerate(v["bricks"], 1)]
+        if v["options"]:
+            lines.append("Options Reconfigured:")
+            lines += [f"{k}: {val}" for k, val in v["options"].items()]
+    return "\n".join(lines)
+
+
+def format_volume_list(reply: dict[str, Any]) -> str:
+    return "\n".join(reply["volumes"]) or "No volumes present in cluster"
+
+
+STATUS_RULE = "-" * 78
+
+
+def format_volume_status(reply: dict[str, Any]) -> str:
+    """`volume status`: gluster's process table (brick, TCP port, RDMA port, online, pid)."""
+    out: list[str] = []
+    for v in reply["volumes"]:
+        out += [f"Status of volume: {v['name']}",
+                f"{'Gluster process':<44}{'TCP Port':<10}{'RDMA Port':<11}{'Online':<8}Pid",
+                STATUS_RULE]
+        for b in v["bricks"]:
+            name = f"Brick {b['host']}:{b['path']}"
+            if b["online"]:
+                port, rdma, online, pid = str(b["port"]), "0", "Y", str(b["pid"])
+            else:
+                port, rdma, online, pid = "N/A", "N/A", "N", "N/A"
+            if len(name) > 47:  # gluster wraps a long brick name onto its own line
+                out.append(name)
+                name = ""
+            out.append(f"{name:<48}{port:<10}{rdma:<11}{online:<8}{pid}")
+        out += [" ", f"Task Status of Volume {v['name']}", STATUS_RULE,
+                "There are no active volume tasks", " "]
+    return "\n".join(out)
