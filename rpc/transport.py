@@ -60,6 +60,7 @@ class SocketTransport:
         # receive that would only say EAGAIN.
         self._drained = False
         self._closed = False
+        self._lowat = 1
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is None:
@@ -96,6 +97,22 @@ class SocketTransport:
                 raise _broken(exc) from exc
             self.blocked = True
             await wait_readable(sock)
+
+    def set_receive_lowat(self, n: int) -> None:
+        """Readable only once ``n`` bytes are in (SO_RCVLOWAT; a closed or reset
+        connection is still reported at once).
+
+        While the rest of a big frame arrives, this turns a wake-up per TCP
+        burst into one for the whole frame. Errors are ignored: it only saves
+        wake-ups.
+        """
+        if n == self._lowat or self._closed:
+            return
+        try:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
+        except OSError:
+            return
+        self._lowat = n
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         sock = self.socket
