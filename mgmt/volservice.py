@@ -17,7 +17,7 @@ import trio
 
 from pyglfs.mgmt.errors import MgmtError, bad_args
 from pyglfs.mgmt.peerlink import call_node
-from pyglfs.mgmt.peers import WILDCARD_HOSTS, valid_hostname
+from pyglfs.mgmt.peers import WILDCARD_HOSTS, SharedState, valid_hostname
 from pyglfs.mgmt.transaction import TxnError
 from pyglfs.mgmt.volstore import BrickRef, VolumeRecord
 from pyglfs.mgmt.volumes import VolumeManager, option_error
@@ -86,6 +86,31 @@ class VolumeService:
                        ("getspec", self.getspec), ("volume_bricks_local", self.bricks_local)):
             svc.register(op, fn)
         self.peers.bricks_on_peer = self.vm.bricks_on
+        self.peers.shared["volumes"] = SharedState(self._export, self._check, self._adopt)
+
+    # -- what a joining node adopts -------------------------------------------
+    def _export(self) -> list[dict[str, Any]]:
+        return [v.to_json() for _, v in sorted(self.vm.volumes.items())]
+
+    def _check(self, value: Any) -> list[VolumeRecord]:
+        """The pool's volumes for a joining node; refused if it has volumes of its own."""
+        if value is None:
+            value = []
+        if type(value) is not list:
+            raise MgmtError(errno.EINVAL, "invalid arguments: friend_join volumes")
+        try:
+            records = [VolumeRecord.from_json(d) for d in value]
+        except ValueError as exc:
+            raise MgmtError(errno.EINVAL, f"invalid arguments: friend_join volumes ({exc})"
+                            ) from None
+        theirs = {r.name: r.id for r in records}
+        if any(theirs.get(n) != v.id for n, v in self.vm.volumes.items()):
+            raise MgmtError(errno.EISCONN, "the probed node has volumes configured")
+        return records
+
+    async def _adopt(self, records: list[VolumeRecord]) -> None:
+        for rec in records:
+            await self.vm.save(rec)
 
     async def _txn(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         """Stage here first (a refusal then reads as this node's, once), then run

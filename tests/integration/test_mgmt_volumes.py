@@ -252,3 +252,28 @@ def test_crashed_brick_restarts_and_restarted_daemon_adopts(
     a.start()
     assert [x["pid"] for x in a.bricks("gv")] == [before[0]["pid"], now["pid"]]
     assert "adopted" in a.log.read_text()
+
+
+def test_joining_node_learns_volumes_and_brick_host_cannot_be_detached(
+        nodes: Callable[[str], VolNode], tmp_path: Path) -> None:
+    a, b, c = nodes("127.0.0.2"), nodes("127.0.0.3"), nodes("127.0.0.4")
+    for n in (a, b, c):
+        n.start()
+    assert a.cli("peer", "probe", b.addr).returncode == 0
+    r = a.cli("volume", "create", "gv", f"{a.ip}:{tmp_path}/1", f"{b.ip}:{tmp_path}/2", "force")
+    assert r.returncode == 0, r.stderr
+    r = b.cli("peer", "probe", c.addr)
+    assert r.returncode == 0, r.stderr
+    assert c.vol_names() == ["gv"]
+    assert "Type: Distribute" in c.cli("volume", "info", "gv").stdout
+    r = c.cli("peer", "detach", b.addr)
+    assert r.returncode == 1
+    assert r.stderr.startswith(f"peer detach: failed: Peer {b.addr} hosts one or more bricks.")
+    # A node with volumes of its own cannot join another pool.
+    d = nodes("127.0.0.5")
+    d.start()
+    r = d.cli("volume", "create", "other", f"{d.ip}:{tmp_path}/9", "force")
+    assert r.returncode == 0, r.stderr
+    r = a.cli("peer", "probe", d.addr)
+    assert r.returncode == 1 and "has volumes configured" in r.stderr, r.stderr
+    assert d.vol_names() == ["other"] and d.peer_files() == []
