@@ -2,7 +2,7 @@
 
 Ops from the CLI (any mgmt client): ``node_info``, ``peer_probe``, ``peer_detach``,
 ``peer_status``, ``pool_list``, plus those other modules ``register`` (cluster
-options: ``volume_set``, ``volume_get``). Ops from other daemons: ``friend_identify``
+options in ``globalopts``; the ``volume_*`` ops and ``getspec`` in ``volservice``). Ops from other daemons: ``friend_identify``
 and ``friend_join`` from anyone (a probe comes from a node not yet in our pool);
 ``friend_hello``, ``friend_update``, ``friend_forget``, ``friend_leave`` and the
 ``txn_*`` phases only from a member, known by the connection's ``client_id`` (its
