@@ -22,7 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +116,8 @@ class BrickSupervisor:
         self.command = command
         self.bricks: dict[tuple[str, int], BrickProc] = {}
         self._nursery: trio.Nursery | None = None
+        # Told (in a task of its own) when a restarted brick had to move to a new port.
+        self.on_port_change: Callable[[str, int, int], Awaitable[None]] | None = None
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
@@ -259,8 +261,10 @@ class BrickSupervisor:
             await proc.wait()
             raise BrickStartError(f"brick {bp.name} did not start: "
                                   f"{_last_line(self.log_dir / logname) or 'no reason given'}")
-        bp.port = int(text.rsplit(":", 1)[1])
+        old, bp.port = bp.port, int(text.rsplit(":", 1)[1])
         bp.online = True
+        if old and old != bp.port and self.on_port_change and self._nursery:
+            self._nursery.start_soon(self.on_port_change, rec.name, bp.index, bp.port)
         await trio.to_thread.run_sync(self.store.save_run, rec.name, bp.index, bp.pid, bp.port)
         log.info("brick %s of volume %s started: pid %d port %d", bp.name, rec.name, bp.pid,
                  bp.port)

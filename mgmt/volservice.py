@@ -9,6 +9,7 @@ without the command prefix the CLI adds.
 from __future__ import annotations
 
 import errno
+import logging
 import secrets
 import uuid as uuidlib
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from pyglfs.mgmt.service import MgmtService
     from pyglfs.rpc.server import ServerConnection
 
+log = logging.getLogger(__name__)
+
+PUBLISH_ATTEMPTS = 8
 MULTI_BRICK_MSG = ("Multiple bricks of a replicate volume are present on the same server. This "
                    "setup is not optimal. Bricks should be on different nodes to have best fault "
                    "tolerant configuration. Use 'force' at the end of the command if you want to "
@@ -87,6 +91,23 @@ class VolumeService:
             svc.register(op, fn)
         self.peers.bricks_on_peer = self.vm.bricks_on
         self.peers.shared["volumes"] = SharedState(self._export, self._check, self._adopt)
+        self.vm.supervisor.on_port_change = self._port_moved
+
+    async def _publish_ports(self, name: str, ports: dict[str, int]) -> bool:
+        """Tell every node where bricks listen now; False (logged) if that failed."""
+        try:
+            await self._txn("volume-ports", {"name": name, "ports": ports})
+        except MgmtError as exc:
+            log.warning("volume %s: brick ports %s not published: %s", name, ports,
+                        exc.message)
+            return False
+        return True
+
+    async def _port_moved(self, name: str, index: int, port: int) -> None:
+        for attempt in range(PUBLISH_ATTEMPTS):
+            if name not in self.vm.volumes or await self._publish_ports(name, {str(index): port}):
+                return
+            await trio.sleep(min(2.0 ** attempt, 30.0))
 
     # -- what a joining node adopts -------------------------------------------
     def _export(self) -> list[dict[str, Any]]:
@@ -244,7 +265,7 @@ class VolumeService:
             if isinstance(r, dict) and isinstance(r.get("ports"), dict):
                 ports.update(r["ports"])
         if ports:
-            await self._txn("volume-ports", {"name": name, "ports": ports})
+            await self._publish_ports(name, ports)
         return {"volume": name, "ports": ports}
 
     async def stop(self, args: dict[str, Any], conn: ServerConnection) -> Any:

@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import signal
+import socket
 import sys
 import uuid
 from pathlib import Path
@@ -210,6 +211,27 @@ async def test_supervisor_starts_restarts_and_stops(tmp_path: Path) -> None:
                     await trio.sleep(0.02)
             pids.append(bp.pid)
             assert bp.port == port and bp.restarts == 1
+            # Its port taken while it is down: it moves, and the move is reported.
+            moved: list[tuple[str, int, int]] = []
+
+            async def on_move(vol: str, index: int, new_port: int) -> None:
+                moved.append((vol, index, new_port))
+
+            sup.on_port_change = on_move
+            second = bp.pid
+            with socket.socket() as blocker:
+                os.kill(second, signal.SIGKILL)
+                with trio.fail_after(5):
+                    while pid_alive(second):
+                        await trio.sleep(0.01)
+                blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                blocker.bind(("127.0.0.2", port))
+                blocker.listen()
+                with trio.fail_after(10):
+                    while not moved:
+                        await trio.sleep(0.02)
+            pids.append(bp.pid)
+            assert moved == [("gv", 0, bp.port)] and bp.port != port and bp.online
             with pytest.raises(BrickStartError, match="bad does not exist"):
                 await sup.start(r, 1)
             assert sup.get("gv", 1) is None
