@@ -243,3 +243,16 @@ async def test_supervisor_starts_restarts_and_stops(tmp_path: Path) -> None:
         for pid in pids:
             if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("command", ["delete", "stop"])
+def test_delete_and_stop_ask_first_when_interactive(monkeypatch: pytest.MonkeyPatch,
+                                                    command: str) -> None:
+    monkeypatch.setattr("pyglfs.mgmt.cli.common.CliContext.interactive", lambda self: True)
+    # Answering no never reaches the (absent) daemon.
+    r = CliRunner().invoke(cli, ["--mgmt", "127.0.0.1:1", "volume", command, "gv"], input="n\n")
+    assert r.exit_code == 1
+    assert "Do you want to continue? [y/N]" in r.stdout
+    assert r.stderr == f"volume {command}: gv: cancelled\n"
+    r = CliRunner().invoke(cli, ["--mgmt", "127.0.0.1:1", "volume", command, "gv"], input="y\n")
+    assert r.exit_code == 1 and "Connection failed" in r.stderr
