@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import uuid
 from typing import TYPE_CHECKING
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 SETTLE_TIMEOUT = 1.0
 UNMOUNT_SETTLE_TIMEOUT = 5.0
+READAHEAD_KB = 1024
 
 
 def _bricks(layer: Layer) -> list[str]:
@@ -116,6 +118,7 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
             if plan.pid_file:
                 _write_pid_file(plan.pid_file)
             readiness.ready()
+            nursery.start_soon(_raise_readahead, plan.mountpoint, READAHEAD_KB)
             await pyfuse3.main()
         finally:
             pyfuse3.close(unmount=True)
@@ -129,6 +132,56 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
             nursery.cancel_scope.cancel()
             log.info("unmounted %s", plan.mountpoint)
     return 0
+
+
+def _mount_device(mountpoint: str) -> str | None:
+    """``major:minor`` of the newest mount on ``mountpoint``, from our mountinfo.
+
+    Read from /proc rather than by stat(): the mount's own requests are not
+    served yet while this runs, so a stat of it would wait on ourselves.
+    """
+    # realpath of the parent only: resolving the mount point itself would stat it
+    parent, name = os.path.split(os.path.abspath(mountpoint).rstrip("/") or "/")
+    target = os.path.join(os.path.realpath(parent), name)
+    found = None
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4 and _unescape_octal(fields[4]) == target:
+                found = fields[2]
+    return found
+
+
+def _unescape_octal(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+async def _raise_readahead(mountpoint: str, kb: int) -> None:
+    """Let the kernel read ahead ``kb`` KiB: with its default (128 KiB) every
+    sequential read is a 128 KiB round trip, and the bricks' cost per byte is
+    several times that of 1 MiB requests.
+
+    The kernel sets the mount's read-ahead when it gets the reply to FUSE_INIT,
+    which pyfuse3.main() sends once it runs; so the value is written, and
+    written again if INIT put it back, for a bounded second.
+    """
+    dev = _mount_device(mountpoint)
+    if dev is None:
+        log.debug("no mountinfo line for %s; read-ahead left as it is", mountpoint)
+        return
+    path = f"/sys/class/bdi/{dev}/read_ahead_kb"
+    for _ in range(50):
+        try:
+            with open(path) as f:
+                current = int(f.read())
+            if current != kb:
+                with open(path, "w") as f:
+                    f.write(str(kb))
+        except (OSError, ValueError) as e:
+            log.debug("cannot set read-ahead of %s (%s): %s", mountpoint, dev, e)
+            return
+        await trio.sleep(0.02)
+    log.debug("read-ahead of %s (%s) is %d KiB", mountpoint, dev, kb)
 
 
 def _write_pid_file(path: str) -> None:

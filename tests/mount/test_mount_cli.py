@@ -213,3 +213,16 @@ def test_replica_mounts_with_one_brick_down(tmp_path):
         if is_mounted(tmp_path / "mnt2"):
             subprocess.run(["fusermount3", "-u", "-z", str(tmp_path / "mnt2")], timeout=10)
         vol.stop()
+
+
+def test_mount_raises_kernel_readahead(single_volume, tmp_path):
+    with mounted_volume(single_volume.volfile, tmp_path / "mnt") as m:
+        dev = os.stat(m.mountpoint).st_dev
+        bdi = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+
+        def readahead() -> int:
+            with open(bdi) as f:
+                return int(f.read())
+
+        # set in the background once the kernel has the reply to FUSE_INIT
+        assert wait_for(lambda: readahead() == 1024, 5), readahead()
