@@ -25,10 +25,11 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from pyglfs.rpc.tuning import MALLOC_ENV
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 HOSTS = ("127.0.0.2", "127.0.0.3")
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4194304", "MALLOC_TRIM_THRESHOLD_": "67108864"}
 
 
 class TargetSkipped(Exception):

@@ -8,15 +8,14 @@ supervisor started with port 0 learns the port and knows the brick is ready.
 SIGTERM and SIGINT end the brick cleanly with status 0.
 
 The process first re-executes itself (same PID) with glibc's malloc told to keep
-big buffers (``MALLOC_ENV``): every write brings a fresh 1 MiB payload, and with
-the defaults each one is mapped, faulted in page by page and returned to the
+big buffers (``pyglfs.rpc.tuning``): every write brings a fresh 1 MiB payload, and
+with the defaults each one is mapped, faulted in page by page and returned to the
 kernel again, which cost more CPU than the write into the page cache itself.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import uuid
@@ -30,11 +29,11 @@ from pyglfs.brickd.auth import AuthFileError, Credentials, load_credentials
 from pyglfs.brickd.layout import BrickRefused
 from pyglfs.brickd.server import serve_brick
 from pyglfs.brickd.store import open_store
+from pyglfs.rpc.tuning import reexec_with_tuned_malloc
 
 log = logging.getLogger(__name__)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4194304", "MALLOC_TRIM_THRESHOLD_": "67108864"}
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -163,22 +162,9 @@ def _refusal_message(exc: BaseException) -> str | None:
     return None
 
 
-def _reexec_with_malloc_env() -> None:
-    """Re-exec once with ``MALLOC_ENV``; a value the caller set is left alone."""
-    missing = {k: v for k, v in MALLOC_ENV.items() if k not in os.environ}
-    if not missing:
-        return
-    env = {**os.environ, **missing}
-    argv = [sys.executable, "-m", "pyglfs.brickd.main", *sys.argv[1:]]
-    try:
-        os.execve(sys.executable, argv, env)
-    except OSError as e:
-        print(f"pyglfs-brickd: warning: cannot re-exec with tuned malloc: {e}", file=sys.stderr)
-
-
 def main() -> None:
     """Entry point: tune malloc, then run the command."""
-    _reexec_with_malloc_env()
+    reexec_with_tuned_malloc("pyglfs.brickd.main", "pyglfs-brickd")
     cli(prog_name="pyglfs-brickd")
 
 

@@ -5,7 +5,7 @@
 Start-up, in order, each step failing with one clear line and exit status 1
 (2 for bad usage) before anything is mounted:
 
-1. re-exec with glibc malloc tuned (``MALLOC_ENV``): large write buffers
+1. re-exec with glibc malloc tuned (``pyglfs.rpc.tuning``): large write buffers
    otherwise go back to the kernel after every request;
 2. parse the options, the volfile and check the mount point and the log file;
 3. fork into the background (``client.daemon``) unless ``--foreground``;
@@ -27,12 +27,12 @@ import click
 
 from pyglfs.client.daemon import Readiness, daemonize
 from pyglfs.client.options import MountOptionError, MountOptions, parse_mount_options
+from pyglfs.rpc.tuning import reexec_with_tuned_malloc
 from pyglfs.volfiles.model import Graph, VolfileError
 from pyglfs.volfiles.parser import parse_file
 
 log = logging.getLogger("pyglfs.client.mount")  # also when run as __main__
 
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "4194304", "MALLOC_TRIM_THRESHOLD_": "67108864"}
 LOG_DIR = "/var/log/pyglfs"
 UP_TIMEOUT = 10.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -163,20 +163,8 @@ def cli(mountpoint: str, volfile: str | None, options: tuple[str, ...], foregrou
     sys.exit(run(plan, foreground))
 
 
-def _reexec_with_malloc_env() -> None:
-    missing = {k: v for k, v in MALLOC_ENV.items() if k not in os.environ}
-    if not missing:
-        return
-    env = {**os.environ, **missing}
-    argv = [sys.executable, "-m", "pyglfs.client.mount", *sys.argv[1:]]
-    try:
-        os.execve(sys.executable, argv, env)
-    except OSError as e:
-        print(f"pyglfs-mount: warning: cannot re-exec with tuned malloc: {e}", file=sys.stderr)
-
-
 def main() -> None:
-    _reexec_with_malloc_env()
+    reexec_with_tuned_malloc("pyglfs.client.mount", "pyglfs-mount")
     cli(prog_name="pyglfs-mount")
 
 
