@@ -7,10 +7,13 @@ attribute is ENODATA (``pyfuse3.ENOATTR``), as the brick reports it.
 Names cross the wire as UTF-8 text. A name that is not UTF-8 cannot exist on a
 brick: getting or removing it is ENODATA, setting it EINVAL.
 
-``security.capability`` is answered locally with ENODATA, as GlusterFS's FUSE
-bridge does: the kernel asks for it before every write to a file (to drop file
-capabilities), and a brick round trip per write would halve small-write rates.
-Setting it is refused with EOPNOTSUPP so that the answer stays true.
+``security.capability`` and ``security.selinux`` are answered locally with
+ENODATA, as GlusterFS's FUSE bridge does (the latter unless mounted with its
+``selinux`` option, which we do not have): the kernel asks for the first before
+every write to a file (to drop file capabilities), and ``ls -l`` asks for the
+second on every entry; a brick round trip each would halve small-write rates and
+make listings several times slower. Setting them is refused with EOPNOTSUPP so
+that the answer stays true.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import pyfuse3
 from pyglfs.client.fuse.base import BridgeBase
 from pyglfs.client.fuse.errors import fuse_handler
 
-_CAPABILITY = b"security.capability"
+_LOCAL_ONLY = frozenset((b"security.capability", b"security.selinux"))
 
 
 def _name(name: bytes, missing: int) -> str:
@@ -38,7 +41,7 @@ class XattrOps(BridgeBase):
 
     @fuse_handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        if name == _CAPABILITY:
+        if name in _LOCAL_ONLY:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return await self.layer.getxattr(self.inodes.gfid(inode),
                                          _name(name, pyfuse3.ENOATTR))
@@ -47,7 +50,7 @@ class XattrOps(BridgeBase):
     async def setxattr(self, inode: int, name: bytes, value: bytes,
                        ctx: pyfuse3.RequestContext) -> None:
         self.check_writable()
-        if name == _CAPABILITY:
+        if name in _LOCAL_ONLY:
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         await self.layer.setxattr(self.inodes.gfid(inode), _name(name, errno.EINVAL), value)
 

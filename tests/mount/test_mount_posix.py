@@ -366,15 +366,20 @@ def test_rename_exchange_all_or_nothing(pair):
         assert remote == local
 
 
-def test_security_capability_answered_locally(pair):
+@pytest.mark.parametrize("name, value", [
+    ("security.capability", b"\x01\x00\x00\x02" + bytes(16)),
+    ("security.selinux", b"system_u:object_r:etc_t:s0\x00"),
+])
+def test_security_xattrs_answered_locally(pair, name, value):
     p = pair.mount / "f"
     p.write_bytes(b"")
     with pytest.raises(OSError) as e:
-        os.getxattr(p, "security.capability")
+        os.getxattr(p, name)
     assert e.value.errno == errno.ENODATA
     with pytest.raises(OSError) as e:
-        os.setxattr(p, "security.capability", b"\x01\x00\x00\x02" + bytes(16))
+        os.setxattr(p, name, value)
     assert e.value.errno == errno.EOPNOTSUPP
+    assert name not in os.listxattr(p)
 
 
 def test_unlink_file_still_open_from_create(pair):
