@@ -14,6 +14,11 @@ every write to a file (to drop file capabilities), and ``ls -l`` asks for the
 second on every entry; a brick round trip each would halve small-write rates and
 make listings several times slower. Setting them is refused with EOPNOTSUPP so
 that the answer stays true.
+
+POSIX ACLs (``system.posix_acl_access``/``_default``) are refused the same way,
+as GlusterFS does without its ``acl`` mount option: with ``default_permissions``
+the kernel checks mode bits only, so a stored ACL would look set yet grant and
+deny nothing. ``ls -l`` also asks for the access ACL of every entry.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import pyfuse3
 from pyglfs.client.fuse.base import BridgeBase
 from pyglfs.client.fuse.errors import fuse_handler
 
-_LOCAL_ONLY = frozenset((b"security.capability", b"security.selinux"))
+_LOCAL_ONLY = frozenset((b"security.capability", b"security.selinux",
+                         b"system.posix_acl_access", b"system.posix_acl_default"))
 
 
 def _name(name: bytes, missing: int) -> str:

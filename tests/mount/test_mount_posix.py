@@ -369,6 +369,8 @@ def test_rename_exchange_all_or_nothing(pair):
 @pytest.mark.parametrize("name, value", [
     ("security.capability", b"\x01\x00\x00\x02" + bytes(16)),
     ("security.selinux", b"system_u:object_r:etc_t:s0\x00"),
+    ("system.posix_acl_access", b"\x02\x00\x00\x00" + bytes.fromhex(
+        "01000600ffffffff" "04000400ffffffff" "20000400ffffffff")),
 ])
 def test_security_xattrs_answered_locally(pair, name, value):
     p = pair.mount / "f"
