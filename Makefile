@@ -69,3 +69,8 @@ install: deps
 	    [ "$$(readlink $$link 2>/dev/null)" = "$$target" ] || ln -sfn $$target $$link; done
 	@cmp -s deploy/mount.fuse.pyglfs $(SBINDIR)/mount.fuse.pyglfs || \
 	    install -m 0755 deploy/mount.fuse.pyglfs $(SBINDIR)/mount.fuse.pyglfs
+
+# The two-node demo needs mount-by-name through pyglfsd (management issue).
+demo demo-stop:
+	@echo "make $@: not yet available: it arrives with mounting by name through pyglfsd" >&2
+	@exit 1
