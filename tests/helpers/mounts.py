@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from helpers.brickd import BrickdProcess, start_brickd
+from helpers.procs import pid_alive
 from pyglfs.volfiles.generator import generate, with_options
 from pyglfs.volfiles.parser import parse_file
 
@@ -74,16 +75,6 @@ def mount_entry(path: str | os.PathLike[str]) -> dict[str, str] | None:
 
 def is_mounted(path: str | os.PathLike[str]) -> bool:
     return mount_entry(path) is not None
-
-
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie counts as gone: nobody may reap it)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rpartition(")")[2].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def wait_for(cond: object, timeout: float, interval: float = 0.02) -> bool:

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 import trio
 from click.testing import CliRunner
+from helpers.procs import pid_alive, stop_pids
 
 from pyglfs.mgmt.cli import cli as cli_group
 from pyglfs.rpc.connection import open_rpc_connection
@@ -45,19 +46,6 @@ def free_port(ip: str) -> int:
     with socket.socket() as s:
         s.bind((ip, 0))
         return int(s.getsockname()[1])
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie child of ours still "exists"; reap it if it is one.
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
-        return True
 
 
 @dataclass
@@ -164,15 +152,7 @@ def cluster(tmp_path: Path) -> Iterator[Callable[[str], Node]]:
     try:
         yield make
     finally:
-        for pid in pids:
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGTERM)
-        for pid in pids:
-            deadline = time.monotonic() + 5
-            while pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        stop_pids(pids)
 
 
 @pytest.fixture

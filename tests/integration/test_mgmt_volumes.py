@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from test_mgmt_pool import Node, free_port, pid_alive, wait_for
+from helpers.procs import pid_alive, stop_pids
+from test_mgmt_pool import Node, free_port, wait_for
 
 from pyglfs.rpc.connection import open_rpc_connection
 
@@ -54,18 +54,6 @@ class VolNode(Node):
         return pids
 
 
-def _stop_pids(pids: list[int]) -> None:
-    for pid in pids:
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGTERM)
-    for pid in pids:
-        deadline = time.monotonic() + 5
-        while pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-
-
 @pytest.fixture
 def nodes(tmp_path: Path) -> Iterator[Callable[[str], VolNode]]:
     pids: list[int] = []
@@ -79,8 +67,8 @@ def nodes(tmp_path: Path) -> Iterator[Callable[[str], VolNode]]:
     try:
         yield make
     finally:
-        _stop_pids(pids)
-        _stop_pids([p for n in made for p in n.brick_pids()])
+        stop_pids(pids)
+        stop_pids([p for n in made for p in n.brick_pids()])
 
 
 @pytest.fixture
