@@ -32,6 +32,7 @@ from pyglfs.mgmt.transaction import TxnEngine
 from pyglfs.mgmt.volservice import register_volumes
 from pyglfs.mgmt.volstore import VolumeRecord, VolumeStore
 from pyglfs.mgmt.volumes import VolumeManager
+from pyglfs.mgmt.volwatch import install_volfile_watch
 from pyglfs.rpc.server import serve_rpc
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class MgmtDaemon:
         self.volumes = VolumeManager(state.volstore, state.uuid, self.supervisor,
                                      state.volumes)
         register_volumes(self.service, self.volumes)
+        self.volwatch = install_volfile_watch(self.service, state.volstore)
 
     @property
     def uuid(self) -> str:
@@ -80,6 +82,7 @@ class MgmtDaemon:
             self.monitor.hello_args = {"port": bound}
             await nursery.start(self.monitor.serve)
             await nursery.start(self.supervisor.serve)
+            await nursery.start(self.volwatch.serve)
             await self.volumes.resume()
             self.peers.start_monitoring()
             cli_host = "127.0.0.1" if self.host in WILDCARD_HOSTS else self.host

@@ -20,6 +20,7 @@ import contextlib
 import os
 import shutil
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,9 @@ class VolumeStore:
 
     def __init__(self, state_dir: Path | str) -> None:
         self.dir = Path(state_dir) / VOLS_DIR
+        # Called with the volume name when its client volfile changed or went away
+        # (mgmt/volwatch.py); from the writing thread.
+        self.on_client_volfile: Callable[[str], None] | None = None
 
     def vol_dir(self, name: str) -> Path:
         return self.dir / name
@@ -157,9 +161,17 @@ class VolumeStore:
         write_json(d / "auth.json", {"username": rec.username, "password": rec.password})
         write_json(d / "info", rec.to_json())
         spec = rec.spec()
-        write_text(d / f"{rec.name}.vol", client_volfile(spec))
+        text = client_volfile(spec)
+        path = d / f"{rec.name}.vol"
+        try:
+            changed = path.read_text() != text
+        except OSError:
+            changed = True
+        write_text(path, text)
         for i in range(len(rec.bricks)):
             write_text(d / "bricks" / f"{i}.vol", brick_volfile(spec, i))
+        if changed and self.on_client_volfile is not None:
+            self.on_client_volfile(rec.name)
 
     def delete(self, name: str) -> None:
         d = self.vol_dir(name)
@@ -167,6 +179,8 @@ class VolumeStore:
             tomb = self.dir / f".deleted.{name}.{os.getpid()}"
             os.replace(d, tomb)
             shutil.rmtree(tomb, ignore_errors=True)
+            if self.on_client_volfile is not None:
+                self.on_client_volfile(name)
 
     def client_volfile(self, name: str) -> str:
         return (self.vol_dir(name) / f"{name}.vol").read_text()
