@@ -1,5 +1,6 @@
 """``pyglfs-mount``: the FUSE client process.
 
+``pyglfs-mount HOST:/VOLUME[/SUBDIR] MOUNTPOINT [-o OPTS] [--foreground]``
 ``pyglfs-mount [--volfile FILE] MOUNTPOINT [-o OPTS] [--foreground]``
 
 Start-up, in order, each step failing with one clear line and exit status 1
@@ -7,7 +8,9 @@ Start-up, in order, each step failing with one clear line and exit status 1
 
 1. re-exec with glibc malloc tuned (``pyglfs.rpc.tuning``): large write buffers
    otherwise go back to the kernel after every request;
-2. parse the options, the volfile and check the mount point and the log file;
+2. parse the options and the source, check the mount point and the log file,
+   then read the volfile, or fetch it from pyglfsd (``getspec``: the source's
+   host, then ``backup-volfile-servers``, all on ``volfile-server-port``);
 3. fork into the background (``client.daemon``) unless ``--foreground``;
 4. in trio: build the layer graph, start it and wait (``UP_TIMEOUT``) until it
    is up, then mount with pyfuse3 and tell the waiting parent;
@@ -21,12 +24,18 @@ import logging
 import os
 import stat
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import click
 
 from pyglfs.client.daemon import Readiness, daemonize
-from pyglfs.client.options import MountOptionError, MountOptions, parse_mount_options
+from pyglfs.client.options import (
+    MountOptionError,
+    MountOptions,
+    MountSource,
+    parse_mount_options,
+    parse_source,
+)
 from pyglfs.rpc.tuning import reexec_with_tuned_malloc
 from pyglfs.volfiles.model import Graph, VolfileError
 from pyglfs.volfiles.parser import parse_file
@@ -44,7 +53,14 @@ class MountError(Exception):
 
 @dataclass
 class MountPlan:
-    """Everything checked before forking: what to mount where, and how."""
+    """Everything checked before forking: what to mount where, and how.
+
+    ``volfile`` is the volfile's path, or for a mount by name where it came from
+    (``getspec from HOST:PORT``). A mount by name also has ``volume``, the
+    volfile ``servers`` (the one that answered first, then the others in the
+    order given) and ``subdir``, the directory of the volume mounted as the root
+    (``/a/b``) or None for the volume's root.
+    """
 
     mountpoint: str
     volfile: str
@@ -54,6 +70,9 @@ class MountPlan:
     fsname: str
     pid_file: str | None = None
     up_timeout: float = UP_TIMEOUT
+    volume: str | None = None
+    servers: list[tuple[str, int]] = field(default_factory=list)
+    subdir: str | None = None
 
 
 def default_log_file(mountpoint: str) -> str:
@@ -62,23 +81,53 @@ def default_log_file(mountpoint: str) -> str:
     return os.path.join(LOG_DIR, f"{name}.log")
 
 
+def volfile_servers(src: MountSource, opts: MountOptions) -> list[tuple[str, int]]:
+    """The source's host, then the backup servers, each once, on the one port."""
+    port = opts.volfile_server_port
+    hosts = [src.host, *opts.backup_volfile_servers]
+    return [(h, port) for i, h in enumerate(hosts) if h not in hosts[:i]]
+
+
+def source_name(src: MountSource) -> str:
+    """``HOST:/VOLUME[/SUBDIR]``, what /proc/mounts shows, as for glusterfs."""
+    host = f"[{src.host}]" if ":" in src.host else src.host
+    return f"{host}:/{src.volume}{src.subdir or ''}"
+
+
+def _fetch(src: MountSource, opts: MountOptions) -> tuple[Graph, str, list[tuple[str, int]]]:
+    """(graph, where it came from, servers with the one that answered first)."""
+    import trio
+
+    from pyglfs.client.volfetch import VolfetchError, fetch_volfile, server_name
+
+    servers = volfile_servers(src, opts)
+    try:
+        got = trio.run(fetch_volfile, servers, src.volume)
+    except VolfetchError as e:
+        raise MountError(f"{e}; nothing mounted") from None
+    ordered = [got.server, *(s for s in servers if s != got.server)]
+    return got.graph, f"getspec from {server_name(got.server)}", ordered
+
+
 def prepare(mountpoint: str, volfile: str | None, option_strings: tuple[str, ...],
-            fsname: str | None) -> MountPlan:
-    """Check everything that can be checked without mounting."""
+            fsname: str | None, source: str | None = None) -> MountPlan:
+    """Check everything that can be checked without mounting.
+
+    With a ``source`` (``HOST:/VOLUME[/SUBDIR]``) the volfile is fetched from
+    pyglfsd here, before the process forks, so a refusal is printed by the
+    command itself; a local volfile cannot be given as well.
+    """
     try:
         opts = parse_mount_options(",".join(o for o in option_strings if o))
+        src = parse_source(source) if source else None
     except MountOptionError as e:
         raise MountError(str(e)) from None
     volfile = volfile or opts.volfile
-    if not volfile:
-        raise MountError("no volfile: give --volfile FILE or -o volfile=FILE "
-                         "(mounting by HOST:/VOLUME needs pyglfsd)")
-    try:
-        graph = parse_file(volfile)
-    except OSError as e:
-        raise MountError(f"cannot read volfile {volfile}: {e.strerror}") from None
-    except VolfileError as e:
-        raise MountError(f"invalid volfile: {e}") from None
+    if src is not None and volfile:
+        raise MountError(f"give either the source {source} or a volfile ({volfile}), not both")
+    if src is None and not volfile:
+        raise MountError("nothing to mount: give HOST:/VOLUME[/SUBDIR] MOUNTPOINT, "
+                         "or --volfile FILE (-o volfile=FILE) MOUNTPOINT")
     mp = os.path.abspath(mountpoint)
     try:
         st = os.stat(mp)
@@ -95,6 +144,17 @@ def prepare(mountpoint: str, volfile: str | None, option_strings: tuple[str, ...
                 pass
         except OSError as e:
             raise MountError(f"cannot open log file {log_file}: {e.strerror}") from None
+    if src is not None:
+        graph, origin, servers = _fetch(src, opts)
+        return MountPlan(mp, origin, graph, opts, log_file, fsname or source_name(src),
+                         volume=src.volume, servers=servers, subdir=src.subdir)
+    assert volfile is not None
+    try:
+        graph = parse_file(volfile)
+    except OSError as e:
+        raise MountError(f"cannot read volfile {volfile}: {e.strerror}") from None
+    except VolfileError as e:
+        raise MountError(f"invalid volfile: {e}") from None
     return MountPlan(mp, os.path.abspath(volfile), graph, opts, log_file,
                      fsname or graph.name)
 
@@ -140,7 +200,7 @@ def run(plan: MountPlan, foreground: bool) -> int:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("mountpoint")
+@click.argument("args", nargs=-1, required=True, metavar="[HOST:/VOLUME[/SUBDIR]] MOUNTPOINT")
 @click.option("--volfile", metavar="FILE", help="client volfile of the volume to mount")
 @click.option("-o", "options", multiple=True, metavar="OPTS",
               help="mount options, comma-separated (ro, log-file=, log-level=, ...)")
@@ -149,11 +209,18 @@ def run(plan: MountPlan, foreground: bool) -> int:
 @click.option("--pid-file", metavar="FILE", help="write the mount process's PID here once mounted")
 @click.option("--up-timeout", type=click.FloatRange(0.1, 3600), default=UP_TIMEOUT,
               show_default=True, help="seconds to wait for the volume's bricks")
-def cli(mountpoint: str, volfile: str | None, options: tuple[str, ...], foreground: bool,
+def cli(args: tuple[str, ...], volfile: str | None, options: tuple[str, ...], foreground: bool,
         fsname: str | None, pid_file: str | None, up_timeout: float) -> None:
-    """Mount a pyglfs volume on MOUNTPOINT."""
+    """Mount a pyglfs volume on MOUNTPOINT: by name, fetching its volfile from the
+    pyglfsd on HOST (-o volfile-server-port=PORT, backup-volfile-servers=H2:H3),
+    or from a local volfile (--volfile FILE). SOURCE ``none`` means no source."""
+    if len(args) > 2:
+        raise click.UsageError(f"unexpected argument {args[2]!r}")
+    source, mountpoint = (args[0], args[1]) if len(args) == 2 else (None, args[0])
+    if source == "none":
+        source = None
     try:
-        plan = prepare(mountpoint, volfile, options, fsname)
+        plan = prepare(mountpoint, volfile, options, fsname, source)
         plan.up_timeout = up_timeout
         if pid_file:
             plan.pid_file = os.path.abspath(pid_file)

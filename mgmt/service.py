@@ -8,6 +8,9 @@ and ``friend_join`` from anyone (a probe comes from a node not yet in our pool);
 ``txn_*`` phases only from a member, known by the connection's ``client_id`` (its
 node UUID). mgmt/OPS.md has the arguments and results.
 
+FUSE clients connect with role ``client`` and may call only ``CLIENT_OPS`` (they
+fetch their volfile); every other op is refused to them with EPERM.
+
 Every refusal is a ``MgmtError`` (an errno reply whose message is for the operator).
 """
 
@@ -40,6 +43,11 @@ from pyglfs.rpc.server import ServerConnection
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any], ServerConnection], Awaitable[Any]]
+
+# What a mount (hello role "client") may ask: its volfile, nothing that reads or
+# changes the pool.
+CLIENT_OPS = frozenset({"getspec"})
+ROLES = ("mgmt", "client")
 
 
 def _opt_port(args: dict[str, Any]) -> int | None:
@@ -98,7 +106,7 @@ class MgmtService:
 
     # -- Service protocol -------------------------------------------------
     def authenticate(self, hello: dict[str, Any]) -> None:
-        if hello["role"] != "mgmt":
+        if hello["role"] not in ROLES:
             raise HandshakeRefused("this is pyglfsd, the management daemon: "
                                    f"role {hello['role']!r} is not served here")
 
@@ -106,6 +114,9 @@ class MgmtService:
         fn = self._ops.get(op)
         if fn is None:
             raise MgmtError(errno.ENOSYS, f"unknown operation {op!r}")
+        if conn.role == "client" and op not in CLIENT_OPS:
+            raise MgmtError(errno.EPERM, f"operation {op!r} is not served to clients "
+                                         f"(role 'client' may call: {', '.join(sorted(CLIENT_OPS))})")
         return await fn(args, conn)
 
     def disconnected(self, conn: ServerConnection) -> None:

@@ -20,7 +20,7 @@ from pyglfs.mgmt.errors import MgmtError, bad_args
 from pyglfs.mgmt.peerlink import call_node
 from pyglfs.mgmt.peers import WILDCARD_HOSTS, SharedState, valid_hostname
 from pyglfs.mgmt.transaction import TxnError
-from pyglfs.mgmt.volstore import BrickRef, VolumeRecord
+from pyglfs.mgmt.volstore import STARTED, BrickRef, VolumeRecord
 from pyglfs.mgmt.volumes import VolumeManager, option_error
 from pyglfs.volfiles.generator import VOLUME_NAME_RE
 from pyglfs.volfiles.options import VOLUME_OPTIONS
@@ -204,11 +204,16 @@ class VolumeService:
         return {"volumes": sorted(self.vm.volumes)}
 
     async def getspec(self, args: dict[str, Any], conn: ServerConnection) -> Any:
+        """The client volfile of ``volume``. A mount (role ``client``) gets it only
+        while the volume is started: ENXIO otherwise, so the mount fails at once
+        with the reason instead of waiting for bricks that are not there."""
         name = _name(args, "volume")
         try:
-            self.vm.get(name)
+            rec = self.vm.get(name)
         except TxnError as exc:
             raise MgmtError(errno.ENOENT, str(exc)) from None
+        if conn.role == "client" and rec.status != STARTED:
+            raise MgmtError(errno.ENXIO, f"Volume {name} is not started")
         text = await trio.to_thread.run_sync(self.vm.store.client_volfile, name)
         return {"volume": name, "volfile": text}
 

@@ -1,0 +1,203 @@
+"""Mounting by name: ``pyglfs-mount HOST:/VOLUME[/SUBDIR] MNT`` and ``mount -t
+fuse.pyglfs`` fetch the volfile from real pyglfsd processes (127.0.0.2/3).
+
+One pool for the module: two daemons on the same (free) port of their own
+address, a started replica-2 volume ``gvol0`` and a volume ``gstop`` that is
+created but not started. Every mount is unmounted and every process (daemons,
+bricks, mounts) is stopped by its PID, whatever the test got to.
+"""
+
+from __future__ import annotations
+
+import errno
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+from helpers.mounts import Mount, fuse_skip_reason, is_mounted, mount_entry, mount_env
+from helpers.procs import stop_pids
+from test_mgmt_pool import free_port
+from test_mgmt_volumes import VolNode
+
+from pyglfs.client.mount import source_name, volfile_servers
+from pyglfs.client.options import parse_mount_options, parse_source
+from pyglfs.client.volfetch import VolfetchError, fetch_volfile
+from pyglfs.rpc.connection import open_rpc_connection
+
+MOUNT_CMD = [sys.executable, "-m", "pyglfs.client.mount"]
+DOWN = "127.0.0.9"  # no daemon listens there in these tests
+
+_skip = fuse_skip_reason()
+needs_fuse = pytest.mark.skipif(_skip is not None, reason=_skip or "")
+
+
+@dataclass
+class Pool:
+    a: VolNode
+    b: VolNode
+    port: int
+    bricks: list[Path]
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    root = tmp_path_factory.mktemp("byname")
+    pids: list[int] = []
+    a, b = VolNode(root, "127.0.0.2", pids), VolNode(root, "127.0.0.3", pids)
+    try:
+        port = free_port(a.ip)
+        a.start(port)
+        b.start(port)
+        assert a.cli("peer", "probe", b.addr).returncode == 0
+        bricks = [root / "data" / "b1", root / "data" / "b2"]
+        r = a.cli("volume", "create", "gvol0", "replica", "2", f"{a.ip}:{bricks[0]}",
+                  f"{b.ip}:{bricks[1]}", "force")
+        assert r.returncode == 0, r.stderr
+        assert a.cli("volume", "start", "gvol0").returncode == 0
+        r = a.cli("volume", "create", "gstop", f"{a.ip}:{root}/data/s1", "force")
+        assert r.returncode == 0, r.stderr
+        yield Pool(a, b, port, bricks)
+    finally:
+        stop_pids(pids)
+        stop_pids([p for n in (a, b) for p in n.brick_pids()])
+
+
+# -- mounting -----------------------------------------------------------------
+def _run_mount(args: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*MOUNT_CMD, *args], capture_output=True, text=True,
+                          timeout=timeout, env=mount_env(), stdin=subprocess.DEVNULL)
+
+
+def mount_by_name(source: str, mnt: Path, options: str = "") -> Mount:
+    """``pyglfs-mount SOURCE MNT``; returns once mounted (fails the test otherwise)."""
+    mnt.mkdir(parents=True, exist_ok=True)
+    log, pid_file = mnt.parent / f"{mnt.name}.log", mnt.parent / f"{mnt.name}.pid"
+    opts = ",".join(o for o in (f"log-file={log}", options) if o)
+    r = _run_mount([source, str(mnt), "-o", opts, "--pid-file", str(pid_file)])
+    if r.returncode != 0:
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], timeout=10)
+        pytest.fail(f"pyglfs-mount {source} exited {r.returncode}: {r.stderr}")
+    return Mount(mnt, int(pid_file.read_text()), log)
+
+
+@pytest.fixture
+def mounts() -> Iterator[list[Mount]]:
+    """Mounts a test made; unmounted (and their processes stopped) at the end."""
+    made: list[Mount] = []
+    try:
+        yield made
+    finally:
+        for m in made:
+            m.unmount()
+    for m in made:
+        bad = m.unexpected_errors()
+        assert bad is None, f"the mount logged an unexpected exception:\n{bad}"
+
+
+def _port_opt(pool: Pool) -> str:
+    return f"volfile-server-port={pool.port}"
+
+
+@pytest.mark.mount
+@needs_fuse
+def test_mount_by_name_writes_to_both_bricks(pool: Pool, mounts: list[Mount],
+                                            tmp_path: Path) -> None:
+    m = mount_by_name("127.0.0.2:/gvol0", tmp_path / "mnt", _port_opt(pool))
+    mounts.append(m)
+    entry = mount_entry(m.mountpoint)
+    assert entry is not None and entry["fstype"] == "fuse.pyglfs"
+    assert entry["source"] == "127.0.0.2:/gvol0"
+    (m.mountpoint / "hello.txt").write_bytes(b"by name\n")
+    for brick in pool.bricks:
+        assert (brick / "hello.txt").read_bytes() == b"by name\n"
+    assert f"getspec from 127.0.0.2:{pool.port}" in m.log_text()
+
+
+@pytest.mark.mount
+@needs_fuse
+def test_backup_volfile_server_when_the_first_is_down(pool: Pool, mounts: list[Mount],
+                                                      tmp_path: Path) -> None:
+    m = mount_by_name(f"{DOWN}:/gvol0", tmp_path / "mnt",
+                      f"{_port_opt(pool)},backup-volfile-servers=127.0.0.3")
+    mounts.append(m)
+    assert mount_entry(m.mountpoint)["source"] == f"{DOWN}:/gvol0"  # type: ignore[index]
+    assert f"getspec from 127.0.0.3:{pool.port}" in m.log_text()
+    (m.mountpoint / "via-backup").write_bytes(b"b")
+    assert all((b / "via-backup").read_bytes() == b"b" for b in pool.bricks)
+
+
+def _refused(args: list[str], mnt: Path) -> str:
+    """Run a mount expected to fail: exit 1, one message, nothing mounted."""
+    mnt.mkdir(exist_ok=True)
+    r = _run_mount(args)
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert not is_mounted(mnt)
+    assert "Traceback" not in r.stderr
+    assert r.stderr.startswith("pyglfs-mount: ") and r.stderr.count("\n") == 1, r.stderr
+    return r.stderr
+
+
+def test_refusals_mount_nothing(pool: Pool, tmp_path: Path) -> None:
+    mnt = tmp_path / "mnt"
+    port = _port_opt(pool)
+    err = _refused(["127.0.0.2:/nosuch", str(mnt), "-o", port], mnt)
+    assert "Volume nosuch does not exist" in err
+    err = _refused(["127.0.0.2:/gstop", str(mnt), "-o", port], mnt)
+    assert "Volume gstop is not started" in err
+    err = _refused([f"{DOWN}:/gvol0", str(mnt), "-o",
+                    f"{port},backup-volfile-servers=127.0.0.10"], mnt)
+    assert f"{DOWN}:{pool.port}: " in err and f"127.0.0.10:{pool.port}: " in err
+    assert "nothing mounted" in err
+    for bad, why in (("127.0.0.2:/", "has no volume name"), (":/gvol0", "has no host"),
+                     ("gvol0", "expected HOST:/VOLUME[/SUBDIR]")):
+        assert why in _refused([bad, str(mnt), "-o", port], mnt)
+
+
+def test_client_role_gets_getspec_only(pool: Pool) -> None:
+    async def go() -> None:
+        async with open_rpc_connection(pool.a.ip, pool.port, volume="gvol0", role="client",
+                                       client_id="t") as conn:
+            spec = await conn.call("getspec", {"volume": "gvol0"}, timeout=10)
+            assert "type cluster/replicate" in spec["volfile"]
+            for op in ("volume_list", "peer_probe", "txn_lock"):
+                with pytest.raises(OSError) as ei:
+                    await conn.call(op, {}, timeout=10)
+                assert ei.value.errno == errno.EPERM and "not served to clients" in str(ei.value)
+            with pytest.raises(OSError) as ei:
+                await conn.call("getspec", {"volume": "gstop"}, timeout=10)
+            assert ei.value.errno == errno.ENXIO
+        # The CLI's role still gets a volume's volfile whatever its state.
+        async with open_rpc_connection(pool.a.ip, pool.port, volume="", role="mgmt",
+                                       client_id="t") as conn:
+            assert "gstop" in (await conn.call("getspec", {"volume": "gstop"}))["volume"]
+
+    trio.run(go)
+
+
+def test_fetch_volfile_names_every_server_tried(pool: Pool) -> None:
+    down = [(DOWN, pool.port), ("127.0.0.10", pool.port)]
+    got = trio.run(fetch_volfile, [*down, ("127.0.0.3", pool.port)], "gvol0")
+    assert got.server == ("127.0.0.3", pool.port) and got.graph.name == "gvol0"
+    assert "type cluster/replicate" in got.text
+    with pytest.raises(VolfetchError) as ei:
+        trio.run(fetch_volfile, down, "gvol0")
+    assert [s for s, _ in ei.value.attempts] == down and ei.value.errno == errno.ENOTCONN
+    # A refusal is the pool's answer: the next server is not asked.
+    with pytest.raises(VolfetchError) as ei:
+        trio.run(fetch_volfile, [("127.0.0.2", pool.port), ("127.0.0.3", pool.port)], "nosuch")
+    assert len(ei.value.attempts) == 1 and ei.value.errno == errno.ENOENT
+
+
+def test_servers_and_source_name_without_daemons() -> None:
+    opts = parse_mount_options("backup-volfile-servers=h2:h1:h3")
+    assert volfile_servers(parse_source("h1:/v"), opts) == [
+        ("h1", 24750), ("h2", 24750), ("h3", 24750)]
+    opts = parse_mount_options("volfile-server-port=7000")
+    assert volfile_servers(parse_source("h1:/v"), opts) == [("h1", 7000)]
+    assert source_name(parse_source("h1:v//a/b/")) == "h1:/v/a/b"
+    assert source_name(parse_source("[::1]:/v")) == "[::1]:/v"
