@@ -18,7 +18,7 @@ import pyfuse3
 from pyglfs.client.fuse.attrs import entry_attributes
 from pyglfs.client.fuse.inodes import InodeTable
 from pyglfs.client.layer import DirEntry, Layer
-from pyglfs.rpc.brickops import NAME_MAX, Iatt
+from pyglfs.rpc.brickops import NAME_MAX, ROOT_GFID, Iatt
 
 
 @dataclass(frozen=True)
@@ -26,13 +26,15 @@ class BridgeConfig:
     """How the bridge answers the kernel; timeouts in seconds.
 
     ``negative_timeout`` 0 means a missing name is not cached, so a name made
-    through another mount is seen at once.
+    through another mount is seen at once. ``root_gfid`` is the directory the
+    mount shows as its root (a subdirectory mount's SUBDIR).
     """
 
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
     negative_timeout: float = 0.0
     read_only: bool = False
+    root_gfid: bytes = ROOT_GFID
 
 
 class FileHandle:
@@ -76,7 +78,7 @@ class BridgeBase(pyfuse3.Operations):
         super().__init__()
         self.layer = layer
         self.config = config or BridgeConfig()
-        self.inodes = InodeTable()
+        self.inodes = InodeTable(self.config.root_gfid)
         self.files: dict[int, FileHandle] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._fh_counter = itertools.count(1)

@@ -12,6 +12,11 @@ says it dropped. An entry goes when its count reaches 0, so this table is as big
 as what the kernel caches, not as what was ever seen. The root is never counted
 and never goes.
 
+A subdirectory mount gives the table that directory's gfid as ``root_gfid``: it
+is inode 1, whatever its own number would be. The volume's real root is then
+outside the mount and would collide with it on 1 (EIO), but nothing inside the
+subdirectory can name it.
+
 For directories the table also keeps the last seen mode and gid: a create needs
 the parent's setgid bit and group, and asking the brick each time would cost a
 round trip per create.
@@ -40,10 +45,11 @@ def ino_of(gfid: bytes) -> int:
 class InodeTable:
     """ino -> gfid for the inodes the kernel holds references to."""
 
-    __slots__ = ("_gfids", "_counts", "_dirs")
+    __slots__ = ("_gfids", "_counts", "_dirs", "root_gfid")
 
-    def __init__(self) -> None:
-        self._gfids: dict[int, bytes] = {ROOT_INODE: ROOT_GFID}
+    def __init__(self, root_gfid: bytes = ROOT_GFID) -> None:
+        self.root_gfid = root_gfid
+        self._gfids: dict[int, bytes] = {ROOT_INODE: root_gfid}
         self._counts: dict[int, int] = {}
         self._dirs: dict[int, tuple[int, int]] = {}
 
@@ -60,6 +66,8 @@ class InodeTable:
 
     def ino(self, gfid: bytes) -> int:
         """The inode number for ``gfid``, checked against the table for collisions."""
+        if gfid == self.root_gfid:
+            return ROOT_INODE
         ino = ino_of(gfid)
         known = self._gfids.get(ino)
         if known is not None and known != gfid:

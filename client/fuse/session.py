@@ -10,6 +10,7 @@ Teardown runs in reverse of start-up whatever ends the session.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -25,6 +26,7 @@ from pyglfs.client.fuse.operations import FuseOperations
 from pyglfs.client.graph import build_graph
 from pyglfs.client.layer import Layer
 from pyglfs.client.protocol import ProtocolClient
+from pyglfs.client.subdir import SubdirError, resolve_subdir
 from pyglfs.volfiles.model import VolfileError
 
 if TYPE_CHECKING:
@@ -102,7 +104,15 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
             nursery.cancel_scope.cancel()
             return 1
         await watch.wait_all_bricks(min(SETTLE_TIMEOUT, plan.up_timeout))
-        ops = FuseOperations(top, config)
+        try:
+            root_gfid = await resolve_subdir(top, plan.subdir, plan.graph.name)
+        except SubdirError as e:
+            msg = f"pyglfs-mount: {e}; nothing mounted"
+            log.error("%s", msg)
+            readiness.failed(msg)
+            nursery.cancel_scope.cancel()
+            return 1
+        ops = FuseOperations(top, dataclasses.replace(config, root_gfid=root_gfid))
         try:
             pyfuse3.init(ops, plan.mountpoint, opts.fuse_options(plan.fsname))
         except RuntimeError as e:

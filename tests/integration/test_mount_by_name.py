@@ -10,6 +10,7 @@ bricks, mounts) is stopped by its PID, whatever the test got to.
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -134,7 +135,7 @@ def test_backup_volfile_server_when_the_first_is_down(pool: Pool, mounts: list[M
 def _refused(args: list[str], mnt: Path) -> str:
     """Run a mount expected to fail: exit 1, one message, nothing mounted."""
     mnt.mkdir(exist_ok=True)
-    r = _run_mount(args)
+    r = _run_mount([*args, "-o", f"log-file={mnt.parent / 'refused.log'}"])
     assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
     assert not is_mounted(mnt)
     assert "Traceback" not in r.stderr
@@ -201,3 +202,58 @@ def test_servers_and_source_name_without_daemons() -> None:
     assert volfile_servers(parse_source("h1:/v"), opts) == [("h1", 7000)]
     assert source_name(parse_source("h1:v//a/b/")) == "h1:/v/a/b"
     assert source_name(parse_source("[::1]:/v")) == "[::1]:/v"
+
+
+@pytest.mark.mount
+@needs_fuse
+def test_subdirectory_mount(pool: Pool, mounts: list[Mount], tmp_path: Path) -> None:
+    top = mount_by_name("127.0.0.2:/gvol0", tmp_path / "top", _port_opt(pool))
+    mounts.append(top)
+    (top.mountpoint / "app" / "data").mkdir(parents=True)
+    (top.mountpoint / "app" / "data" / "before").write_bytes(b"1")
+    (top.mountpoint / "app" / "plain").write_bytes(b"")
+    (top.mountpoint / "outside").write_bytes(b"secret")
+
+    m = mount_by_name("127.0.0.3:/gvol0/app/data", tmp_path / "sub", _port_opt(pool))
+    mounts.append(m)
+    mnt = m.mountpoint
+    assert mount_entry(mnt)["source"] == "127.0.0.3:/gvol0/app/data"  # type: ignore[index]
+    assert sorted(os.listdir(mnt)) == ["before"]
+    assert os.stat(mnt).st_ino == 1
+    (mnt / "made-inside").write_bytes(b"in")
+    (mnt / "d").mkdir()
+    (mnt / "d" / "f").write_bytes(b"deep")
+    for brick in pool.bricks:
+        assert (brick / "app" / "data" / "made-inside").read_bytes() == b"in"
+        assert (brick / "app" / "data" / "d" / "f").read_bytes() == b"deep"
+        assert not (brick / "made-inside").exists()
+    assert not (mnt / "outside").exists() and not (mnt / "app").exists()
+    # ".." of the mount's root is the directory the mount sits in, not /app.
+    parent = os.stat(mnt / "..")
+    assert (parent.st_dev, parent.st_ino) == (os.stat(tmp_path).st_dev, os.stat(tmp_path).st_ino)
+    r = subprocess.run(["sh", "-c", 'cd "$1" && cd .. && pwd -P', "sh", str(mnt)],
+                       capture_output=True, text=True, timeout=10)
+    assert r.stdout.strip() == str(tmp_path.resolve())
+    assert sorted(os.listdir(top.mountpoint / "app" / "data")) == ["before", "d", "made-inside"]
+
+    bad = tmp_path / "bad"
+    err = _refused(["127.0.0.2:/gvol0/app/nope", str(bad), "-o", _port_opt(pool)], bad)
+    assert "subdirectory /app/nope of volume gvol0 does not exist" in err
+    err = _refused(["127.0.0.2:/gvol0/app/plain/x", str(bad), "-o", _port_opt(pool)], bad)
+    assert "/app/plain of volume gvol0 is not a directory" in err
+
+
+def test_inode_table_with_a_subdirectory_root() -> None:
+    from pyglfs.client.fuse.inodes import ROOT_INODE, InodeTable, ino_of, new_gfid
+    from pyglfs.rpc.brickops import ROOT_GFID
+
+    sub, child = new_gfid(), new_gfid()
+    t = InodeTable(sub)
+    assert t.gfid(ROOT_INODE) == sub and t.ino(sub) == ROOT_INODE
+    assert t.ino(child) == ino_of(child)
+    with pytest.raises(OSError) as ei:
+        t.ino(ROOT_GFID)  # the volume's root is outside the mount
+    assert ei.value.errno == errno.EIO
+    t.add(ROOT_INODE, sub)
+    t.forget(ROOT_INODE, 5)
+    assert t.gfid(ROOT_INODE) == sub and len(t) == 1
