@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -257,3 +258,69 @@ def test_inode_table_with_a_subdirectory_root() -> None:
     t.add(ROOT_INODE, sub)
     t.forget(ROOT_INODE, 5)
     assert t.gfid(ROOT_INODE) == sub and len(t) == 1
+
+
+# -- mount(8) and fstab, through /sbin/mount.fuse.pyglfs -----------------------
+HELPER = Path("/sbin/mount.fuse.pyglfs")
+HELPER_SRC = Path(__file__).resolve().parents[2] / "deploy" / "mount.fuse.pyglfs"
+_helper_skip = (None if HELPER.exists() and HELPER.read_bytes() == HELPER_SRC.read_bytes()
+                else f"{HELPER} is missing or not this checkout's: run make install")
+needs_helper = pytest.mark.skipif(_helper_skip is not None, reason=_helper_skip or "")
+
+
+def _mount8(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    env = mount_env({"PYGLFS_MOUNT": str(Path(sys.executable).parent / "pyglfs-mount")})
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env,
+                          stdin=subprocess.DEVNULL)
+
+
+def _helper_mount(mnt: Path, log: Path, mounts: list[Mount]) -> Mount:
+    """The Mount that mount(8) made, found by the PID its log names."""
+    match = re.search(r"mounted volume \S+ on .* pid (\d+)\)", log.read_text())
+    assert match, log.read_text()
+    m = Mount(mnt, int(match.group(1)), log)
+    mounts.append(m)
+    return m
+
+
+@pytest.mark.mount
+@needs_fuse
+@needs_helper
+def test_mount_t_by_name_and_umount(pool: Pool, mounts: list[Mount], tmp_path: Path) -> None:
+    mnt, log = tmp_path / "mnt", tmp_path / "helper.log"
+    mnt.mkdir()
+    r = _mount8(["mount", "-t", "fuse.pyglfs", "127.0.0.2:/gvol0/", str(mnt), "-o",
+                 f"{_port_opt(pool)},log-file={log}"])
+    assert r.returncode == 0, r.stderr
+    m = _helper_mount(mnt, log, mounts)
+    entry = mount_entry(mnt)
+    assert entry is not None and (entry["fstype"], entry["source"]) == (
+        "fuse.pyglfs", "127.0.0.2:/gvol0")
+    (mnt / "via-mount-t").write_bytes(b"t")
+    assert all((b / "via-mount-t").read_bytes() == b"t" for b in pool.bricks)
+    r = _mount8(["umount", str(mnt)])
+    assert r.returncode == 0, r.stderr
+    assert not is_mounted(mnt)
+    m.stop_process()
+    r = _mount8(["mount", "-t", "fuse.pyglfs", "127.0.0.2:/nosuch", str(mnt), "-o",
+                 f"{_port_opt(pool)},log-file={log}"])
+    assert r.returncode != 0 and "Volume nosuch does not exist" in r.stderr
+    assert not is_mounted(mnt)
+
+
+@pytest.mark.mount
+@needs_fuse
+@needs_helper
+def test_fstab_line_with_backup_server(pool: Pool, mounts: list[Mount], tmp_path: Path) -> None:
+    mnt, log = tmp_path / "mnt", tmp_path / "fstab.log"
+    mnt.mkdir()
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"{DOWN}:/gvol0 {mnt} fuse.pyglfs defaults,_netdev,"
+                     f"backup-volfile-servers=127.0.0.3,{_port_opt(pool)},log-file={log} 0 0\n")
+    r = _mount8(["mount", "-a", "-T", str(fstab)])
+    assert r.returncode == 0, r.stderr
+    _helper_mount(mnt, log, mounts)
+    assert mount_entry(mnt)["source"] == f"{DOWN}:/gvol0"  # type: ignore[index]
+    assert f"getspec from 127.0.0.3:{pool.port}" in log.read_text()
+    (mnt / "via-fstab").write_bytes(b"f")
+    assert all((b / "via-fstab").read_bytes() == b"f" for b in pool.bricks)

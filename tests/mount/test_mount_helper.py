@@ -83,13 +83,14 @@ def test_fstab_line_with_netdev(single_volume, tmp_path):
 
 
 @pytest.mark.parametrize("source", ["server1:/gvol0", "127.0.0.1:/vol"])
-def test_mount_by_name_not_yet(single_volume, tmp_path, source):
+def test_source_and_volfile_together_refused(single_volume, tmp_path, source):
+    # Mounting by name itself: tests/integration/test_mount_by_name.py.
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     r = _run(["mount", "-t", "fuse.pyglfs", "-o", f"volfile={single_volume.volfile}",
               source, str(mnt)])
     assert r.returncode != 0
-    assert "mounting by name needs pyglfsd (not yet available)" in r.stderr
+    assert f"give either the source {source} or a volfile" in r.stderr
     assert not is_mounted(mnt)
 
 
