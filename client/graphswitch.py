@@ -279,7 +279,7 @@ class GraphSwitch(Layer):
         finally:
             old.scope.cancel()
             self.retiring.remove(old)
-            log.debug("generation %d stopped", old.number)
+            log.info("generation %d stopped", old.number)
 
     async def _move_opens(self, old: Generation) -> None:
         for gfid, n in list(old.opens.items()):

@@ -93,6 +93,8 @@ class VolfileWatcher:
                 continue
             async with stack:
                 self.server = server
+                self.rpc.host, self.rpc.port = server  # for its log lines
+                log.info("watching the volfile of %s on %s", self.volume, _server_name(server))
                 yield conn
             return
         raise OSError(errno.ENOTCONN, "no volfile server reachable (" + "; ".join(why) + ")")

@@ -5,6 +5,10 @@ it builds the graph from the plan, waits (bounded) until the graph is up, mounts
 with pyfuse3, tells the waiting parent, and serves until the kernel ends the
 session (umount) or SIGTERM/SIGINT/SIGHUP asks it to, unmounting on the way out.
 Teardown runs in reverse of start-up whatever ends the session.
+
+The bridge talks to a ``GraphSwitch`` above the graph. A mount by name also
+watches its volfile (``client.volwatch``): when pyglfsd says it changed, the new
+graph is started and switched to without unmounting (``client.graphswitch``).
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ import trio
 from pyglfs.client.fuse.base import BridgeConfig
 from pyglfs.client.fuse.operations import FuseOperations
 from pyglfs.client.graph import build_graph
+from pyglfs.client.graphswitch import Generation, GraphSwitch, protocol_clients
 from pyglfs.client.layer import Layer
-from pyglfs.client.protocol import ProtocolClient
 from pyglfs.client.subdir import SubdirError, resolve_subdir
-from pyglfs.volfiles.model import VolfileError
+from pyglfs.client.volwatch import VolfileWatcher
+from pyglfs.volfiles.model import Graph, VolfileError
 
 if TYPE_CHECKING:
     from pyglfs.client.daemon import Readiness
@@ -41,61 +46,32 @@ READAHEAD_KB = 1024
 
 
 def _bricks(layer: Layer) -> list[str]:
-    return [f"{c.host}:{c.port}:{c.brick_path}" for c in _protocol_clients(layer)]
-
-
-class _Watch(Layer):
-    """Stands above the top layer to hear it come up."""
-
-    def __init__(self, top: Layer) -> None:
-        super().__init__("fuse", [top])
-        self.changed = trio.Event()
-
-    def child_up(self, child: Layer) -> None:
-        self.changed.set()
-
-    def child_down(self, child: Layer, reason: str) -> None:
-        self.changed.set()
-
-    async def wait_up(self, timeout: float) -> bool:
-        with trio.move_on_after(timeout):
-            while not self.child.is_up:
-                await self.changed.wait()
-                self.changed = trio.Event()
-        return self.child.is_up
-
-    async def wait_all_bricks(self, timeout: float) -> None:
-        """Give bricks that are still connecting a moment once the graph is up,
-        so that the first changes reach every replica instead of needing heal."""
-        clients = _protocol_clients(self.child)
-        with trio.move_on_after(timeout):
-            while not all(c.is_up for c in clients):
-                await trio.sleep(0.01)
-
-
-def _protocol_clients(layer: Layer) -> list[ProtocolClient]:
-    if isinstance(layer, ProtocolClient):
-        return [layer]
-    return [p for c in layer.children for p in _protocol_clients(c)]
+    return [f"{c.host}:{c.port}:{c.brick_path}" for c in protocol_clients(layer)]
 
 
 # -- serving --------------------------------------------------------------------
 async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
     """Run the graph and the FUSE session; returns the exit status."""
     client_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    def build(graph: Graph, generation: int) -> Layer:
+        cid = client_id if generation == 1 else f"{client_id}-g{generation}"
+        return build_graph(graph, client_id=cid, volume=plan.graph.name)
+
     try:
-        top = build_graph(plan.graph, client_id=client_id)
+        top = build(plan.graph, 1)
     except (VolfileError, ValueError) as e:
         readiness.failed(f"pyglfs-mount: invalid volfile: {e}")
         return 1
-    watch = _Watch(top)
+    watch = Generation(1, plan.graph, top)
+    switch = GraphSwitch(watch, build, up_timeout=plan.up_timeout)
     opts = plan.options
     config = BridgeConfig(attr_timeout=opts.attribute_timeout,
                           entry_timeout=opts.entry_timeout,
                           negative_timeout=opts.negative_timeout,
                           read_only=opts.read_only)
     async with trio.open_nursery() as nursery:
-        await nursery.start(top.serve)
+        await nursery.start(switch.serve)
         if not await watch.wait_up(plan.up_timeout):
             msg = (f"pyglfs-mount: volume {plan.graph.name} is not reachable within "
                    f"{plan.up_timeout:g} s (bricks: {', '.join(_bricks(top))}); nothing mounted")
@@ -112,7 +88,7 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
             readiness.failed(msg)
             nursery.cancel_scope.cancel()
             return 1
-        ops = FuseOperations(top, dataclasses.replace(config, root_gfid=root_gfid))
+        ops = FuseOperations(switch, dataclasses.replace(config, root_gfid=root_gfid))
         try:
             pyfuse3.init(ops, plan.mountpoint, opts.fuse_options(plan.fsname))
         except RuntimeError as e:
@@ -129,13 +105,17 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
                 _write_pid_file(plan.pid_file)
             readiness.ready()
             nursery.start_soon(_raise_readahead, plan.mountpoint, READAHEAD_KB)
+            if plan.volume and plan.servers:
+                watcher = VolfileWatcher(plan.servers, plan.volume, client_id,
+                                         switch.apply_volfile)
+                nursery.start_soon(watcher.serve)
             await pyfuse3.main()
         finally:
             pyfuse3.close(unmount=True)
             # Clear the dirty marks this mount left on the bricks, so a clean
             # unmount leaves nothing for heal to look at.
             with trio.CancelScope(shield=True), trio.move_on_after(UNMOUNT_SETTLE_TIMEOUT):
-                await top.settle()
+                await switch.settle()
             if plan.pid_file:
                 with contextlib.suppress(OSError):
                     os.unlink(plan.pid_file)
