@@ -1,7 +1,7 @@
 """RPC benchmark: client and server in separate processes over loopback TCP.
 
     python bench/rpc_bench.py [--seconds 2] [--repeat 3] [--server brick|echo|both]
-                              [--json out.json]
+                              [--workloads null,write] [--floor] [--json out.json]
 
 Measures, against a real ``pyglfs-brickd`` serving a brick on a tmpfs directory
 (under /dev/shm, removed at the end) and/or the protocol's own echo server
@@ -12,10 +12,17 @@ Measures, against a real ``pyglfs-brickd`` serving a brick on a tmpfs directory
   write goes to one file through its normal write path; the echo server only
   counts the bytes, which gives the protocol's share of the cost.
 
+With ``--floor`` it first measures the floor for a round trip on this machine:
+two Python processes doing plain blocking ``send``/``recv`` ping-pong of 16 bytes
+over loopback TCP, no event loop, no framing; null round trips with 1 in flight
+are then also shown as a fraction of it.
+
 Each figure is the median of ``--repeat`` runs of ``--seconds`` each, with the best
-run beside it; the CPU time both processes used per operation shows whether a
-figure is bound by CPU or by wake-up latency. The machine's load average is
-printed too: other processes on the same cores move these numbers a lot.
+run beside it; the CPU time both processes used per operation (from
+``/proc/PID/schedstat``, in ns) shows whether a figure is bound by CPU or by
+wake-up latency. The machine's load average and its CPU idle settings are
+printed too: other processes on the same cores, and how fast an idle vCPU wakes,
+move these numbers a lot.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import os
 import selectors
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -50,7 +58,14 @@ TARGETS = {
     ("write 1 MiB", 1): 600,
     ("write 1 MiB", 4): 600,
 }
-_TICK = os.sysconf("SC_CLK_TCK")
+FLOOR_MESSAGE = b"x" * 16
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """CPU time a process has run, exact to the ns (the tick-sampled times of
+    /proc/PID/stat are too coarse for per-op figures of tens of us)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        return int(f.read().split()[0]) / 1e9
 
 
 @dataclass
@@ -92,8 +107,7 @@ class Server:
         return int(line.rsplit(":", 1)[-1]) if ":" in line else int(line.split()[-1])
 
     def cpu_seconds(self) -> float:
-        fields = open(f"/proc/{self.proc.pid}/stat").read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICK
+        return cpu_seconds(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -127,9 +141,73 @@ def start_echo() -> Server:
     return Server("echo", [sys.executable, "-m", "pyglfs.rpc.testing", HOST, "0"])
 
 
-def _cpu() -> float:
-    t = os.times()
-    return t.user + t.system
+def start_floor() -> Server:
+    return Server("floor", [sys.executable, os.path.abspath(__file__), "--floor-echo"])
+
+
+def serve_floor_echo() -> None:
+    """The floor's server: one connection, blocking recv/send until EOF."""
+    with socket.create_server((HOST, 0)) as listener:
+        print(f"listening on {listener.getsockname()[1]}", flush=True)
+        conn, _ = listener.accept()
+    with conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        while data := conn.recv(65536):
+            conn.sendall(data)
+
+
+def measure_floor(server: Server, args: argparse.Namespace) -> Result:
+    """Blocking ping-pong against ``serve_floor_echo``: what a round trip costs
+    here with nothing but two Python processes and the kernel involved."""
+    with socket.create_connection((HOST, server.port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        size = len(FLOOR_MESSAGE)
+
+        def run(seconds: float) -> tuple[int, float, float, float]:
+            c0, s0, t0 = cpu_seconds(), server.cpu_seconds(), time.perf_counter()
+            stop_at = t0 + seconds
+            n = 0
+            while time.perf_counter() < stop_at:
+                for _ in range(100):
+                    sock.sendall(FLOOR_MESSAGE)
+                    got = 0
+                    while got < size:
+                        chunk = sock.recv(size - got)
+                        if not chunk:
+                            raise RuntimeError("floor server went away")
+                        got += len(chunk)
+                n += 100
+            return n, time.perf_counter() - t0, cpu_seconds() - c0, server.cpu_seconds() - s0
+
+        run(0.2)
+        runs, ccpu, scpu = [], [], []
+        for _ in range(args.repeat):
+            n, wall, cc, sc = run(args.seconds)
+            runs.append(n / wall)
+            ccpu.append(cc / n * 1e6)
+            scpu.append(sc / n * 1e6)
+    r = Result("floor", "ping-pong", 1, "ops/s", statistics.median(runs), max(runs), runs,
+               statistics.median(ccpu), statistics.median(scpu))
+    _print_result(r)
+    return r
+
+
+def cpu_idle_settings() -> str:
+    """How this machine's idle CPUs wait for work (read only; never changed here)."""
+    def read(path: str) -> str:
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError:
+            return "?"
+
+    base = "/sys/devices/system/cpu/cpuidle/"
+    text = f"cpuidle driver {read(base + 'current_driver')}, governor " \
+           f"{read(base + 'current_governor_ro')}"
+    poll = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+    if poll != "?":
+        text += f", guest_halt_poll_ns {poll}"
+    return text
 
 
 async def _timed(
@@ -148,11 +226,11 @@ async def _timed(
             i += in_flight
             count += 1
 
-    c0, s0, t0 = _cpu(), server.cpu_seconds(), time.perf_counter()
+    c0, s0, t0 = cpu_seconds(), server.cpu_seconds(), time.perf_counter()
     async with trio.open_nursery() as nursery:
         for w in range(in_flight):
             nursery.start_soon(worker, w)
-    return count, time.perf_counter() - t0, _cpu() - c0, server.cpu_seconds() - s0
+    return count, time.perf_counter() - t0, cpu_seconds() - c0, server.cpu_seconds() - s0
 
 
 async def _measure(
@@ -192,8 +270,11 @@ async def bench_server(server: Server, args: argparse.Namespace) -> list[Result]
         async def null(_: int) -> None:
             await conn.call("null", {})
 
-        for in_flight in (1, 64):
-            results.append(await _measure(conn, server, args, "null", in_flight, null))
+        if "null" in args.workloads:
+            for in_flight in (1, 64):
+                results.append(await _measure(conn, server, args, "null", in_flight, null))
+        if "write" not in args.workloads:
+            return results
         gfid = uuid.uuid4().bytes
         if server.name == "brick":
             await conn.call("create", {
@@ -220,12 +301,30 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="length of one run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--server", choices=("brick", "echo", "both"), default="both")
+    parser.add_argument("--workloads", default="null,write",
+                        help="comma-separated subset of null,write")
+    parser.add_argument("--floor", action="store_true",
+                        help="first measure blocking ping-pong between two plain processes")
+    parser.add_argument("--floor-echo", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
+    if args.floor_echo:
+        serve_floor_echo()
+        return
+    args.workloads = set(args.workloads.split(","))
+    if not args.workloads <= {"null", "write"}:
+        parser.error("--workloads takes null and/or write")
 
     print(f"load average before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}; "
-          f"{os.cpu_count()} cpus; python {sys.version.split()[0]}", flush=True)
+          f"{os.cpu_count()} cpus; python {sys.version.split()[0]}; {cpu_idle_settings()}",
+          flush=True)
     results: list[Result] = []
+    if args.floor:
+        server = start_floor()
+        try:
+            results.append(measure_floor(server, args))
+        finally:
+            server.stop()
     starters = {"brick": start_brick, "echo": start_echo}
     names = ["brick", "echo"] if args.server == "both" else [args.server]
     for name in names:
@@ -238,6 +337,12 @@ def main() -> None:
             results += trio.run(bench_server, server, args)
         finally:
             server.stop()
+    floor = next((r for r in results if r.server == "floor"), None)
+    if floor is not None:
+        for r in results:
+            if r.workload == "null" and r.in_flight == 1:
+                print(f"{r.server} null with 1 in flight: {r.median / floor.median:.2f} of the "
+                      f"floor (best {r.best / floor.best:.2f})", flush=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
