@@ -4,7 +4,7 @@ Every request is checked against ``rpc.brickops`` before any storage code runs
 (an unknown op is ENOSYS, bad arguments EINVAL). Lock ops go to the in-memory
 :class:`~pyglfs.brickd.locks.LockManager`, ``index_list`` to the heal index,
 everything else to the store method of the same name, with the same argument
-names. A connection's locks and open files belong to it: when it ends, they
+names. A change tells the other clients what it made stale (``upcall``). A connection's locks and open files belong to it: when it ends, they
 are released, so a client that died cannot wedge the others.
 
 The handshake admits a client only for this brick's volume and, when the brick
@@ -25,6 +25,7 @@ import trio
 from pyglfs.brickd.auth import Credentials
 from pyglfs.brickd.changelog import HealIndex
 from pyglfs.brickd.locks import LockManager
+from pyglfs.brickd.upcall import CHANGING_OPS, Upcall
 from pyglfs.rpc.brickops import OPS, ArgError, validate
 from pyglfs.rpc.errors import HandshakeRefused
 from pyglfs.rpc.server import ServerConnection, serve_rpc
@@ -70,6 +71,7 @@ class BrickService:
         self.index = index if index is not None else getattr(store, "heal_index", None)
         self.locks = LockManager(on_contention=self._contention)
         self._nursery = nursery
+        self.upcall = Upcall(nursery)
         self._table: dict[str, Handler] = self._build_table()
         self.inline_ops = _INLINE_OWN | frozenset(getattr(store, "inline_ops", ()))
 
@@ -89,6 +91,7 @@ class BrickService:
 
     def disconnected(self, conn: ServerConnection) -> None:
         """Release everything the connection held: locks at once, open files soon."""
+        self.upcall.gone(conn)
         self.locks.release_all(conn)
         release = getattr(self.store, "release_all", None)
         if release is None:
@@ -115,7 +118,12 @@ class BrickService:
         handler = self._table.get(op)
         if handler is None:
             raise OSError(errno.ENOSYS, f"operation {op!r} is not supported by this brick")
-        return await handler(args, conn)
+        upcall = self.upcall
+        upcall.seen(conn)
+        result = await handler(args, conn)
+        if op in CHANGING_OPS:
+            upcall.changed(op, args, result, conn)
+        return result
 
     def _build_table(self) -> dict[str, Handler]:
         table: dict[str, Handler] = {"null": _null, "index_list": self._index_list}

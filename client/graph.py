@@ -7,6 +7,8 @@ Translator types map to layers:
 - ``cluster/replicate`` -> ``Replicate`` (``afr-pending-xattr``, ``quorum-type``,
   ``quorum-count``, ``post-op-delay-secs``, ``eager-lock``,
   ``read-subvolume-index``);
+- ``performance/md-cache`` -> ``MdCache`` (``md-cache-timeout``,
+  ``cache-invalidation``; see ``pyglfs.client.mdcache``);
 - any other type with one subvolume *above* the first of those (``debug/io-stats``,
   performance translators we do not implement yet) -> a plain pass-through
   ``Layer``, since dropping a cache or a statistics layer changes no result;
@@ -23,6 +25,7 @@ from __future__ import annotations
 import logging
 
 from pyglfs.client.layer import Layer
+from pyglfs.client.mdcache import MdCache
 from pyglfs.client.protocol import ProtocolClient
 from pyglfs.client.replicate import Replicate
 from pyglfs.client.replicate.quorum import QUORUM_TYPES
@@ -32,7 +35,10 @@ log = logging.getLogger(__name__)
 
 CLIENT = "protocol/client"
 REPLICATE = "cluster/replicate"
+MDCACHE = "performance/md-cache"
 DEFAULT_PORT = 49750
+# md-cache's timeout when bricks push invalidations and the volfile names none.
+MDCACHE_TIMEOUT_INVALIDATED = 600.0
 
 
 def build_graph(graph: Graph, *, client_id: str, volume: str | None = None,
@@ -66,6 +72,8 @@ class _Builder:
         if xl.type == REPLICATE:
             children = [self.build(s, False) for s in xl.subvolumes]
             return self.replicate(xl, children)
+        if xl.type == MDCACHE and pass_through_ok and len(xl.subvolumes) == 1:
+            return self.mdcache(xl, self.build(xl.subvolumes[0], True))
         if pass_through_ok and not xl.type.startswith(("cluster/", "protocol/")):
             if len(xl.subvolumes) != 1:
                 raise self.error(xl, f"type {xl.type} is not supported by this client "
@@ -106,3 +114,9 @@ class _Builder:
             eager_lock=xl.opt_bool("eager-lock", True),
             read_child=xl.opt_int("read-subvolume-index", -1, min=-1,
                                   max=len(children) - 1))
+
+    def mdcache(self, xl: Xlator, child: Layer) -> MdCache:
+        invalidation = xl.opt_bool("cache-invalidation", False)
+        default = MDCACHE_TIMEOUT_INVALIDATED if invalidation else 1.0
+        return MdCache(xl.name, child, invalidation=invalidation,
+                       timeout=xl.opt_float("md-cache-timeout", default, min=0.0))

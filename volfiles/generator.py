@@ -158,10 +158,23 @@ def client_graph(spec: VolumeSpec) -> Graph:
         below = Xlator(f"{v}-dht", "cluster/distribute", layer_options(opts, "distribute"), sets)
         xls.append(below)
     for t in perf_enabled(opts):
-        below = Xlator(f"{v}-{t.split('/', 1)[1]}", t, layer_options(opts, t), [below])
+        below = Xlator(f"{v}-{t.split('/', 1)[1]}", t, _perf_options(opts, t), [below])
         xls.append(below)
     xls.append(Xlator(v, "debug/io-stats", layer_options(opts, "top"), [below]))
     return Graph.from_xlators(xls)
+
+
+def _perf_options(opts: Mapping[str, str], t: str) -> dict[str, str]:
+    """A performance translator's options; md-cache's two are always written
+    out, so the volfile says how long the client trusts its cache."""
+    o = layer_options(opts, t)
+    if t == "performance/md-cache":
+        inval = opts.get("features.cache-invalidation",
+                         VOLUME_OPTIONS["features.cache-invalidation"].default)
+        o.setdefault("cache-invalidation", inval)
+        o.setdefault("md-cache-timeout", VOLUME_OPTIONS["performance.md-cache-timeout"].default
+                     if inval == "on" else "1")
+    return o
 
 
 def brick_graph(spec: VolumeSpec, index: int) -> Graph:

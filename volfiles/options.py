@@ -11,8 +11,12 @@ Layers: ``client`` (each protocol/client), ``replicate``, ``distribute``, ``top`
 (the client's debug/io-stats top), ``server``, ``posix`` and ``brick-top`` (the
 brick graph), and ``performance/<name>`` for a performance translator. A
 ``performance.<name>`` switch (``xl_option`` None) decides whether that
-translator is in the client graph at all; pyglfs leaves them all off by
-default, unlike GlusterFS, because the client implements none of them yet.
+translator is in the client graph at all. Only md-cache is implemented, and
+on by default (``performance.stat-prefetch``) with GlusterFS's ``group
+metadata-cache`` settings: bricks push cache invalidations, so clients may
+trust cached metadata for ``performance.md-cache-timeout`` (600 s); with
+``features.cache-invalidation`` off a client trusts it for 1 s unless told.
+The others stay off until the client implements them.
 """
 
 from __future__ import annotations
@@ -181,9 +185,11 @@ VOLUME_OPTIONS: dict[str, VolumeOption] = _opts(
      "open-behind translator"),
     ("performance.quick-read", "performance/quick-read", None, _bool, "off",
      "quick-read translator"),
-    ("performance.stat-prefetch", _MDC, None, _bool, "off", "md-cache translator"),
-    ("performance.md-cache-timeout", _MDC, "md-cache-timeout", _int(0, 600), "1",
-     "seconds cached metadata is trusted"),
+    ("performance.stat-prefetch", _MDC, None, _bool, "on", "md-cache translator"),
+    ("performance.md-cache-timeout", _MDC, "md-cache-timeout", _int(0, 600), "600",
+     "seconds cached metadata is trusted (1 when cache-invalidation is off, unless set)"),
+    ("features.cache-invalidation", _MDC, "cache-invalidation", _bool, "on",
+     "clients rely on the invalidations bricks push (bricks always send them)"),
 )
 
 PERF_SWITCHES: dict[str, str] = {o.layer: o.key for o in VOLUME_OPTIONS.values()

@@ -7,6 +7,7 @@ import errno
 import pytest
 
 from pyglfs.client.layer import Layer
+from pyglfs.client.mdcache import MdCache
 from pyglfs.client.protocol import ProtocolClient
 from pyglfs.client.replicate import Quorum, Replicate
 from pyglfs.client.replicate.changelog import (
@@ -118,7 +119,9 @@ def test_graph_from_generated_volfile() -> None:
                                   "cluster.post-op-delay-secs": "0"}))
     top = build_graph(graph, client_id="me")
     assert type(top) is Layer and top.name == "gv"
-    rep = top.child
+    mdc = top.child
+    assert isinstance(mdc, MdCache) and mdc.invalidation and mdc.timeout == 600
+    rep = mdc.child
     assert isinstance(rep, Replicate) and rep.name == "gv-replicate-0"
     assert rep.quorum.type == "fixed" and rep.quorum.count == 2
     assert rep.locks.delay == 0
@@ -129,7 +132,7 @@ def test_graph_from_generated_volfile() -> None:
     assert isinstance(pc, ProtocolClient)
     assert (pc.host, pc.port, pc.brick_path) == ("127.0.0.3", 49751, "/b/2")
     assert pc.rpc.ping_timeout == 3.0 and pc.rpc.volume == "gv"
-    assert pc.parent is rep and rep.parent is top
+    assert pc.parent is rep and rep.parent is mdc and mdc.parent is top
 
 
 def test_graph_example_volfile_and_errors() -> None:

@@ -39,7 +39,8 @@ def test_replica2_client_volfile() -> None:
              username="u-1", password="p-1")
     g = parse(client_volfile(s), source="gvol0.vol")
     assert g == client_graph(s)
-    assert list(g.xlators) == ["gvol0-client-0", "gvol0-client-1", "gvol0-replicate-0", "gvol0"]
+    assert list(g.xlators) == ["gvol0-client-0", "gvol0-client-1", "gvol0-replicate-0",
+                               "gvol0-md-cache", "gvol0"]
     c1 = g["gvol0-client-1"]
     assert c1.type == "protocol/client"
     assert c1.options == {"remote-host": "127.0.0.3", "remote-port": "49751",
@@ -51,7 +52,10 @@ def test_replica2_client_volfile() -> None:
                            "quorum-type": "auto"}
     assert rep.subvolume_names == ["gvol0-client-0", "gvol0-client-1"]
     assert g.top.name == "gvol0" and g.top.type == "debug/io-stats"
-    assert g.top.options == {"log-level": "DEBUG"} and g.top.subvolumes == [rep]
+    mdc = g["gvol0-md-cache"]
+    assert mdc.type == "performance/md-cache" and mdc.subvolumes == [rep]
+    assert mdc.options == {"cache-invalidation": "on", "md-cache-timeout": "600"}
+    assert g.top.options == {"log-level": "DEBUG"} and g.top.subvolumes == [mdc]
 
 
 def test_defaults_without_credentials_or_options() -> None:
@@ -70,9 +74,9 @@ def test_distributed_replicate_and_plain_layouts() -> None:
     dht = g["gvol0-dht"]
     assert dht.type == "cluster/distribute" and dht.subvolumes == reps
     assert dht.options == {"min-free-disk": "5%"}
-    assert g.top.subvolumes == [dht]
+    assert g["gvol0-md-cache"].subvolumes == [dht]
     single = client_graph(spec(1, 1))
-    assert list(single.xlators) == ["gvol0-client-0", "gvol0"]
+    assert list(single.xlators) == ["gvol0-client-0", "gvol0-md-cache", "gvol0"]
     plain = client_graph(spec(3, 1))
     assert plain["gvol0-dht"].subvolume_names == ["gvol0-client-0", "gvol0-client-1",
                                                   "gvol0-client-2"]
@@ -83,11 +87,26 @@ def test_performance_translators_only_when_switched_on() -> None:
     g = client_graph(spec(options={"performance.io-cache": "on", "performance.cache-size": "64MB",
                                    "performance.write-behind": "yes",
                                    "performance.read-ahead-page-count": "8"}))
-    chain = [x.name for x in g.walk()][:3]
-    assert chain == ["gvol0", "gvol0-io-cache", "gvol0-write-behind"]
+    chain = [x.name for x in g.walk()][:4]
+    assert chain == ["gvol0", "gvol0-md-cache", "gvol0-io-cache", "gvol0-write-behind"]
     assert g["gvol0-io-cache"].options == {"cache-size": "64MB"}
     assert "gvol0-read-ahead" not in g
     assert g["gvol0-write-behind"].subvolume_names == ["gvol0-replicate-0"]
+
+
+def test_md_cache_options() -> None:
+    off = client_graph(spec(options={"performance.stat-prefetch": "off"}))
+    assert not off.by_type("performance/md-cache")
+    assert off.top.subvolume_names == ["gvol0-replicate-0"]
+    no_inval = client_graph(spec(options={"features.cache-invalidation": "off"}))
+    assert no_inval["gvol0-md-cache"].options == {"cache-invalidation": "off",
+                                                  "md-cache-timeout": "1"}
+    told = client_graph(spec(options={"features.cache-invalidation": "no",
+                                      "performance.md-cache-timeout": "5"}))
+    assert told["gvol0-md-cache"].options == {"cache-invalidation": "off",
+                                              "md-cache-timeout": "5"}
+    with pytest.raises(VolfileError, match="md-cache-timeout"):
+        client_graph(spec(options={"performance.md-cache-timeout": "601"}))
 
 
 def test_brick_volfile() -> None:
@@ -174,9 +193,10 @@ def test_with_ports_rewrites_examples() -> None:
 def test_example_matches_generator_layout() -> None:
     s = VolumeSpec("gvol0", VID, 2, [BrickSpec("127.0.0.2", 49750, "/bricks/b1"),
                                      BrickSpec("127.0.0.3", 49751, "/bricks/b2")],
-                   {"cluster.quorum-type": "none"})
+                   {"cluster.quorum-type": "none", "performance.stat-prefetch": "off"})
     assert parse_file(EXAMPLES / "replica2.vol") == client_graph(s)
-    one = VolumeSpec("single", VID, 1, [BrickSpec("127.0.0.2", 49750, "/bricks/single")])
+    one = VolumeSpec("single", VID, 1, [BrickSpec("127.0.0.2", 49750, "/bricks/single")],
+                     {"performance.stat-prefetch": "off"})
     assert parse_file(EXAMPLES / "single.vol") == client_graph(one)
 
 

@@ -1,0 +1,147 @@
+"""Cache invalidation pushed to clients (GlusterFS's upcall, ``features.cache-invalidation``).
+
+When a request changes an inode or a directory entry, every *other* client
+connected to this brick (role ``client``, another ``client_id``: a mount's
+connections to all bricks share one id, so it never hears of its own changes)
+gets a ``cache-invalidation`` event naming what changed:
+
+    {"gfids": [gfid, ...], "entries": [[pgfid, name], ...]}
+
+``gfids`` are inodes whose attributes or xattrs changed (parents of changed
+entries included); ``entries`` are names that appeared, went or moved. A
+client drops what it cached of them (``pyglfs.client.mdcache``). When more
+than ``PENDING_MAX`` items wait for one connection, the event carries
+``"all": true`` instead and the client drops everything.
+
+The event is sent after the change is done, so a client that receives it and
+then asks again sees the change. Events of changes that complete close
+together are merged into one per connection: the send runs in a task of the
+service's nursery one scheduling round after the first change, never inside
+the request that made it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from pyglfs.rpc.server import ServerConnection
+
+log = logging.getLogger(__name__)
+
+EVENT = "cache-invalidation"
+PENDING_MAX = 4096
+CLIENT_ROLE = "client"
+
+# op -> (inode args, entry args as (pgfid arg, name arg) pairs)
+_CHANGES: dict[str, tuple[tuple[str, ...], tuple[tuple[str, str], ...]]] = {
+    "setattr": (("gfid",), ()),
+    "write": (("gfid",), ()),
+    "fallocate": (("gfid",), ()),
+    "setxattr": (("gfid",), ()),
+    "removexattr": (("gfid",), ()),
+    "xattrop": (("gfid",), ()),
+    "create": (("pgfid",), (("pgfid", "name"),)),
+    "mkdir": (("pgfid",), (("pgfid", "name"),)),
+    "mknod": (("pgfid",), (("pgfid", "name"),)),
+    "symlink": (("pgfid",), (("pgfid", "name"),)),
+    "link": (("gfid", "pgfid"), (("pgfid", "name"),)),
+    "unlink": (("pgfid",), (("pgfid", "name"),)),
+    "rmdir": (("pgfid",), (("pgfid", "name"),)),
+    "rename": (("old_pgfid", "new_pgfid"),
+               (("old_pgfid", "old_name"), ("new_pgfid", "new_name"))),
+}
+CHANGING_OPS = frozenset(_CHANGES)
+
+
+class _Pending:
+    __slots__ = ("gfids", "entries", "overflow")
+
+    def __init__(self) -> None:
+        self.gfids: set[bytes] = set()
+        self.entries: set[tuple[bytes, bytes]] = set()
+        self.overflow = False
+
+    def add(self, gfids: list[bytes], entries: list[tuple[bytes, bytes]]) -> None:
+        if self.overflow:
+            return
+        self.gfids.update(gfids)
+        self.entries.update(entries)
+        if len(self.gfids) + len(self.entries) > PENDING_MAX:
+            self.overflow = True
+            self.gfids.clear()
+            self.entries.clear()
+
+    def event(self) -> dict[str, Any]:
+        if self.overflow:
+            return {"all": True}
+        return {"gfids": list(self.gfids), "entries": [list(e) for e in self.entries]}
+
+
+class Upcall:
+    """Who to tell about changes, and the telling (see the module doc)."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self._clients: dict[int, ServerConnection] = {}
+        self._pending: dict[int, _Pending] = {}
+        self.sent = 0
+
+    def seen(self, conn: ServerConnection) -> None:
+        """Note a connection that made a request (cheap: called for every one)."""
+        if conn.conn_id not in self._clients and conn.role == CLIENT_ROLE:
+            self._clients[conn.conn_id] = conn
+
+    def gone(self, conn: ServerConnection) -> None:
+        self._clients.pop(conn.conn_id, None)
+        self._pending.pop(conn.conn_id, None)
+
+    def changed(self, op: str, args: dict[str, Any], result: Any,
+                by: ServerConnection) -> None:
+        """``op`` with ``args`` succeeded for ``by``: queue events for the others."""
+        if len(self._clients) <= 1 and by.conn_id in self._clients:
+            return
+        gfids, entries = what_changed(op, args, result)
+        if not gfids and not entries:
+            return
+        me = by.client_id
+        for conn in list(self._clients.values()):
+            if conn.client_id == me:
+                continue
+            if conn.closed:
+                self.gone(conn)
+                continue
+            pending = self._pending.get(conn.conn_id)
+            if pending is None:
+                pending = self._pending[conn.conn_id] = _Pending()
+                self._nursery.start_soon(self._send, conn)
+            pending.add(gfids, entries)
+
+    async def _send(self, conn: ServerConnection) -> None:
+        await trio.lowlevel.checkpoint()
+        pending = self._pending.pop(conn.conn_id, None)
+        if pending is None:
+            return
+        try:
+            await conn.send_event(EVENT, pending.event())
+            self.sent += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            log.debug("%r: cache-invalidation event not delivered: %r", conn, e)
+
+
+def what_changed(op: str, args: dict[str, Any],
+                 result: Any) -> tuple[list[bytes], list[tuple[bytes, bytes]]]:
+    """The inodes and names that a successful ``op`` changed."""
+    spec = _CHANGES.get(op)
+    if spec is None:
+        return [], []
+    inode_args, entry_args = spec
+    gfids = [args[a] for a in inode_args]
+    entries = [(args[p], args[n]) for p, n in entry_args]
+    if op == "rename" and isinstance(result, dict):
+        iatt = result.get("iatt")
+        if isinstance(iatt, list | tuple) and iatt and isinstance(iatt[0], bytes):
+            gfids.append(iatt[0])
+    return gfids, entries
