@@ -180,7 +180,9 @@ class GraphSwitch(Layer):
             await trio.sleep_forever()
 
     async def settle(self) -> None:
-        await self.current.top.settle()
+        """Settle the current graph and any still retiring (unmount during a switch)."""
+        for gen in [*self.retiring, self.current]:
+            await gen.top.settle()
 
     # -- opens are tracked per generation ---------------------------------
     async def open(self, gfid: bytes, flags: int) -> Iatt:
