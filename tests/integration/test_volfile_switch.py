@@ -83,9 +83,14 @@ def test_volume_set_switches_a_live_mount(spool: Pool, mounts: list[Mount],
     entry = mount_entry(m.mountpoint)
     sockets = _sockets(m.pid)
     held = open(m.mountpoint / "held", "w+b")  # noqa: SIM115 (held across the switches)
+    ghost = open(m.mountpoint / "ghost", "w+b")  # noqa: SIM115
     try:
         held.write(b"before ")
         held.flush()
+        # Unlinked while open: only the bricks' open counts keep its data.
+        ghost.write(b"boo")
+        ghost.flush()
+        os.unlink(m.mountpoint / "ghost")
         _volume_set(spool.a, "network.ping-timeout", "2")
         _wait_switch(m, 2)
         _volume_set(spool.a, "cluster.quorum-type", "none")
@@ -98,8 +103,19 @@ def test_volume_set_switches_a_live_mount(spool: Pool, mounts: list[Mount],
         assert held.read() == b"before after"
         for brick in spool.bricks:
             assert (brick / "held").read_bytes() == b"before after"
+        # Generations 1 and 2, which made and moved the ghost's opens, are gone.
+        ghost.write(b"!")
+        ghost.flush()
+        os.fsync(ghost.fileno())
+        # Read back from the bricks, past the page cache, through a new open.
+        fd = os.open(f"/proc/self/fd/{ghost.fileno()}", os.O_RDONLY | os.O_DIRECT)
+        try:
+            assert os.pread(fd, 4096, 0) == b"boo!"
+        finally:
+            os.close(fd)
     finally:
         held.close()
+        ghost.close()
     assert pid_alive(m.pid) and mount_entry(m.mountpoint) == entry
     assert _sockets(m.pid) == sockets
 
