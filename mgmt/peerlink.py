@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 24750
 PEER_CALL_TIMEOUT = 10.0
+# A commit starts or stops brick processes (a start may take bricksup's READY_TIMEOUT,
+# a stop its STOP_TIMEOUT and a kill): it gets this long, while a peer that stops
+# answering pings is still given up after the ordinary timeout.
+COMMIT_TIMEOUT = 60.0
 # Errnos that mean "the node could not be reached", as opposed to a refusal.
 TRANSPORT_ERRNOS = frozenset({errno.ENOTCONN, errno.ETIMEDOUT, errno.ECONNREFUSED,
                               errno.ECONNRESET, errno.EHOSTUNREACH, errno.ENETUNREACH})
@@ -41,15 +45,20 @@ def is_transport_error(exc: BaseException) -> bool:
 
 
 async def call_node(host: str, port: int, op: str, args: dict[str, Any], *, client_id: str,
-                    timeout: float = PEER_CALL_TIMEOUT) -> Any:
+                    timeout: float = PEER_CALL_TIMEOUT, call_timeout: float | None = None
+                    ) -> Any:
     """One request to the pyglfsd at host:port on a fresh connection.
 
+    ``timeout`` bounds connecting and the node's silence (pings); the answer may
+    take ``call_timeout`` (default ``timeout``) from a node that keeps answering pings.
     Raises OSError: a transport errno (see ``is_transport_error``) when the node
     cannot be reached, otherwise the errno and message the node replied with.
     """
+    deadline = max(timeout, call_timeout or 0.0)
     async with open_rpc_connection(host, port, volume="", client_id=client_id, role="mgmt",
-                                   connect_timeout=timeout, call_timeout=timeout) as conn:
-        return await conn.call(op, args, timeout=timeout)
+                                   connect_timeout=timeout, ping_timeout=timeout,
+                                   call_timeout=deadline) as conn:
+        return await conn.call(op, args, timeout=deadline)
 
 
 class RemoteParticipant:
@@ -64,11 +73,11 @@ class RemoteParticipant:
         self.client_id = client_id
         self.timeout = timeout
 
-    async def _call(self, op: str, txn: Txn) -> Any:
+    async def _call(self, op: str, txn: Txn, call_timeout: float | None = None) -> Any:
         try:
             return await call_node(self.peer.hostname, self.peer.port, op,
                                    {"txn": txn.to_wire()}, client_id=self.client_id,
-                                   timeout=self.timeout)
+                                   timeout=self.timeout, call_timeout=call_timeout)
         except OSError as exc:
             if is_transport_error(exc):
                 raise
@@ -83,7 +92,7 @@ class RemoteParticipant:
         await self._call("txn_stage", txn)
 
     async def commit(self, txn: Txn) -> Any:
-        return await self._call("txn_commit", txn)
+        return await self._call("txn_commit", txn, COMMIT_TIMEOUT)
 
     async def unlock(self, txn: Txn) -> None:
         await self._call("txn_unlock", txn)
