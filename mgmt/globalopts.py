@@ -40,7 +40,8 @@ def _bool(v: str) -> str:
         return "on"
     if low in _FALSE:
         return "off"
-    raise ValueError(f"'{v}' is not a valid boolean value")
+    raise ValueError(f"'{v}' is not a valid boolean value (on/off, yes/no, true/false, "
+                     "enable/disable, 1/0)")
 
 
 def _uint(v: str) -> str:
@@ -63,7 +64,8 @@ def _percent(v: str) -> str:
 def _log_level(v: str) -> str:
     up = v.upper()
     if up not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        raise ValueError(f"'{v}' is not a valid log level")
+        raise ValueError(f"'{v}' is not a valid log level (DEBUG, INFO, WARNING, ERROR, "
+                         "CRITICAL)")
     return up
 
 
@@ -76,11 +78,16 @@ GLOBAL_OPTIONS: dict[str, tuple[str, Callable[[str], str]]] = {
 }
 
 
+def unknown_key(key: object) -> str:
+    """gluster's message for a key that is not a cluster option, with the valid ones."""
+    return f"option : {key} does not exist. Valid options: {', '.join(sorted(GLOBAL_OPTIONS))}"
+
+
 def normalize(key: str, value: str) -> str:
     """The stored form of ``value`` for ``key``; TxnError(EINVAL) if either is bad."""
     entry = GLOBAL_OPTIONS.get(key)
     if entry is None:
-        raise TxnError(f"option : {key} does not exist", errno.EINVAL)
+        raise TxnError(unknown_key(key), errno.EINVAL)
     try:
         return entry[1](value)
     except ValueError as exc:
@@ -195,7 +202,7 @@ def register_global_options(service: MgmtService, options: GlobalOptions) -> Non
         if key == "all":
             return {"options": values}
         if type(key) is not str or key not in values:
-            raise MgmtError(errno.EINVAL, f"failed: option : {key} does not exist")
+            raise MgmtError(errno.EINVAL, f"failed: {unknown_key(key)}")
         return {"options": {key: values[key]}}
 
     service.register("volume_set", volume_set)

@@ -221,7 +221,18 @@ async def test_global_option_set_everywhere_and_adopted_by_joiner(
     assert got == {"options": {"cluster.brick-multiplex": "on"}}
     with pytest.raises(OSError) as ei:
         await call(a, "volume_set", {"volume": "all", "key": "cluster.nope", "value": "1"})
-    assert ei.value.strerror == "failed: option : cluster.nope does not exist"
+    assert ei.value.strerror == (
+        "failed: option : cluster.nope does not exist. Valid options: cluster.brick-multiplex, "
+        "cluster.daemon-log-level, cluster.max-bricks-per-process, cluster.server-quorum-ratio")
+    with pytest.raises(OSError) as ei:
+        await call(a, "volume_get", {"volume": "all", "key": "cluster.nope"})
+    assert str(ei.value.strerror).endswith(
+        "Valid options: cluster.brick-multiplex, cluster.daemon-log-level, "
+        "cluster.max-bricks-per-process, cluster.server-quorum-ratio")
+    with pytest.raises(OSError) as ei:
+        await call(a, "volume_set", {"volume": "all", "key": "cluster.brick-multiplex",
+                                     "value": "maybe"})
+    assert "(on/off, yes/no, true/false, enable/disable, 1/0)" in str(ei.value.strerror)
     with pytest.raises(OSError) as ei:
         await call(a, "volume_set", {"volume": "all", "key": "cluster.max-bricks-per-process",
                                      "value": "many"})
