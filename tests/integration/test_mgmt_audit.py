@@ -76,6 +76,12 @@ def test_stop_force_is_a_word_and_scripts_are_never_asked(pair: tuple[VolNode, V
                                                           tmp_path: Path) -> None:
     a, b = pair
     create_replica(a, b, tmp_path)
+    # Both bricks of a replica set on one server: refused without force (as the volume
+    # tests show), accepted with it.
+    r = pyglfs(a, "volume", "create", "same", "replica", "2", f"{a.ip}:{tmp_path}/s1",
+               f"{a.ip}:{tmp_path}/s2", "force")
+    assert r.returncode == 0, r.stderr
+    assert "Type: Replicate" in b.cli("volume", "info", "same").stdout
     r = pyglfs(a, "volume", "stop", "gv")
     assert (r.returncode, r.stderr) == (
         1, "volume stop: gv: failed: Volume gv is not in the started state\n")

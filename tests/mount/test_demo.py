@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.mounts import fuse_skip_reason, mount_entry
+from helpers.mounts import fuse_skip_reason, mount_entry, wait_for
 from helpers.procs import pid_alive, stop_pids
 
 REPO = Path(__file__).resolve().parents[2]
@@ -150,13 +150,18 @@ def test_demo_start_twice_survives_a_dead_daemon_and_stops_clean(demo: Demo) -> 
     assert demo.cli("volume", "list").stdout == "gvol0\n"
     assert "Number of Peers: 1" in demo.cli("peer", "status").stdout
 
-    # A daemon that died is started again; the mount and the other daemon stay.
-    os.kill(pids[NODES[1]], signal.SIGKILL)
+    # The mount's volfile server dies: the mount goes on writing to both bricks, and
+    # the next start brings the daemon back, leaving the mount and the other daemon.
+    os.kill(pids[NODES[0]], signal.SIGKILL)
+    assert wait_for(lambda: not pid_alive(pids[NODES[0]]), 10)
+    (mnt / "during.txt").write_text("written while pyglfsd was down\n")
+    for b in (b1, b2):
+        assert (b / "during.txt").read_text() == "written while pyglfsd was down\n"
     r = demo.run("start")
     assert r.returncode == 0, r.stdout + r.stderr
     now = demo.daemon_pids()
-    assert now[NODES[0]] == pids[NODES[0]] and now[NODES[1]] != pids[NODES[1]]
-    assert pid_alive(now[NODES[1]]) and f"{mnt}: already mounted" in r.stdout
+    assert now[NODES[1]] == pids[NODES[1]] and now[NODES[0]] != pids[NODES[0]]
+    assert pid_alive(now[NODES[0]]) and f"{mnt}: already mounted" in r.stdout
     brick_pids = demo.brick_pids()
     assert len(brick_pids) == 2 and all(pid_alive(p) for p in brick_pids)
 
