@@ -79,6 +79,12 @@ def apply_xattrop(fd: int, deltas: dict[str, bytes]) -> dict[str, bytes]:
     return updates
 
 
+def negate(deltas: dict[str, bytes]) -> dict[str, bytes]:
+    """The deltas that take ``deltas`` back (EINVAL for a value of the wrong size)."""
+    return {name: _COUNTERS.pack(*(-v for v in _decode(name, value)))
+            for name, value in deltas.items()}
+
+
 def read_changelog(fd: int) -> dict[str, bytes]:
     """Every ``trusted.afr.*`` xattr of ``fd``: what :meth:`HealIndex.note` needs."""
     out: dict[str, bytes] = {}

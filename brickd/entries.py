@@ -111,17 +111,17 @@ class EntryOps(StoreCore):
         """
         pfd = self._parent(pgfid, name)
         self._check_new(pfd, name, gfid, uid, gid)
-        self._xattrop_dir(pgfid, pfd, xattrop)
-        fd = os.open(name, _CREATE, mode & 0o777, dir_fd=pfd)
-        try:
-            os.setxattr(fd, GFID_XATTR, gfid)
-            self._link_handle(pfd, name, gfid)
-            st = self._own(pfd, name, fd, uid, gid, mode & 0o7777)
-        except BaseException:
-            os.close(fd)
-            self._undo_create(pfd, name)
-            self._unlink_handle(gfid)
-            raise
+        with self._entry_change([(pgfid, pfd)], xattrop):
+            fd = os.open(name, _CREATE, mode & 0o777, dir_fd=pfd)
+            try:
+                os.setxattr(fd, GFID_XATTR, gfid)
+                self._link_handle(pfd, name, gfid)
+                st = self._own(pfd, name, fd, uid, gid, mode & 0o7777)
+            except BaseException:
+                os.close(fd)
+                self._undo_create(pfd, name)
+                self._unlink_handle(gfid)
+                raise
         self.files.put(gfid, fd)
         self._count_open(gfid, conn_id)
         self._dir_changed(pgfid)
@@ -132,20 +132,20 @@ class EntryOps(StoreCore):
         """Create a directory with the client's gfid and its handle symlink."""
         pfd = self._parent(pgfid, name)
         self._check_new(pfd, name, gfid, uid, gid)
-        self._xattrop_dir(pgfid, pfd, xattrop)
-        os.mkdir(name, mode & 0o777, dir_fd=pfd)
-        fd = -1
-        try:
-            fd = os.open(name, DIR_OPEN, dir_fd=pfd)
-            os.setxattr(fd, GFID_XATTR, gfid)
-            self._symlink_dir_handle(gfid, pgfid, name)
-            st = self._own(pfd, name, fd, uid, gid, mode & 0o7777)
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            self._undo_create(pfd, name, is_dir=True)
-            self._unlink_handle(gfid)
-            raise
+        with self._entry_change([(pgfid, pfd)], xattrop):
+            os.mkdir(name, mode & 0o777, dir_fd=pfd)
+            fd = -1
+            try:
+                fd = os.open(name, DIR_OPEN, dir_fd=pfd)
+                os.setxattr(fd, GFID_XATTR, gfid)
+                self._symlink_dir_handle(gfid, pgfid, name)
+                st = self._own(pfd, name, fd, uid, gid, mode & 0o7777)
+            except BaseException:
+                if fd >= 0:
+                    os.close(fd)
+                self._undo_create(pfd, name, is_dir=True)
+                self._unlink_handle(gfid)
+                raise
         self.dirs.put(gfid, fd)
         self._dir_changed(pgfid)
         return {"iatt": self._iatt(gfid, st, True)}
@@ -175,9 +175,9 @@ class EntryOps(StoreCore):
             raise OSError(errno.EINVAL, "mknod: device number out of range")
         pfd = self._parent(pgfid, name)
         self._check_new(pfd, name, gfid, uid, gid)
-        self._xattrop_dir(pgfid, pfd, xattrop)
-        os.mknod(name, kind | (mode & 0o777), rdev, dir_fd=pfd)
-        return self._finish_node(pgfid, pfd, name, gfid, uid, gid, mode & 0o7777)
+        with self._entry_change([(pgfid, pfd)], xattrop):
+            os.mknod(name, kind | (mode & 0o777), rdev, dir_fd=pfd)
+            return self._finish_node(pgfid, pfd, name, gfid, uid, gid, mode & 0o7777)
 
     async def symlink(self, pgfid: bytes, name: bytes, gfid: bytes, target: bytes, uid: int,
                       gid: int, xattrop: dict[str, bytes] | None = None) -> dict[str, Any]:
@@ -186,9 +186,9 @@ class EntryOps(StoreCore):
             raise OSError(errno.EINVAL, "symlink target contains NUL")
         pfd = self._parent(pgfid, name)
         self._check_new(pfd, name, gfid, uid, gid)
-        self._xattrop_dir(pgfid, pfd, xattrop)
-        os.symlink(target, name, dir_fd=pfd)
-        return self._finish_node(pgfid, pfd, name, gfid, uid, gid, None)
+        with self._entry_change([(pgfid, pfd)], xattrop):
+            os.symlink(target, name, dir_fd=pfd)
+            return self._finish_node(pgfid, pfd, name, gfid, uid, gid, None)
 
     async def link(self, gfid: bytes, pgfid: bytes, name: bytes,
                    xattrop: dict[str, bytes] | None = None) -> dict[str, Any]:
@@ -197,9 +197,9 @@ class EntryOps(StoreCore):
         if gfid == ROOT_GFID or self.dirs.get(gfid) is not None or is_dir_handle(
                 self._hstat(gfid)):
             raise OSError(errno.EPERM, "cannot hard-link a directory")
-        self._xattrop_dir(pgfid, pfd, xattrop)
-        os.link(handle_rel(gfid), name, src_dir_fd=self.handles_fd, dst_dir_fd=pfd,
-                follow_symlinks=False)
+        with self._entry_change([(pgfid, pfd)], xattrop):
+            os.link(handle_rel(gfid), name, src_dir_fd=self.handles_fd, dst_dir_fd=pfd,
+                    follow_symlinks=False)
         self._dir_changed(pgfid)
         st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
         return {"iatt": self._iatt(gfid, st, False)}
@@ -213,8 +213,8 @@ class EntryOps(StoreCore):
         if stat.S_ISDIR(st.st_mode):
             raise OSError(errno.EISDIR, "is a directory")
         gfid = self._entry_gfid(pfd, name)
-        self._xattrop_dir(pgfid, pfd, xattrop)
-        os.unlink(name, dir_fd=pfd)
+        with self._entry_change([(pgfid, pfd)], xattrop):
+            os.unlink(name, dir_fd=pfd)
         self._dir_changed(pgfid)
         if gfid is not None and len(gfid) == GFID_LEN:
             self._name_dropped(gfid, st.st_nlink)
@@ -228,8 +228,8 @@ class EntryOps(StoreCore):
         if not stat.S_ISDIR(st.st_mode):
             raise OSError(errno.ENOTDIR, "not a directory")
         gfid = self._entry_gfid(pfd, name)
-        self._xattrop_dir(pgfid, pfd, xattrop)
-        os.rmdir(name, dir_fd=pfd)
+        with self._entry_change([(pgfid, pfd)], xattrop):
+            os.rmdir(name, dir_fd=pfd)
         self._dir_changed(pgfid)
         if gfid is not None and len(gfid) == GFID_LEN:
             self._forget_dir(gfid)
@@ -253,13 +253,14 @@ class EntryOps(StoreCore):
         except FileNotFoundError:
             dst = None
         dst_gfid = self._entry_gfid(npfd, new_name) if dst is not None else None
-        self._xattrop_dir(old_pgfid, opfd, xattrop)
+        parents = [(old_pgfid, opfd)]
         if new_pgfid != old_pgfid:
-            self._xattrop_dir(new_pgfid, npfd, xattrop)
-        if flags:
-            linux.renameat2(opfd, old_name, npfd, new_name, flags)
-        else:
-            os.rename(old_name, new_name, src_dir_fd=opfd, dst_dir_fd=npfd)
+            parents.append((new_pgfid, npfd))
+        with self._entry_change(parents, xattrop):
+            if flags:
+                linux.renameat2(opfd, old_name, npfd, new_name, flags)
+            else:
+                os.rename(old_name, new_name, src_dir_fd=opfd, dst_dir_fd=npfd)
         self._dir_changed(old_pgfid)
         self._dir_changed(new_pgfid)
         same = dst is not None and (dst.st_ino, dst.st_dev) == (src.st_ino, src.st_dev)

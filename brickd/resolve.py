@@ -16,6 +16,8 @@ import logging
 import os
 import stat
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pyglfs.brickd import changelog
@@ -337,12 +339,32 @@ class StoreCore:
 
     # -- changelog -------------------------------------------------------------
 
-    def _xattrop_dir(self, gfid: bytes, fd: int, deltas: dict[str, bytes] | None,
-                     ) -> dict[str, bytes]:
-        """Apply an entry op's changelog deltas to its parent directory."""
+    @contextmanager
+    def _entry_change(self, parents: list[tuple[bytes, int]],
+                      deltas: dict[str, bytes] | None) -> Iterator[None]:
+        """Mark the parent directories (gfid, fd) before the entry change in the block.
+
+        If the change fails, the marks are taken back: the client counts a dirty
+        mark only where the change succeeded, so a mark left behind by a failed
+        change (EEXIST, ENOTEMPTY) would never be cleared.
+        """
         if not deltas:
-            return {}
-        return self._xattrop_fd(gfid, fd, deltas)
+            yield
+            return
+        done: list[tuple[bytes, int]] = []
+        try:
+            for gfid, fd in parents:
+                self._xattrop_fd(gfid, fd, deltas)
+                done.append((gfid, fd))
+            yield
+        except BaseException:
+            for gfid, fd in done:
+                try:
+                    self._xattrop_fd(gfid, fd, changelog.negate(deltas))
+                except OSError as e:
+                    log.error("gfid=%s: cannot take back the changelog mark of a failed "
+                              "entry change: %s", gfid_str(gfid), e)
+            raise
 
     def _xattrop_inode(self, gfid: bytes, deltas: dict[str, bytes] | None) -> dict[str, bytes]:
         """Apply a data or metadata op's changelog deltas to the inode itself."""
