@@ -161,22 +161,8 @@ class EagerLocks:
         while True:
             st = table.get(key)
             if st is None:
-                st = LockState(key, entry, self.n)
-                table[key] = st
-                st.state = ACQUIRING
-                try:
-                    st.locked_on = await self._take(st)
-                except OSError:
-                    self._forget(st)
-                    raise
-                except BaseException:
-                    # Cancelled part-way: a brick may have granted it. Until the
-                    # unlock is through, a new hold of this key must wait, or the
-                    # late unlock (same owner) would drop the new one.
-                    st.state = RELEASING
-                    self._spawn(self._abandon, st, bits(self.up_mask()))
-                    raise
-                st.state = HELD
+                st = self._new_hold(table, key, entry)
+                await self._take_into(st)
                 st.users = 1
                 st.notify()
                 return st
@@ -194,11 +180,54 @@ class EagerLocks:
             return
         self.done(st)
 
+    def prefetch_soon(self, key: bytes) -> None:
+        """``prefetch`` in the background; a user of the lock meanwhile waits for it.
+
+        The lock's state exists before this returns, so a ``want_release`` or an
+        ``acquire`` that comes next finds the request in flight.
+        """
+        if self._nursery is None or key in self.inode:
+            return
+        self._nursery.start_soon(self._take_for, self._new_hold(self.inode, key, False))
+
+    async def _take_for(self, st: LockState) -> None:
+        try:
+            await self._take_into(st)
+        except OSError as e:
+            log.debug("lock prefetch of %s: %s", st.key.hex(), e)
+            return
+        st.last_used = trio.current_time()
+        st.notify()
+        if st.release_wanted or self.delay <= 0:
+            self._start_release(st)
+
     def done(self, st: LockState) -> None:
         st.users -= 1
         st.last_used = trio.current_time()
         if not st.users and (st.release_wanted or self.delay <= 0):
             self._start_release(st)
+
+    def _new_hold(self, table: dict[bytes, LockState], key: bytes, entry: bool) -> LockState:
+        st = LockState(key, entry, self.n)
+        st.state = ACQUIRING
+        table[key] = st
+        return st
+
+    async def _take_into(self, st: LockState) -> None:
+        """Take the lock of ``st`` (ACQUIRING, in its table): HELD, or forgotten on OSError."""
+        try:
+            st.locked_on = await self._take(st)
+        except OSError:
+            self._forget(st)
+            raise
+        except BaseException:
+            # Cancelled part-way: a brick may have granted it. Until the unlock is
+            # through, a new hold of this key must wait, or the late unlock (same
+            # owner) would drop the new one.
+            st.state = RELEASING
+            self._spawn(self._abandon, st, bits(self.up_mask()))
+            raise
+        st.state = HELD
 
     async def _lock(self, st: LockState, i: int, type: str, block: bool) -> None:
         c = self.children[i]
