@@ -189,9 +189,15 @@ async def test_other_roles_are_refused(tmp_path: Path, nursery: trio.Nursery) ->
     node = (await start(nursery, tmp_path / "a", IPS[0])).daemon
     with pytest.raises(HandshakeRefused) as ei:
         async with open_rpc_connection(node.host, node.peers.port, volume="gvol0",
-                                       client_id="c"):
+                                       client_id="c", role="heal"):
             pass
     assert "management daemon" in ei.value.reason
+    # A mount (role client) is let in, for getspec only.
+    async with open_rpc_connection(node.host, node.peers.port, volume="gvol0",
+                                   client_id="c") as conn:
+        with pytest.raises(OSError) as oe:
+            await conn.call("node_info", {}, timeout=10)
+        assert oe.value.errno == errno.EPERM
 
 
 def options_files(nodes: list[Running]) -> list[Any]:
