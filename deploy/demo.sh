@@ -103,13 +103,16 @@ bricks = json.load(sys.stdin)["volumes"][0]["bricks"]
 sys.exit(0 if bricks and all(b["online"] for b in bricks) else 1)'
 }
 
-# A mount whose client died still shows in the mount table but answers ENOTCONN.
-mount_alive() { mountpoint -q "$MNT" && stat -t "$MNT" >/dev/null 2>&1; }
+# In the mount table: mountpoint(1) cannot tell for a mount whose client died, which
+# answers ENOTCONN to everything.
+mounted() { awk -v m="$MNT" '$5 == m { found = 1 } END { exit !found }' /proc/self/mountinfo; }
+mount_alive() { mounted && stat -t "$MNT" >/dev/null 2>&1; }
 
 start() {
     [ "$(id -u)" = 0 ] || die "run as root (it starts daemons and mounts a FUSE filesystem)"
     [ -e /dev/fuse ] || die "/dev/fuse is missing: FUSE is not available on this machine"
-    mkdir -p "$DEMO/bricks" "$MNT"
+    mkdir -p "$DEMO/bricks"
+    mounted || mkdir -p "$MNT"
 
     say "Management daemons ($NODE1 and $NODE2 stand in for two servers)"
     start_daemon $NODE1
@@ -147,19 +150,12 @@ start() {
     if mount_alive; then
         echo "$MNT: already mounted"
     else
-        if mountpoint -q "$MNT"; then
+        if mounted; then
             echo "$MNT: the mount's client is gone; unmounting it first"
             run umount -l "$MNT"
         fi
-        if grep -q "mounting by name needs pyglfsd" /sbin/mount.fuse.pyglfs 2>/dev/null; then
-            # FALLBACK until mounting by HOST:/VOLUME lands: the client volfile pyglfsd
-            # generated (what getspec serves).
-            run mount -t fuse.pyglfs none "$MNT" -o \
-                "volfile=$(state_dir $NODE1)/vols/$VOL/$VOL.vol,log-file=$DEMO/logs/mnt.log"
-        else
-            run mount -t fuse.pyglfs "$NODE1:/$VOL" "$MNT" \
-                -o "backup-volfile-servers=$NODE2$PORT_OPT,log-file=$DEMO/logs/mnt.log"
-        fi
+        run mount -t fuse.pyglfs "$NODE1:/$VOL" "$MNT" \
+            -o "backup-volfile-servers=$NODE2$PORT_OPT,log-file=$DEMO/logs/mnt.log"
     fi
 
     say "A file written through the mount"
@@ -176,19 +172,20 @@ start() {
     clirun volume info $VOL
     clirun volume status $VOL
 
+    local d=${DEMO#"$PWD"/}  # shorter to read when it is under the current directory
     cat <<EOF
 
 == The demo is running
-  Volume $VOL is mounted at $MNT: every file written there lands in
-  $DEMO/bricks/b1 and $DEMO/bricks/b2.
+  Volume $VOL is mounted at $d/mnt: every file written there lands in
+  $d/bricks/b1 and $d/bricks/b2.
   Try:
-    echo more > $MNT/more.txt; ls -l $DEMO/bricks/b*/
-    pyglfs --mgmt $MGMT volume status $VOL          # brick ports and PIDs
-    kill PID_OF_A_BRICK; pyglfs --mgmt $MGMT volume status $VOL   # restarted
+    echo more > $d/mnt/more.txt; ls -l $d/bricks/b*/
+    pyglfs --mgmt $MGMT volume status $VOL     # brick ports and PIDs
+    kill BRICK_PID                          # pyglfsd starts it again
     pyglfs --mgmt $MGMT volume set $VOL network.ping-timeout 5
-  Logs: $DEMO/logs (daemons, mount) and $DEMO/state/*/logs/bricks
-  Stop: make demo-stop   (unmounts, stops the volume and both daemons; keeps $DEMO:
-        remove it with rm -rf $DEMO)
+  Logs: $d/logs (daemons, mount) and $d/state/*/logs/bricks
+  Stop: make demo-stop (unmounts, stops the volume and both daemons; keeps $d:
+        rm -rf $d afterwards removes it)
 EOF
 }
 
@@ -197,9 +194,9 @@ stop() {
         echo "demo: nothing to stop ($DEMO does not exist)"
         return 0
     fi
-    if mountpoint -q "$MNT"; then
+    if mounted; then
         run umount "$MNT" || run umount -l "$MNT"
-        wait_until "$MNT to be unmounted" eval '! mountpoint -q "$MNT"'
+        wait_until "$MNT to be unmounted" eval '! mounted'
     fi
     local ip pid f up=1
     for ip in $NODE1 $NODE2; do daemon_pid "$ip" >/dev/null || up=0; done

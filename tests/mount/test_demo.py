@@ -93,9 +93,9 @@ class Demo:
                               capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
 
 
-def processes_naming(path: Path) -> list[str]:
-    """Command lines of running processes that name ``path``."""
-    found = []
+def processes_naming(path: Path) -> dict[int, str]:
+    """Running processes whose command line names ``path``: PID -> command line."""
+    found = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
@@ -103,7 +103,7 @@ def processes_naming(path: Path) -> list[str]:
             except OSError:
                 continue
             if str(path) in cmd and pid_alive(int(d.name)):
-                found.append(cmd)
+                found[int(d.name)] = cmd
     return found
 
 
@@ -165,11 +165,22 @@ def test_demo_start_twice_survives_a_dead_daemon_and_stops_clean(demo: Demo) -> 
     brick_pids = demo.brick_pids()
     assert len(brick_pids) == 2 and all(pid_alive(p) for p in brick_pids)
 
+    # The mount's client dies: the dead mount is cleared and mounted again.
+    [client] = [p for p, cmd in processes_naming(mnt).items() if "pyglfs.client.mount" in cmd]
+    demo.seen.append(client)
+    os.kill(client, signal.SIGKILL)
+    assert wait_for(lambda: not pid_alive(client), 10)
+    r = demo.run("start")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{mnt}: the mount's client is gone" in r.stdout
+    assert (mnt / "during.txt").read_text() == "written while pyglfsd was down\n"
+    assert demo.daemon_pids() == now and demo.brick_pids() == brick_pids
+
     r = demo.run("stop")
     assert r.returncode == 0, r.stdout + r.stderr
     assert mount_entry(mnt) is None
     assert not any(pid_alive(p) for p in [*now.values(), *brick_pids])
-    assert processes_naming(demo.dir) == []
+    assert processes_naming(demo.dir) == {}
     # Stopping again is a no-op; what is left is plain files that can be removed.
     r = demo.run("stop")
     assert r.returncode == 0, r.stdout + r.stderr
