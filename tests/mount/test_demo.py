@@ -1,10 +1,11 @@
 """`make demo` end to end: deploy/demo.sh start/stop against tmp_path.
 
-The script runs as the Makefile runs it, with its base directory and pyglfsd's port
-overridden (PYGLFS_DEMO_DIR, PYGLFS_DEMO_PORT) so it never meets a real demo or
-another test on 127.0.0.2/3. It mounts through /sbin/mount.fuse.pyglfs, so it needs
-`make install` (which `make test` runs first). Whatever it started is stopped by
-PID and unmounted when the test ends, also when it fails.
+The script runs as the Makefile runs it, with its base directory and ports
+overridden (PYGLFS_DEMO_DIR, PYGLFS_DEMO_PORT, PYGLFS_DEMO_BRICK_PORT) so it never
+meets a real demo or another test on 127.0.0.2/3. It mounts through
+/sbin/mount.fuse.pyglfs, so it needs `make install` (which `make test` runs first).
+Whatever it started is stopped by PID and unmounted when the test ends, also when
+it fails.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class Demo:
         self.dir = base
         self.port = free_port_on_both()
         self.env = {**os.environ, "PYGLFS_DEMO_DIR": str(base),
-                    "PYGLFS_DEMO_PORT": str(self.port)}
+                    "PYGLFS_DEMO_PORT": str(self.port),
+                    "PYGLFS_DEMO_BRICK_PORT": str(free_port_on_both())}
         self.seen: list[int] = []
 
     def run(self, action: str) -> subprocess.CompletedProcess[str]:
