@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import socket
 from dataclasses import dataclass
 
 from pyglfs.rpc.connection import open_rpc_connection
@@ -72,8 +73,10 @@ def _reason(exc: BaseException) -> str:
         if isinstance(e, BaseExceptionGroup) and e.exceptions:
             e = e.exceptions[-1]
             continue
-        if isinstance(e, OSError) and e.errno not in (None, errno.ENOTCONN) and e.strerror:
-            return os.strerror(e.errno) if e.errno else e.strerror
+        if isinstance(e, socket.gaierror):
+            return f"cannot resolve the name: {e.strerror}"
+        if isinstance(e, OSError) and e.errno not in (None, errno.ENOTCONN):
+            return os.strerror(e.errno)
         e = e.__cause__ or e.__context__
     return str(getattr(exc, "strerror", None) or exc)
 

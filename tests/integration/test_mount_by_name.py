@@ -16,6 +16,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -189,6 +190,10 @@ def test_fetch_volfile_names_every_server_tried(pool: Pool) -> None:
     with pytest.raises(VolfetchError) as ei:
         trio.run(fetch_volfile, down, "gvol0")
     assert [s for s, _ in ei.value.attempts] == down and ei.value.errno == errno.ENOTCONN
+    assert [why for _, why in ei.value.attempts] == ["Connection refused"] * 2
+    with pytest.raises(VolfetchError) as ei:
+        trio.run(partial(fetch_volfile, connect_timeout=3), [("no-such-host.invalid", 1)], "v")
+    assert "no-such-host.invalid:1: " in str(ei.value)
     # A refusal is the pool's answer: the next server is not asked.
     with pytest.raises(VolfetchError) as ei:
         trio.run(fetch_volfile, [("127.0.0.2", pool.port), ("127.0.0.3", pool.port)], "nosuch")
