@@ -213,7 +213,8 @@ def cli(args: tuple[str, ...], volfile: str | None, options: tuple[str, ...], fo
         fsname: str | None, pid_file: str | None, up_timeout: float) -> None:
     """Mount a pyglfs volume on MOUNTPOINT: by name, fetching its volfile from the
     pyglfsd on HOST (-o volfile-server-port=PORT, backup-volfile-servers=H2:H3),
-    or from a local volfile (--volfile FILE). SOURCE ``none`` means no source."""
+    or from a local volfile (--volfile FILE). A source of "none" (as mount(8) gives
+    for fstab lines with volfile=) stands for no source."""
     if len(args) > 2:
         raise click.UsageError(f"unexpected argument {args[2]!r}")
     source, mountpoint = (args[0], args[1]) if len(args) == 2 else (None, args[0])
