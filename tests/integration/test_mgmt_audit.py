@@ -200,3 +200,51 @@ def test_corrupt_volume_or_options_file_stops_daemon_naming_it(
     assert str(bad) in r.stderr and "corrupt" in r.stderr and "Traceback" not in r.stderr
     assert bad.read_bytes() == garbage
     assert a.listen_record() is None
+
+
+def test_every_command_answers_json(pair: tuple[VolNode, VolNode], tmp_path: Path) -> None:
+    a, b = pair
+
+    def ok(*args: str) -> dict[str, object]:
+        r = a.cli(*args, json_out=True)
+        d = json.loads(r.stdout)
+        assert r.returncode == 0 and d["ok"] is True, (args, r.stdout, r.stderr)
+        return d
+
+    ok("volume", "create", "gv", "replica", "2", f"{a.ip}:{tmp_path}/1",
+       f"{b.ip}:{tmp_path}/2", "force")
+    for args in (("peer", "status"), ("pool", "list"), ("volume", "list"),
+                 ("volume", "info", "gv"), ("volume", "get", "gv", "all"),
+                 ("volume", "set", "gv", "network.ping-timeout", "5"),
+                 ("volume", "reset", "gv", "network.ping-timeout"), ("volume", "start", "gv"),
+                 ("volume", "status", "gv"), ("volume", "stop", "gv"),
+                 ("volume", "delete", "gv")):
+        ok(*args)
+    r = a.cli("volume", "info", "gv", json_out=True)
+    assert r.returncode == 1
+    assert json.loads(r.stdout) == {"ok": False, "errno": "ENOENT",
+                                    "error": "volume info: failed: Volume gv does not exist"}
+
+
+def test_reset_one_key_and_unknown_keys_list_the_valid_ones(
+        pair: tuple[VolNode, VolNode], tmp_path: Path) -> None:
+    a, b = pair
+    create_replica(a, b, tmp_path)
+    assert a.cli("volume", "set", "gv", "network.ping-timeout", "5").returncode == 0
+    assert a.cli("volume", "set", "gv", "cluster.quorum-type", "none").returncode == 0
+    r = b.cli("volume", "reset", "gv", "network.ping-timeout")
+    assert (r.returncode, r.stdout) == (0, "volume reset: success\n"), r.stderr
+    for n in (a, b):
+        info = n.cli("volume", "info", "gv").stdout
+        assert "cluster.quorum-type: none" in info and "network.ping-timeout" not in info
+    for args in (("reset", "gv", "cluster.nope"), ("get", "gv", "cluster.nope"),
+                 ("set", "gv", "cluster.nope", "1")):
+        r = a.cli("volume", *args)
+        assert r.returncode == 1 and "cluster.nope" in r.stderr, r.stderr
+        assert "Valid options: " in r.stderr and "network.ping-timeout" in r.stderr, r.stderr
+    r = a.cli("volume", "start", "gv", "force")
+    assert (r.returncode, r.stdout) == (0, "volume start: gv: success\n"), r.stderr
+    first = a.bricks("gv")
+    r = a.cli("volume", "start", "gv", "force")
+    assert r.returncode == 0, r.stderr
+    assert a.bricks("gv") == first  # nothing down: force starts nothing twice
