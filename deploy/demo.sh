@@ -31,6 +31,8 @@ else MGMT=$NODE1:$PORT PEER=$NODE2:$PORT PORT_OPT=",volfile-server-port=$PORT"; 
 say() { printf '\n== %s\n' "$*"; }
 run() { printf '+ %s\n' "$*"; "$@"; }
 die() { echo "demo: $*" >&2; exit 1; }
+# Its output is matched with `grep >/dev/null`, not `grep -q`: under pipefail a grep
+# that quits early could make the pipe fail with SIGPIPE.
 cli() { pyglfs --mgmt "$MGMT" "$@"; }
 clirun() { run pyglfs --mgmt "$MGMT" "$@"; }
 
@@ -93,7 +95,7 @@ start_daemon() {
     echo "$pid" >"$(pid_file "$ip")"
 }
 
-peer_connected() { cli peer status 2>/dev/null | grep -q "State: Peer in Cluster (Connected)"; }
+peer_connected() { cli peer status 2>/dev/null | grep "State: Peer in Cluster (Connected)" >/dev/null; }
 
 # Every brick of the volume online, per `volume status --json`.
 bricks_online() {
@@ -119,7 +121,7 @@ start() {
     start_daemon $NODE2
 
     say "Trusted storage pool"
-    if cli peer status | grep -qx "Hostname: $NODE2"; then
+    if cli peer status | grep -x "Hostname: $NODE2" >/dev/null; then
         echo "$NODE2 is already in the pool"
     else
         clirun peer probe "$PEER"
@@ -137,7 +139,7 @@ start() {
         clirun volume create $VOL replica 2 "$NODE1:$DEMO/bricks/b1" \
             "$NODE2:$DEMO/bricks/b2" $force
     fi
-    if cli volume info "$VOL" | grep -qx "Status: Started"; then
+    if cli volume info "$VOL" | grep -x "Status: Started" >/dev/null; then
         echo "volume $VOL is already started"
         # A brick that is down (its supervisor gave up, or was never started) comes back.
         bricks_online || clirun volume start $VOL force
@@ -200,7 +202,7 @@ stop() {
     fi
     local ip pid f up=1
     for ip in $NODE1 $NODE2; do daemon_pid "$ip" >/dev/null || up=0; done
-    if [ $up = 1 ] && cli volume info "$VOL" 2>/dev/null | grep -qx "Status: Started"; then
+    if [ $up = 1 ] && cli volume info "$VOL" 2>/dev/null | grep -x "Status: Started" >/dev/null; then
         run pyglfs --mode=script --mgmt "$MGMT" volume stop $VOL \
             || echo "demo: volume stop failed; stopping the bricks by PID instead"
     fi
