@@ -75,6 +75,8 @@ class MountOptions:
     backup_volfile_servers: list[str] = field(default_factory=list)
     allow_other: bool = True
     default_permissions: bool = True
+    kernel_writeback_cache: bool = False
+    write_behind: bool = True
     ignored: list[str] = field(default_factory=list)
 
     @property
@@ -122,6 +124,15 @@ def _port(v: str) -> int:
     return int(v)
 
 
+def _bool(v: str) -> bool:
+    u = v.lower()
+    if u in ("yes", "on", "true", "1", "enable"):
+        return True
+    if u in ("no", "off", "false", "0", "disable"):
+        return False
+    raise ValueError("expected yes or no")
+
+
 def _hosts(v: str) -> list[str]:
     hosts = v.split(":")
     if not all(_HOST_RE.fullmatch(h) for h in hosts):
@@ -143,6 +154,8 @@ _VALUED: dict[str, tuple[str, Callable[[str], Any], str]] = {
     "negative-timeout": ("negative_timeout", _seconds, "SECONDS"),
     "volfile-server-port": ("volfile_server_port", _port, "PORT"),
     "backup-volfile-servers": ("backup_volfile_servers", _hosts, "HOST1:HOST2"),
+    "kernel-writeback-cache": ("kernel_writeback_cache", _bool, "yes|no"),
+    "write-behind": ("write_behind", _bool, "yes|no"),
 }
 
 

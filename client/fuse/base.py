@@ -14,10 +14,12 @@ import stat
 from dataclasses import dataclass
 
 import pyfuse3
+import trio
 
 from pyglfs.client.fuse.attrs import entry_attributes
 from pyglfs.client.fuse.inodes import InodeTable
 from pyglfs.client.layer import DirEntry, Layer
+from pyglfs.client.writebehind import DEFAULT_WINDOW, WriteBehind
 from pyglfs.rpc.brickops import NAME_MAX, ROOT_GFID, Iatt
 
 
@@ -28,6 +30,18 @@ class BridgeConfig:
     ``negative_timeout`` 0 means a missing name is not cached, so a name made
     through another mount is seen at once. ``root_gfid`` is the directory the
     mount shows as its root (a subdirectory mount's SUBDIR).
+
+    ``writeback_cache``: the kernel's FUSE writeback cache (write-behind): a
+    write(2) returns once its data is in the page cache, and the kernel sends
+    the dirty pages as large, parallel WRITEs later; close(2) and fsync(2)
+    return once both bricks have them, and report a failed write. The kernel
+    then trusts its own file sizes: a size another mount changes is not seen
+    while this mount holds the inode, so it is off by default (as GlusterFS's
+    ``kernel-writeback-cache``).
+
+    ``write_behind``: the bridge's own write-behind (``pyglfs.client.writebehind``),
+    on by default as GlusterFS's: a WRITE is answered once queued, with the
+    same close/fsync guarantees.
     """
 
     attr_timeout: float = 1.0
@@ -35,6 +49,9 @@ class BridgeConfig:
     negative_timeout: float = 0.0
     read_only: bool = False
     root_gfid: bytes = ROOT_GFID
+    writeback_cache: bool = False
+    write_behind: bool = True
+    write_behind_window: int = DEFAULT_WINDOW
 
 
 class FileHandle:
@@ -76,12 +93,32 @@ class BridgeBase(pyfuse3.Operations):
 
     def __init__(self, layer: Layer, config: BridgeConfig | None = None) -> None:
         super().__init__()
-        self.layer = layer
         self.config = config or BridgeConfig()
+        self.write_behind: WriteBehind | None = None
+        if self.config.write_behind and not self.config.read_only:
+            parent = layer.parent
+            self.write_behind = WriteBehind("write-behind", layer,
+                                            window=self.config.write_behind_window)
+            # It stands beside the graph: status and events still go to whoever
+            # watched the top layer.
+            layer.parent = parent
+            layer = self.write_behind
+        self.layer = layer
+        # pyfuse3 reads this from the instance when it answers FUSE_INIT.
+        self.enable_writeback_cache = self.config.writeback_cache
         self.inodes = InodeTable(self.config.root_gfid)
         self.files: dict[int, FileHandle] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._fh_counter = itertools.count(1)
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                    ) -> None:
+        """The bridge's background work (queued writes) until cancelled; start it
+        before the FUSE session, stop it after the graph settled."""
+        if self.write_behind is None:
+            task_status.started()
+            await trio.sleep_forever()
+        await self.write_behind.serve_writes(task_status=task_status)
 
     def next_fh(self) -> int:
         return next(self._fh_counter)

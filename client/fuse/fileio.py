@@ -20,6 +20,9 @@ from pyglfs.client.fuse.inodes import new_gfid
 
 # The brick only checks these; creation and truncation are done as their own ops.
 _OPEN_STRIP = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY
+# Opens whose writes must reach the bricks before write(2) returns: O_APPEND
+# too, as its offset is the end of file the bricks know (other mounts append).
+_WRITE_THROUGH = os.O_DIRECT | os.O_SYNC | os.O_DSYNC | os.O_APPEND
 
 
 class FileOps(BridgeBase):
@@ -32,6 +35,11 @@ class FileOps(BridgeBase):
             raise OSError(errno.EBADF, "unknown file handle") from None
 
     def _file_info(self, gfid: bytes, ino: int, flags: int) -> pyfuse3.FileInfo:
+        if self.config.writeback_cache:
+            # The kernel appends through its own i_size and writes back pages at
+            # their offsets (over any open of the file), reading partial pages
+            # first: offsets are never ours to move.
+            flags &= ~os.O_APPEND
         fh = self.next_fh()
         self.files[fh] = FileHandle(gfid, ino, flags)
         fi = pyfuse3.FileInfo(fh=fh)
@@ -89,7 +97,10 @@ class FileOps(BridgeBase):
             # The kernel's idea of the end of file may be stale when another
             # mount appended; the brick's is not.
             off = (await self.layer.stat(h.gfid)).size
-        await self.layer.write(h.gfid, off, buf)
+        if self.write_behind is not None and h.flags & _WRITE_THROUGH:
+            await self.write_behind.write_through(h.gfid, off, buf)
+        else:
+            await self.layer.write(h.gfid, off, buf)
         return len(buf)
 
     @fuse_handler

@@ -1,0 +1,303 @@
+"""performance/write-behind: a write returns once it is queued; bricks get it in the background.
+
+GlusterFS's write-behind, for a FUSE mount without the kernel's writeback
+cache: every write(2) is one FUSE request, and waiting for both bricks before
+answering it makes a sequential writer pay a full replicated round trip per
+block. Here a write is answered as soon as it is queued, and the next one
+arrives while the bricks still work on it.
+
+Contracts:
+
+- Data is on every up brick when ``flush`` (close) or ``fsync`` of the inode
+  returns: both wait for the inode's queued writes first (there is no
+  flush-behind). ``release`` waits too.
+- A queued write that fails is reported once, by the next ``write``,
+  ``flush`` or ``fsync`` of the same inode (per inode, not per open, unlike
+  GlusterFS's per-fd bookkeeping); a failure nobody collects before the last
+  release is logged as an error.
+- Writes that overlap a queued write are sent after it, so every brick applies
+  overlapping writes in the order the application made them; writes to
+  disjoint ranges go to the bricks in parallel.
+- Anything that reads or changes what a queued write touches waits for it:
+  ``read`` (overlapping writes), ``stat``, ``setattr`` (truncate, times,
+  owner), ``fallocate``, an ``open`` with O_TRUNC. Lookups and readdirplus do
+  not wait; the sizes they return are raised to cover queued writes, so the
+  kernel never shrinks a file it has just written.
+- Errors a brick's disk gives (ENOSPC, EIO) show at close or fsync, as with
+  GlusterFS; writes past ``SYNC_BEYOND`` are not queued, so a file size limit
+  (EFBIG) fails the write itself.
+- Queued bytes are bounded per inode (``window``) and in total (``total``); a
+  write past either waits for queued ones to finish. A write whose change the
+  layer below would refuse now (no quorum: EROFS, no brick: ENOTCONN) is
+  refused synchronously.
+- Without ``serve`` running (unit tests) writes go through synchronously.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from pyglfs.client.layer import DirEntry, Layer, Lookup
+from pyglfs.rpc.brickops import Iatt
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW = 1 << 20
+DEFAULT_TOTAL = 64 << 20
+_OFF_MAX = (1 << 63) - 1
+SYNC_BEYOND = 1 << 40
+"""Writes ending past this go through at once, so that a brick filesystem's file
+size limit (ext4: 16 TiB) fails the write that hits it, not a later close."""
+
+
+class _Write:
+    __slots__ = ("start", "end", "nbytes", "done")
+
+    def __init__(self, start: int, end: int, nbytes: int) -> None:
+        self.start = start
+        self.end = end
+        self.nbytes = nbytes
+        self.done = trio.Event()
+
+
+class _Inode:
+    """Queued writes of one gfid, in the order they were made, and a failure to report."""
+
+    __slots__ = ("queued", "nbytes", "error", "last")
+
+    def __init__(self) -> None:
+        self.queued: list[_Write] = []
+        self.nbytes = 0
+        self.error: OSError | None = None
+        self.last: Iatt | None = None
+
+    def end(self) -> int:
+        return max((w.end for w in self.queued), default=0)
+
+
+class WriteBehind(Layer):
+    """Write-behind over ``child`` (see the module docstring)."""
+
+    def __init__(self, name: str, child: Layer, *, window: int = DEFAULT_WINDOW,
+                 total: int = DEFAULT_TOTAL) -> None:
+        super().__init__(name, [child])
+        self.window = max(window, 1)
+        self.total = max(total, self.window)
+        self.inodes: dict[bytes, _Inode] = {}
+        self.nbytes = 0
+        self._freed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for child in self.children:
+                await nursery.start(child.serve)
+            await nursery.start(self.serve_writes)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def serve_writes(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run queued writes until cancelled, without serving the children."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+
+    async def settle(self) -> None:
+        for gfid in list(self.inodes):
+            await self._drain(gfid)
+        await super().settle()
+
+    # -- writing ------------------------------------------------------------
+    async def write(self, gfid: bytes, offset: int, data: bytes,
+                    xattrop: dict[str, bytes] | None = None) -> Iatt:
+        """Queue the write and return at once; the returned attributes are the last
+        known ones with the size raised to cover it (``stat`` gives exact ones)."""
+        n = len(data)
+        if offset < 0 or offset + n > _OFF_MAX:
+            raise OSError(errno.EINVAL, "write out of range")
+        ino = self.inodes.get(gfid)
+        if ino is not None and ino.error is not None:
+            err, ino.error = ino.error, None
+            self._forget_if_idle(gfid, ino)
+            raise err
+        if self._nursery is None or xattrop is not None or offset + n > SYNC_BEYOND:
+            await self._drain(gfid)
+            return await self.child.write(gfid, offset, data, xattrop)
+        self._check_writable()
+        if ino is None:
+            ino = self.inodes[gfid] = _Inode()
+        while ino.queued and (ino.nbytes + n > self.window or self.nbytes + n > self.total):
+            await self._freed.wait()
+            if self.inodes.get(gfid) is not ino:  # drained and forgotten meanwhile
+                ino = self.inodes.setdefault(gfid, _Inode())
+        w = _Write(offset, offset + max(n, 1), n)
+        deps = [q.done for q in ino.queued if q.start < w.end and w.start < q.end]
+        ino.queued.append(w)
+        ino.nbytes += n
+        self.nbytes += n
+        self._nursery.start_soon(self._send, gfid, ino, w, offset, data, deps)
+        return _covering(gfid, ino.last, w.end)
+
+    async def write_through(self, gfid: bytes, offset: int, data: bytes) -> Iatt:
+        """Write now, after the queued writes it overlaps (O_DIRECT, O_SYNC opens)."""
+        self._take_error(gfid)
+        await self._drain(gfid, offset, offset + max(len(data), 1))
+        return await self.child.write(gfid, offset, data)
+
+    def _check_writable(self) -> None:
+        if not self.child.is_up:
+            raise OSError(errno.ENOTCONN, "no brick is connected")
+        check = _writable_check(self.child)
+        if check is not None:
+            check()
+
+    async def _send(self, gfid: bytes, ino: _Inode, w: _Write, offset: int, data: bytes,
+                    deps: list[trio.Event]) -> None:
+        try:
+            for d in deps:
+                await d.wait()
+            ino.last = await self.child.write(gfid, offset, data)
+        except OSError as e:
+            log.warning("write-behind: write of %d bytes at %d to gfid=%s failed: %s",
+                        w.nbytes, offset, gfid.hex(), e)
+            if ino.error is None:
+                ino.error = e
+        except Exception:
+            log.exception("write-behind: write to gfid=%s failed unexpectedly", gfid.hex())
+            if ino.error is None:
+                ino.error = OSError(errno.EIO, "write failed")
+        finally:
+            ino.queued.remove(w)
+            ino.nbytes -= w.nbytes
+            self.nbytes -= w.nbytes
+            w.done.set()
+            self._forget_if_idle(gfid, ino)
+            self._freed.set()
+            self._freed = trio.Event()
+
+    def _forget_if_idle(self, gfid: bytes, ino: _Inode) -> None:
+        if not ino.queued and ino.error is None and self.inodes.get(gfid) is ino:
+            del self.inodes[gfid]
+
+    async def _drain(self, gfid: bytes, start: int = 0, end: int = _OFF_MAX) -> None:
+        """Wait for the writes to ``gfid`` queued now that overlap [start, end)."""
+        ino = self.inodes.get(gfid)
+        if ino is None or not ino.queued:
+            return
+        for w in [q for q in ino.queued if q.start < end and start < q.end]:
+            await w.done.wait()
+
+    def _take_error(self, gfid: bytes) -> None:
+        ino = self.inodes.get(gfid)
+        if ino is not None and ino.error is not None:
+            err, ino.error = ino.error, None
+            self._forget_if_idle(gfid, ino)
+            raise err
+
+    async def flush(self, gfid: bytes) -> None:
+        await self._drain(gfid)
+        self._take_error(gfid)
+        await self.child.flush(gfid)
+
+    async def fsync(self, gfid: bytes, datasync: bool = False) -> None:
+        await self._drain(gfid)
+        self._take_error(gfid)
+        await self.child.fsync(gfid, datasync)
+
+    async def release(self, gfid: bytes) -> None:
+        await self._drain(gfid)
+        ino = self.inodes.get(gfid)
+        if ino is not None and ino.error is not None and not ino.queued:
+            log.error("write-behind: a failed write to gfid=%s was never reported "
+                      "(closed without flush): %s", gfid.hex(), ino.error)
+        await self.child.release(gfid)
+
+    # -- what waits for queued writes -------------------------------------------
+    async def read(self, gfid: bytes, offset: int, size: int) -> bytes:
+        await self._drain(gfid, offset, offset + max(size, 1))
+        return await self.child.read(gfid, offset, size)
+
+    async def stat(self, gfid: bytes) -> Iatt:
+        await self._drain(gfid)
+        return await self.child.stat(gfid)
+
+    async def setattr(self, gfid: bytes, *, mode: int | None = None, uid: int | None = None,
+                      gid: int | None = None, size: int | None = None,
+                      atime_ns: int | None = None, mtime_ns: int | None = None,
+                      atime_now: bool = False, mtime_now: bool = False,
+                      xattrop: dict[str, bytes] | None = None) -> Iatt:
+        await self._drain(gfid)
+        return await self.child.setattr(
+            gfid, mode=mode, uid=uid, gid=gid, size=size, atime_ns=atime_ns,
+            mtime_ns=mtime_ns, atime_now=atime_now, mtime_now=mtime_now, xattrop=xattrop)
+
+    async def fallocate(self, gfid: bytes, mode: int, offset: int, length: int,
+                        xattrop: dict[str, bytes] | None = None) -> Iatt:
+        await self._drain(gfid)
+        return await self.child.fallocate(gfid, mode, offset, length, xattrop)
+
+    async def open(self, gfid: bytes, flags: int) -> Iatt:
+        if flags & os.O_TRUNC:
+            await self._drain(gfid)
+        return await self.child.open(gfid, flags)
+
+    # -- answers that carry sizes -------------------------------------------------
+    def _cover(self, iatt: Iatt) -> Iatt:
+        ino = self.inodes.get(iatt.gfid)
+        if ino is None or not ino.queued:
+            return iatt
+        end = ino.end()
+        return iatt._replace(size=end) if end > iatt.size else iatt
+
+    async def lookup(self, pgfid: bytes, name: bytes) -> Lookup:
+        r = await self.child.lookup(pgfid, name)
+        return r if not self.inodes else Lookup(self._cover(r.iatt), r.xattrs)
+
+    async def lookup_gfid(self, gfid: bytes) -> Lookup:
+        r = await self.child.lookup_gfid(gfid)
+        return r if not self.inodes else Lookup(self._cover(r.iatt), r.xattrs)
+
+    async def readdir(self, gfid: bytes, cookie: int, count: int,
+                      plus: bool = False) -> tuple[list[DirEntry], bool]:
+        entries, eof = await self.child.readdir(gfid, cookie, count, plus)
+        if plus and self.inodes:
+            entries = [e._replace(iatt=self._cover(e.iatt)) if e.iatt is not None else e
+                       for e in entries]
+        return entries, eof
+
+
+def _writable_check(layer: Layer) -> Callable[[], Any] | None:
+    """The quorum check of the first replicate layer below (``Writer.check_quorum``:
+    ENOTCONN, EROFS), following single children and a graph switch's graph in
+    service; or a layer's own ``check_writable``."""
+    for _ in range(16):
+        check = getattr(layer, "check_writable", None)
+        if check is None:
+            check = getattr(getattr(layer, "writer", None), "check_quorum", None)
+        if check is not None:
+            return check
+        top = getattr(getattr(layer, "current", None), "top", None)
+        if isinstance(top, Layer):
+            layer = top
+        elif len(layer.children) == 1:
+            layer = layer.children[0]
+        else:
+            return None
+    return None
+
+
+def _covering(gfid: bytes, last: Iatt | None, end: int) -> Iatt:
+    if last is None:
+        return Iatt(gfid, 0, stat.S_IFREG, 1, 0, 0, 0, end, 0, 0, 0, 0)
+    return last._replace(size=max(last.size, end))
