@@ -69,7 +69,9 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
     config = BridgeConfig(attr_timeout=opts.attribute_timeout,
                           entry_timeout=opts.entry_timeout,
                           negative_timeout=opts.negative_timeout,
-                          read_only=opts.read_only)
+                          read_only=opts.read_only,
+                          writeback_cache=opts.kernel_writeback_cache,
+                          write_behind=opts.write_behind)
     async with trio.open_nursery() as nursery:
         await nursery.start(switch.serve)
         if not await watch.wait_up(plan.up_timeout):
@@ -89,6 +91,7 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
             nursery.cancel_scope.cancel()
             return 1
         ops = FuseOperations(switch, dataclasses.replace(config, root_gfid=root_gfid))
+        await nursery.start(ops.serve)
         try:
             pyfuse3.init(ops, plan.mountpoint, opts.fuse_options(plan.fsname))
         except RuntimeError as e:
@@ -115,7 +118,7 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
             # Clear the dirty marks this mount left on the bricks, so a clean
             # unmount leaves nothing for heal to look at.
             with trio.CancelScope(shield=True), trio.move_on_after(UNMOUNT_SETTLE_TIMEOUT):
-                await switch.settle()
+                await ops.layer.settle()
             if plan.pid_file:
                 with contextlib.suppress(OSError):
                     os.unlink(plan.pid_file)
