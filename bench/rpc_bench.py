@@ -47,6 +47,7 @@ from typing import Any
 import trio
 
 from pyglfs.rpc.brickops import ROOT_GFID
+from pyglfs.rpc.busypoll import DEFAULT_BUDGET
 from pyglfs.rpc.connection import RpcConnection, open_rpc_connection
 
 HOST = "127.0.0.1"
@@ -265,14 +266,20 @@ def _print_result(r: Result) -> None:
 async def bench_server(server: Server, args: argparse.Namespace) -> list[Result]:
     results = []
     async with open_rpc_connection(HOST, server.port, volume=VOLUME, client_id="rpc-bench",
-                                   role="bench") as conn:
+                                   role="bench", busy_poll=args.busy_poll_us * 1e-6) as conn:
 
         async def null(_: int) -> None:
             await conn.call("null", {})
 
         if "null" in args.workloads:
             for in_flight in (1, 64):
+                poll = conn.busy_poll
+                polls, hits = poll.polls, poll.hits
                 results.append(await _measure(conn, server, args, "null", in_flight, null))
+                if poll.polls > polls:
+                    print(f"       busy polls: {poll.polls - polls}, "
+                          f"{(poll.hits - hits) / (poll.polls - polls):.0%} got the reply",
+                          flush=True)
         if "write" not in args.workloads:
             return results
         gfid = uuid.uuid4().bytes
@@ -305,6 +312,8 @@ def main() -> None:
                         help="comma-separated subset of null,write")
     parser.add_argument("--floor", action="store_true",
                         help="first measure blocking ping-pong between two plain processes")
+    parser.add_argument("--busy-poll-us", type=float, default=DEFAULT_BUDGET * 1e6,
+                        help="how long a lone call polls for its reply (0: never)")
     parser.add_argument("--floor-echo", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()

@@ -6,6 +6,12 @@ closes it, a frame is bad, a send fails, the watchdog gives up on a silent peer,
 the owner leaves the context. Every call still waiting then fails with ENOTCONN and
 later calls fail the same way at once; the owner learns of it from ``wait_closed``.
 
+A call that is the only one in flight, in a process with nothing else to run, polls
+its socket for the reply for a short while (``busy_poll``, see busypoll.py) before
+it sleeps: on a machine whose idle CPUs are slow to wake, that is most of a
+loopback round trip. The connection yields to the event loop at least once a
+millisecond even when every reply comes that way.
+
 Liveness: when nothing has been received for ``ping_interval`` seconds the watchdog
 sends a ping, which the server's rpc layer answers even while handlers are busy.
 If calls or a ping are outstanding and nothing at all has been received for
@@ -28,11 +34,12 @@ from outcome import Value
 from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, reschedule, wait_task_rescheduled
 
 from pyglfs.rpc import messages
+from pyglfs.rpc.busypoll import DEFAULT_BUDGET, BusyPoll
 from pyglfs.rpc.errors import ProtocolError, oserror_from_name, transport_error
 from pyglfs.rpc.framing import DEFAULT_MAX_FRAME, FrameReader, FrameWriter
 from pyglfs.rpc.handshake import client_handshake
 from pyglfs.rpc.server import peer_name
-from pyglfs.rpc.transport import ByteStream, aclose_forcefully, fast_transport
+from pyglfs.rpc.transport import ByteStream, SocketTransport, aclose_forcefully, fast_transport
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +77,7 @@ class RpcConnection:
         ping_timeout: float,
         ping_interval: float | None,
         call_timeout: float,
+        busy_poll: float = DEFAULT_BUDGET,
     ) -> None:
         self.peer = peer
         self.server_name: str = str(welcome.get("server", ""))
@@ -92,6 +100,7 @@ class RpcConnection:
         self._watch_scope = trio.CancelScope()
         self._next_deadline = math.inf
         self._bg_nursery: trio.Nursery | None = None
+        self.busy_poll = BusyPoll(busy_poll if isinstance(stream, SocketTransport) else 0.0)
 
     def __repr__(self) -> str:
         return f"<RpcConnection {self.peer}>"
@@ -123,6 +132,13 @@ class RpcConnection:
             self._writer.put(messages.request(rid, op, args))
             await self._writer.flush()
             reply = c.reply
+            if reply is None and len(pending) == 1 and self.busy_poll.should_poll():
+                reply = self._poll_reply(c)
+                if reply is not None:
+                    if self.busy_poll.must_yield():
+                        await trio.lowlevel.checkpoint()
+                    else:
+                        await trio.lowlevel.checkpoint_if_cancelled()
             if reply is None:
                 c.task = current_task()
 
@@ -149,6 +165,23 @@ class RpcConnection:
             )
         msg = reply.get("msg")
         raise oserror_from_name(reply["errno"], msg if type(msg) is str else "")
+
+    def _poll_reply(self, c: _Call) -> dict[str, Any] | None:
+        """Busy-poll the socket for ``c``'s reply (see busypoll.py); delivers
+        whatever else comes meanwhile."""
+        poll = self.busy_poll
+        deadline = poll.deadline()
+        try:
+            while c.reply is None:
+                msgs = self._reader.poll(deadline)
+                if msgs is None:
+                    break
+                self._last_rx = trio.current_time()
+                self._deliver(msgs)
+        except ProtocolError as exc:
+            self._close(self._bad_frame(exc))
+        poll.record(c.reply is not None)
+        return c.reply
 
     def _lost_error(self) -> OSError:
         return OSError(
@@ -207,11 +240,14 @@ class RpcConnection:
                 self._last_rx = trio.current_time()
                 self._deliver(msgs)
         except ProtocolError as exc:
-            log.warning("%r: bad frame from server: %s", self, exc)
-            reason = f"bad frame from server: {exc}"
+            reason = self._bad_frame(exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             reason = f"connection lost: {exc or type(exc).__name__}"
         self._close(reason)
+
+    def _bad_frame(self, exc: ProtocolError) -> str:
+        log.warning("%r: bad frame from server: %s", self, exc)
+        return f"bad frame from server: {exc}"
 
     def _deliver(self, msgs: list[Any]) -> None:
         pending = self._pending
@@ -323,13 +359,15 @@ async def connect_stream(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     call_timeout: float = DEFAULT_CALL_TIMEOUT,
     peer: str | None = None,
+    busy_poll: float = DEFAULT_BUDGET,
 ) -> AsyncIterator[RpcConnection]:
     """Handshake over an existing stream and yield the connection; closes the stream
     on exit (also when the handshake fails).
 
     Raises HandshakeRefused with the server's reason, or OSError (ENOTCONN,
     ETIMEDOUT) when the server cannot be reached or does not answer the hello
-    within ``connect_timeout``.
+    within ``connect_timeout``. ``busy_poll`` is the longest a lone call polls for
+    its reply before it sleeps, in seconds (0: never; only over TCP).
     """
     transport = fast_transport(stream)
     peer = peer or peer_name(transport)
@@ -353,6 +391,7 @@ async def connect_stream(
         conn = RpcConnection(
             transport, reader, writer, welcome, peer=peer, on_event=on_event,
             ping_timeout=ping_timeout, ping_interval=ping_interval, call_timeout=call_timeout,
+            busy_poll=busy_poll,
         )
         try:
             async with trio.open_nursery() as nursery:
@@ -384,6 +423,7 @@ async def open_rpc_connection(
     ping_interval: float | None = None,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     call_timeout: float = DEFAULT_CALL_TIMEOUT,
+    busy_poll: float = DEFAULT_BUDGET,
 ) -> AsyncIterator[RpcConnection]:
     """Connect to host:port over TCP, handshake, and yield the connection.
 
@@ -401,6 +441,6 @@ async def open_rpc_connection(
         stream, volume=volume, client_id=client_id, role=role, auth=auth, on_event=on_event,
         max_frame=max_frame, ping_timeout=ping_timeout, ping_interval=ping_interval,
         connect_timeout=max(0.0, deadline - trio.current_time()), call_timeout=call_timeout,
-        peer=f"{host}:{port}",
+        peer=f"{host}:{port}", busy_poll=busy_poll,
     ) as conn:
         yield conn

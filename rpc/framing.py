@@ -117,6 +117,28 @@ class FrameReader:
             if msgs:
                 return msgs
 
+    def poll(self, deadline: float) -> list[Any] | None:
+        """Messages that arrive before ``perf_counter()`` reaches ``deadline``,
+        received by busy-polling the socket instead of waiting in the event loop
+        (see busypoll.py).
+
+        None when no complete message came in time, or when polling is not possible
+        now: not a socket, a big frame on its way, end of stream or an error (those
+        are left for ``receive``). Raises ProtocolError for bad input.
+        """
+        fast = self._fast
+        rview = self._rview
+        if fast is None or rview is None:
+            return None
+        while not self._big_pos and self._want - len(self._buf) < _BIG:
+            n = fast.poll_into(rview, deadline)
+            if n <= 0:
+                return None
+            msgs = self._feed(rview[:n])
+            if msgs:
+                return msgs
+        return None
+
     async def _receive_big(self, fast: SocketTransport) -> list[Any]:
         total = self._want
         if not self._big_pos:

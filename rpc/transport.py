@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from time import perf_counter
 from typing import Any, Protocol
 
 import trio
@@ -61,6 +62,7 @@ class SocketTransport:
         self._drained = False
         self._closed = False
         self._lowat = 1
+        self._error: OSError | None = None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is None:
@@ -70,6 +72,8 @@ class SocketTransport:
         if self._drained:
             await wait_readable(sock)
         while True:
+            if self._error is not None:
+                raise _broken(self._error)
             try:
                 data = sock.recv(max_bytes)
                 self._drained = len(data) < max_bytes
@@ -87,6 +91,8 @@ class SocketTransport:
         if self._drained:
             await wait_readable(sock)
         while True:
+            if self._error is not None:
+                raise _broken(self._error)
             try:
                 n = sock.recv_into(buf)
                 self._drained = n < len(buf)
@@ -97,6 +103,31 @@ class SocketTransport:
                 raise _broken(exc) from exc
             self.blocked = True
             await wait_readable(sock)
+
+    def poll_into(self, buf: memoryview, deadline: float) -> int:
+        """Receive into ``buf`` without waiting in the event loop: retry a
+        non-blocking receive until data comes or ``perf_counter()`` passes
+        ``deadline`` (a busy poll; see busypoll.py). Returns the byte count, 0 if
+        nothing came, -1 at end of stream or on an error, which are left for the
+        next ``receive_*`` to report."""
+        if self._closed:
+            return -1
+        recv_into = self.socket.recv_into
+        clock = perf_counter
+        while True:
+            try:
+                n = recv_into(buf)
+            except BlockingIOError:
+                if clock() >= deadline:
+                    return 0
+                continue
+            except OSError as exc:
+                self._error = exc
+                return -1
+            if not n:
+                return -1
+            self._drained = n < len(buf)
+            return n
 
     def set_receive_lowat(self, n: int) -> None:
         """Readable only once ``n`` bytes are in (SO_RCVLOWAT; a closed or reset
