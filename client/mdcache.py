@@ -224,11 +224,10 @@ class MdCache(Layer):
         return found
 
     async def stat(self, gfid: bytes) -> Iatt:
-        iatt = self._cached_iatt(gfid)
-        if iatt is not None:
-            self.hits += 1
-            return iatt
-        self.misses += 1
+        """Always asked below (and stored): the bridge's GETATTR of an open
+        file and its O_APPEND offsets need the bricks' size, not one that an
+        invalidation still on its way would correct. Cold lookups, which
+        the kernel sends for every path it forgot, are what the cache serves."""
         epoch = self._epoch
         iatt = await self.child.stat(gfid)
         if epoch == self._epoch:

@@ -124,3 +124,23 @@ def test_without_invalidation_the_timeout_bounds_staleness(volume: Volume) -> No
         assert wait_for(lambda: _mode(b / name) == 0o640, 1.0 + 1.0 + 3.0)
         os.unlink(a / name)
         assert wait_for(lambda: not os.path.exists(b / name), 1.0 + 1.0 + 3.0)
+
+
+def test_appends_from_two_cached_mounts(cached_mounts: tuple[Mount, Mount]) -> None:
+    """O_APPEND offsets come from the bricks, not from a cache an invalidation
+    is still on its way to."""
+    a, b = (m.mountpoint for m in cached_mounts)
+    name = f"log-{uuid.uuid4().hex[:8]}"
+    fa = os.open(a / name, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fb = os.open(b / name, os.O_WRONLY | os.O_APPEND)
+    try:
+        for i in range(20):
+            os.write(fa, f"a{i}\n".encode())
+            os.write(fb, f"b{i}\n".encode())
+    finally:
+        os.close(fa)
+        os.close(fb)
+    expected = sorted([f"a{i}".encode() for i in range(20)] + [f"b{i}".encode() for i in range(20)])
+    assert wait_for(lambda: sorted((a / name).read_bytes().split()) == expected, PROMPT)
+    assert sorted((b / name).read_bytes().split()) == expected
+    os.unlink(a / name)

@@ -134,12 +134,11 @@ async def test_lookup_is_cached_until_timeout_and_hides_changelog() -> None:
     assert first.iatt == iatt(F_GFID)
     again = await mdc.lookup(ROOT_GFID, b"f")
     assert again == Lookup(iatt(F_GFID), {}) and fake.calls == ["lookup"]
-    assert await mdc.stat(F_GFID) == iatt(F_GFID) and fake.calls == ["lookup"]
+    assert await mdc.lookup_gfid(F_GFID) == again and fake.calls == ["lookup"]
     clock.now += 5.1
     await mdc.lookup(ROOT_GFID, b"f")
-    await mdc.stat(F_GFID)
     assert fake.calls == ["lookup", "lookup"]
-    assert mdc.stats()["hits"] >= 2
+    assert mdc.stats()["hits"] == 2
 
 
 async def test_missing_names_are_not_cached() -> None:
@@ -156,7 +155,7 @@ async def test_own_changes_update_the_cache() -> None:
     await mdc.create(ROOT_GFID, b"g", G_GFID, 0o100600, 0, 0)
     assert (await mdc.lookup(ROOT_GFID, b"g")).iatt.mode == 0o100600
     await mdc.write(G_GFID, 0, b"x" * 10)
-    assert (await mdc.stat(G_GFID)).size == 10
+    assert (await mdc.lookup(ROOT_GFID, b"g")).iatt.size == 10
     await mdc.setattr(G_GFID, mode=0o640)
     assert (await mdc.lookup(ROOT_GFID, b"g")).iatt.mode == 0o100640
     assert fake.calls == ["create", "write", "setattr"]
@@ -173,12 +172,12 @@ async def test_own_changes_update_the_cache() -> None:
 async def test_unlink_of_an_unknown_hard_link_refreshes_nlink() -> None:
     mdc, fake, _ = make()
     await mdc.link(F_GFID, ROOT_GFID, b"f2")
-    assert (await mdc.stat(F_GFID)).nlink == 2
+    assert (await mdc.lookup(ROOT_GFID, b"f")).iatt.nlink == 2
     fake.names[(D_GFID, b"f3")] = F_GFID  # a third name this client never saw
     fake.iatts[F_GFID] = fake.iatts[F_GFID]._replace(nlink=3)
     await mdc.unlink(D_GFID, b"f3")
-    assert (await mdc.stat(F_GFID)).nlink == 2
-    assert fake.calls[-1] == "stat"
+    assert (await mdc.lookup(ROOT_GFID, b"f")).iatt.nlink == 2
+    assert fake.calls[-1] == "lookup"
 
 
 async def test_xattrs_and_their_absence_are_cached_and_dropped_on_change() -> None:
@@ -204,9 +203,10 @@ async def test_invalidation_event_drops_inodes_and_names() -> None:
     top.on_event = lambda child, name, args: seen.append(name)  # type: ignore[method-assign]
     await mdc.lookup(ROOT_GFID, b"f")
     fake.iatts[F_GFID] = iatt(F_GFID, size=7)
-    assert (await mdc.stat(F_GFID)).size == 0  # cached: nobody said otherwise
+    # cached: nobody said otherwise
+    assert (await mdc.lookup(ROOT_GFID, b"f")).iatt.size == 0
     mdc.on_event(fake, EVENT, {"gfids": [F_GFID], "entries": []})
-    assert (await mdc.stat(F_GFID)).size == 7
+    assert (await mdc.lookup(ROOT_GFID, b"f")).iatt.size == 7
     assert seen == [EVENT]  # passed on upwards
     fake.names[(ROOT_GFID, b"f")] = G_GFID
     fake.iatts[G_GFID] = iatt(G_GFID)
@@ -257,6 +257,15 @@ async def test_tables_are_bounded() -> None:
     assert len(fake.calls) == n
     await mdc.lookup(ROOT_GFID, b"n0")  # evicted long ago
     assert len(fake.calls) == n + 1
+
+
+async def test_stat_always_asks_below_and_refreshes_lookups() -> None:
+    mdc, fake, _ = make()
+    await mdc.lookup(ROOT_GFID, b"f")
+    fake.iatts[F_GFID] = iatt(F_GFID, size=9)
+    assert (await mdc.stat(F_GFID)).size == 9
+    assert (await mdc.lookup(ROOT_GFID, b"f")).iatt.size == 9
+    assert fake.calls == ["lookup", "stat"]
 
 
 async def test_brick_going_down_empties_the_cache() -> None:
