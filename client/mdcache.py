@@ -1,10 +1,11 @@
 """performance/md-cache: the client's metadata cache, above replicate.
 
 It remembers what the layers below answered for names (parent gfid + name ->
-gfid), inodes (gfid -> iatt), extended attributes (values, absences and name
-lists), so that a kernel that forgot its dentries and
-inodes (memory pressure, ``drop_caches``, the entry timeout) gets its answers
-without a brick round trip. Only what replicate returns is kept, never the
+gfid), inodes (gfid -> iatt, from lookups, stat, readdirplus and the replies
+to our own changes) and extended attributes (values, absences, name lists), so
+that a kernel that forgot its dentries and inodes (memory pressure,
+``drop_caches``, the entry timeout) gets its lookups answered without a brick
+round trip. ``stat`` (the kernel's GETATTR) always asks below. Only what replicate returns is kept, never the
 changelog: replicate keeps deciding which brick serves reads, and an inode it
 no longer knows costs it one lookup of its own.
 
@@ -62,7 +63,8 @@ class _Inode:
 
 
 class MdCache(Layer):
-    """Caches lookups, stat, xattrs and listings of its one child (see module doc)."""
+    """Caches lookups, xattrs and readdirplus attributes of its one child (see
+    the module doc); ``stats()`` counts hits and misses."""
 
     def __init__(self, name: str, child: Layer, *, timeout: float = 1.0,
                  invalidation: bool = False, limit: int = DEFAULT_LIMIT,
