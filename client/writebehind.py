@@ -49,7 +49,9 @@ from pyglfs.rpc.brickops import Iatt
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WINDOW = 1 << 20
+DEFAULT_WINDOW = 4 << 20
+"""Per inode: four of the kernel's 1 MiB WRITEs in flight (GlusterFS's 1 MB window
+was sized for 128 KiB FUSE writes)."""
 DEFAULT_TOTAL = 64 << 20
 _OFF_MAX = (1 << 63) - 1
 SYNC_BEYOND = 1 << 40
@@ -221,6 +223,8 @@ class WriteBehind(Layer):
         if ino is not None and ino.error is not None and not ino.queued:
             log.error("write-behind: a failed write to gfid=%s was never reported "
                       "(closed without flush): %s", gfid.hex(), ino.error)
+            ino.error = None
+            self._forget_if_idle(gfid, ino)
         await self.child.release(gfid)
 
     # -- what waits for queued writes -------------------------------------------

@@ -243,3 +243,13 @@ def test_mount_options_for_the_write_path() -> None:
     assert o.kernel_writeback_cache and not o.write_behind
     with pytest.raises(MountOptionError, match="kernel-writeback-cache"):
         parse_mount_options("kernel-writeback-cache=maybe")
+
+
+async def test_release_drops_an_unreported_error(wb: Any) -> None:
+    layer, fake = wb
+    fake.fail = OSError(errno.EIO, "bad disk")
+    fake.gate.set()
+    with trio.fail_after(5):
+        await layer.write(G, 0, b"x")
+        await layer.release(G)
+    assert layer.inodes == {}
