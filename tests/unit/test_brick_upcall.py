@@ -1,0 +1,93 @@
+"""brickd/upcall.py: what a change names, who hears of it, and merging."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+import trio.testing
+
+from pyglfs.brickd import upcall
+from pyglfs.brickd.upcall import EVENT, Upcall, what_changed
+
+P = b"\x01" * 16
+Q = b"\x02" * 16
+G = b"\x03" * 16
+
+
+class Conn:
+    """What Upcall uses of a ServerConnection."""
+
+    _ids = iter(range(1, 1000))
+
+    def __init__(self, client_id: str, role: str = "client") -> None:
+        self.conn_id = next(self._ids)
+        self.client_id = client_id
+        self.role = role
+        self.closed = False
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    async def send_event(self, name: str, args: dict[str, Any]) -> None:
+        self.events.append((name, args))
+
+
+def test_what_changed() -> None:
+    assert what_changed("write", {"gfid": G, "offset": 0, "data": b"x"}, {}) == ([G], [])
+    assert what_changed("create", {"pgfid": P, "name": b"n", "gfid": G}, {}) == \
+        ([P], [(P, b"n")])
+    assert what_changed("link", {"gfid": G, "pgfid": P, "name": b"l"}, {}) == \
+        ([G, P], [(P, b"l")])
+    r = what_changed("rename", {"old_pgfid": P, "old_name": b"a", "new_pgfid": Q,
+                                "new_name": b"b"}, {"iatt": [G, 1, 2]})
+    assert r == ([P, Q, G], [(P, b"a"), (Q, b"b")])
+    assert what_changed("lookup", {"pgfid": P, "name": b"n"}, {}) == ([], [])
+    assert what_changed("read", {"gfid": G, "offset": 0, "size": 1}, {}) == ([], [])
+
+
+async def test_others_hear_merged_events_the_changer_does_not() -> None:
+    async with trio.open_nursery() as nursery:
+        up = Upcall(nursery)
+        me_a, me_b = Conn("me"), Conn("me")  # one mount, two bricks' worth
+        other, heal = Conn("other"), Conn("shd", role="heal")
+        for c in (me_a, me_b, other, heal):
+            up.seen(c)
+        up.changed("write", {"gfid": G}, {}, me_a)
+        up.changed("unlink", {"pgfid": P, "name": b"x"}, {}, me_a)
+        await trio.testing.wait_all_tasks_blocked()
+        assert me_a.events == me_b.events == heal.events == []
+        assert len(other.events) == 1
+        name, args = other.events[0]
+        assert name == EVENT
+        assert sorted(args["gfids"]) == sorted([G, P]) and args["entries"] == [[P, b"x"]]
+        # a change by the heal daemon reaches the mount
+        up.changed("setattr", {"gfid": G}, {}, heal)
+        await trio.testing.wait_all_tasks_blocked()
+        assert me_a.events == me_b.events == [(EVENT, {"gfids": [G], "entries": []})]
+        assert len(other.events) == 2 and heal.events == []
+        up.gone(other)
+        up.changed("write", {"gfid": G}, {}, me_a)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(other.events) == 2
+
+
+async def test_too_many_pending_items_become_all(monkeypatch: Any) -> None:
+    monkeypatch.setattr(upcall, "PENDING_MAX", 3)
+    async with trio.open_nursery() as nursery:
+        up = Upcall(nursery)
+        me, other = Conn("me"), Conn("other")
+        up.seen(me)
+        up.seen(other)
+        for i in range(5):
+            up.changed("write", {"gfid": bytes([i]) * 16}, {}, me)
+        await trio.testing.wait_all_tasks_blocked()
+        assert other.events == [(EVENT, {"all": True})]
+
+
+async def test_a_lone_client_costs_nothing() -> None:
+    async with trio.open_nursery() as nursery:
+        up = Upcall(nursery)
+        me = Conn("me")
+        up.seen(me)
+        up.changed("write", {"gfid": G}, {}, me)
+        await trio.testing.wait_all_tasks_blocked()
+        assert up.sent == 0 and not up._pending
