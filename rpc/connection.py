@@ -39,7 +39,7 @@ from pyglfs.rpc.errors import ProtocolError, oserror_from_name, transport_error
 from pyglfs.rpc.framing import DEFAULT_MAX_FRAME, FrameReader, FrameWriter
 from pyglfs.rpc.handshake import client_handshake
 from pyglfs.rpc.server import peer_name
-from pyglfs.rpc.transport import ByteStream, SocketTransport, aclose_forcefully, fast_transport
+from pyglfs.rpc.transport import ByteStream, aclose_forcefully, fast_transport
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class RpcConnection:
         self._watch_scope = trio.CancelScope()
         self._next_deadline = math.inf
         self._bg_nursery: trio.Nursery | None = None
-        self.busy_poll = BusyPoll(busy_poll if isinstance(stream, SocketTransport) else 0.0)
+        self.busy_poll = BusyPoll(busy_poll if reader.can_poll else 0.0)
 
     def __repr__(self) -> str:
         return f"<RpcConnection {self.peer}>"
@@ -174,7 +174,7 @@ class RpcConnection:
         try:
             while c.reply is None:
                 msgs = self._reader.poll(deadline)
-                if msgs is None:
+                if not msgs:
                     break
                 self._last_rx = trio.current_time()
                 self._deliver(msgs)

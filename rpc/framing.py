@@ -117,14 +117,18 @@ class FrameReader:
             if msgs:
                 return msgs
 
+    @property
+    def can_poll(self) -> bool:
+        return self._rview is not None
+
     def poll(self, deadline: float) -> list[Any] | None:
         """Messages that arrive before ``perf_counter()`` reaches ``deadline``,
         received by busy-polling the socket instead of waiting in the event loop
         (see busypoll.py).
 
-        None when no complete message came in time, or when polling is not possible
-        now: not a socket, a big frame on its way, end of stream or an error (those
-        are left for ``receive``). Raises ProtocolError for bad input.
+        An empty list when no complete message came in time; None when polling is
+        not possible now: not a socket, a big frame on its way, end of stream or an
+        error (those are left for ``receive``). Raises ProtocolError for bad input.
         """
         fast = self._fast
         rview = self._rview
@@ -133,7 +137,7 @@ class FrameReader:
         while not self._big_pos and self._want - len(self._buf) < _BIG:
             n = fast.poll_into(rview, deadline)
             if n <= 0:
-                return None
+                return [] if n == 0 else None
             msgs = self._feed(rview[:n])
             if msgs:
                 return msgs

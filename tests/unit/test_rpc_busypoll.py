@@ -1,7 +1,8 @@
-"""A lone call busy-polls its socket for the reply (rpc/busypoll.py).
+"""Busy-polling (rpc/busypoll.py): a lone call polls its socket for the reply, and
+a server connection polls for the next request.
 
-The peer here is a plain blocking server in a worker thread, so it answers while
-the trio thread polls, as a server in another process would. The tests check that
+The peer here is plain blocking code in a worker thread, so it answers while the
+trio thread polls, as a peer in another process would. The tests check that
 replies, events and failures that arrive during a poll are handled exactly as the
 reader task would handle them, that polling backs off when it does not pay, and
 that a caller whose replies always come by polling still yields and can be
@@ -13,6 +14,9 @@ from __future__ import annotations
 import errno
 import socket
 import struct
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,10 +24,14 @@ from typing import Any
 import msgpack
 import pytest
 import trio
+from helpers.procs import stop_pids
 
+from pyglfs.rpc import messages
 from pyglfs.rpc.busypoll import MAX_SKIP, BusyPoll, nothing_else_runnable
 from pyglfs.rpc.connection import RpcConnection, open_rpc_connection
 from pyglfs.rpc.framing import encode_frame
+from pyglfs.rpc.server import serve_rpc
+from pyglfs.rpc.testing import EchoService
 
 HOST = "127.0.0.1"
 BUDGET = 0.05  # generous: a loaded test machine must still answer within it
@@ -192,3 +200,109 @@ async def test_backoff_after_fruitless_polls_and_reset_after_a_hit() -> None:
 def test_outside_trio_nothing_is_polled() -> None:
     assert not nothing_else_runnable()
     assert not BusyPoll().should_poll()
+
+
+# ---- the server side ------------------------------------------------------------------
+
+
+def _blocking_client(port: int, seconds: float) -> list[float]:
+    """Handshake, then null requests one at a time for ``seconds``; returns each
+    round trip's duration."""
+    times: list[float] = []
+    with socket.create_connection((HOST, port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = bytearray()
+        sock.sendall(encode_frame(messages.hello(volume="v", client_id="raw", role="bench")))
+        assert "welcome" in _read_frame(sock, buf)
+        stop_at = time.monotonic() + seconds
+        rid = 0
+        while time.monotonic() < stop_at:
+            rid += 1
+            t0 = time.monotonic()
+            sock.sendall(encode_frame(messages.request(rid, "null", {})))
+            assert _read_frame(sock, buf) == {"id": rid, "ok": {}}
+            times.append(time.monotonic() - t0)
+    return times
+
+
+@asynccontextmanager
+async def polling_server(budget: float) -> AsyncIterator[tuple[int, EchoService]]:
+    svc = EchoService()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(
+            lambda task_status: serve_rpc(svc, HOST, 0, busy_poll=budget, task_status=task_status))
+        yield port, svc
+        nursery.cancel_scope.cancel()
+
+
+async def test_server_polls_for_the_next_request_of_a_lone_client() -> None:
+    async with polling_server(BUDGET) as (port, svc):
+        with trio.fail_after(20):
+            times = await trio.to_thread.run_sync(_blocking_client, port, 0.2)
+        poll = svc.connections[0].busy_poll
+    assert len(times) > 20
+    assert poll.hits >= len(times) // 2
+
+
+async def test_server_does_not_poll_with_a_zero_budget() -> None:
+    async with polling_server(0.0) as (port, svc):
+        with trio.fail_after(20):
+            await trio.to_thread.run_sync(_blocking_client, port, 0.05)
+        assert svc.connections[0].busy_poll.polls == 0
+
+
+# A client in another process that sends requests far faster than the server can
+# answer them (and throws the replies away): the server always finds more waiting
+# when it polls.
+_HOG = r"""
+import socket, struct, sys, threading, time
+import msgpack
+
+def frame(obj):
+    body = msgpack.packb(obj)
+    return struct.pack(">I", len(body)) + body
+
+sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+sock.sendall(frame({"hello": {"version": 1, "role": "bench", "volume": "v",
+                              "client_id": "hog", "auth": None}}))
+
+def discard():
+    while sock.recv(1 << 20):
+        pass
+
+threading.Thread(target=discard, daemon=True).start()
+burst = b"".join(frame({"id": i, "op": "null", "args": {}}) for i in range(1000))
+stop_at = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < stop_at:
+    sock.sendall(burst)
+"""
+
+
+async def test_a_connection_served_by_polls_does_not_starve_another() -> None:
+    async with polling_server(BUDGET) as (port, svc):
+        hog = subprocess.Popen(  # noqa: ASYNC220 - stopped by PID in the finally
+            [sys.executable, "-c", _HOG, str(port), "8"], stdout=subprocess.DEVNULL)
+        try:
+            with trio.fail_after(20):
+                while not svc.connections or svc.connections[0].busy_poll.hits < 3:
+                    assert hog.poll() is None, "the hog client ended early"
+                    await trio.sleep(0.01)
+            # A client in this process runs only when the hog's connection yields.
+            async with open_rpc_connection(HOST, port, volume="v", client_id="c") as conn:
+                times = []
+                stop_at = time.monotonic() + 0.5
+                while time.monotonic() < stop_at:
+                    t0 = time.monotonic()
+                    await conn.call("null", {})
+                    times.append(time.monotonic() - t0)
+            assert hog.poll() is None, "the hog client ended early"
+        finally:
+            stop_pids([hog.pid])
+        hog_poll = svc.connections[0].busy_poll
+    assert hog_poll.hits >= 3
+    # Each of the hog's batches of requests (64 KiB of them) takes tens of ms, and a
+    # call needs a few turns of the loop. Were the hog's connection never to yield,
+    # the first call would wait for the hog's end, 8 s.
+    assert len(times) >= 2
+    assert max(times) < 2.0
