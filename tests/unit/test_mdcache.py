@@ -274,3 +274,23 @@ async def test_brick_going_down_empties_the_cache() -> None:
     mdc.child_down(fake, "gone")
     await mdc.lookup(ROOT_GFID, b"f")
     assert fake.calls == ["lookup", "lookup"]
+
+
+def _built(**options: str) -> Layer:
+    from pyglfs.client.graph import build_graph
+    from pyglfs.volfiles.generator import BrickSpec, VolumeSpec, client_graph
+
+    spec = VolumeSpec("gv", "6a1e6c55-9f61-4a49-9f1c-6f3c3f7a8a01", 2,
+                      [BrickSpec("127.0.0.2", 49750, "/b/1"),
+                       BrickSpec("127.0.0.3", 49751, "/b/2")], options=dict(options))
+    return build_graph(client_graph(spec), client_id="me").child
+
+
+def test_graph_options() -> None:
+    default = _built()
+    assert isinstance(default, MdCache) and default.invalidation and default.timeout == 600
+    off = _built(**{"features.cache-invalidation": "off"})
+    assert isinstance(off, MdCache) and not off.invalidation and off.timeout == 1
+    short = _built(**{"performance.md-cache-timeout": "5"})
+    assert isinstance(short, MdCache) and short.timeout == 5
+    assert not isinstance(_built(**{"performance.stat-prefetch": "off"}), MdCache)
