@@ -47,8 +47,12 @@ from typing import Any
 import trio
 
 from pyglfs.rpc.brickops import ROOT_GFID
-from pyglfs.rpc.busypoll import DEFAULT_BUDGET
 from pyglfs.rpc.connection import RpcConnection, open_rpc_connection
+
+try:
+    from pyglfs.rpc.busypoll import DEFAULT_BUDGET
+except ImportError:  # an older tree (A/B runs with PYTHONPATH=old/src): no busy-polling
+    DEFAULT_BUDGET = 0.0
 
 HOST = "127.0.0.1"
 VOLUME = "benchvol"
@@ -265,18 +269,19 @@ def _print_result(r: Result) -> None:
 
 async def bench_server(server: Server, args: argparse.Namespace) -> list[Result]:
     results = []
+    poll_arg = {"busy_poll": args.busy_poll_us * 1e-6} if DEFAULT_BUDGET else {}
     async with open_rpc_connection(HOST, server.port, volume=VOLUME, client_id="rpc-bench",
-                                   role="bench", busy_poll=args.busy_poll_us * 1e-6) as conn:
+                                   role="bench", **poll_arg) as conn:
 
         async def null(_: int) -> None:
             await conn.call("null", {})
 
         if "null" in args.workloads:
             for in_flight in (1, 64):
-                poll = conn.busy_poll
-                polls, hits = poll.polls, poll.hits
+                poll = getattr(conn, "busy_poll", None)
+                polls, hits = (poll.polls, poll.hits) if poll else (0, 0)
                 results.append(await _measure(conn, server, args, "null", in_flight, null))
-                if poll.polls > polls:
+                if poll and poll.polls > polls:
                     print(f"       busy polls: {poll.polls - polls}, "
                           f"{(poll.hits - hits) / (poll.polls - polls):.0%} got the reply",
                           flush=True)
