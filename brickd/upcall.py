@@ -15,9 +15,10 @@ than ``PENDING_MAX`` items wait for one connection, the event carries
 
 The event is sent after the change is done, so a client that receives it and
 then asks again sees the change. Events of changes that complete close
-together are merged into one per connection: the send runs in a task of the
-service's nursery one scheduling round after the first change, never inside
-the request that made it.
+together are merged into one per connection: one sender task per connection
+(in the service's nursery, never inside the request that made the change)
+sends what gathered, and while it waits on a slow reader the next changes
+gather behind it; past ``PENDING_MAX`` items they become ``"all"``.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class Upcall:
         self._nursery = nursery
         self._clients: dict[int, ServerConnection] = {}
         self._pending: dict[int, _Pending] = {}
+        self._senders: set[int] = set()
         self.sent = 0
 
     def seen(self, conn: ServerConnection) -> None:
@@ -113,22 +115,31 @@ class Upcall:
             if conn.closed:
                 self.gone(conn)
                 continue
-            pending = self._pending.get(conn.conn_id)
+            cid = conn.conn_id
+            pending = self._pending.get(cid)
             if pending is None:
-                pending = self._pending[conn.conn_id] = _Pending()
-                self._nursery.start_soon(self._send, conn)
+                pending = self._pending[cid] = _Pending()
             pending.add(gfids, entries)
+            if cid not in self._senders:
+                self._senders.add(cid)
+                self._nursery.start_soon(self._send, conn)
 
     async def _send(self, conn: ServerConnection) -> None:
-        await trio.lowlevel.checkpoint()
-        pending = self._pending.pop(conn.conn_id, None)
-        if pending is None:
-            return
+        """One sender per connection: what piles up while a send waits on a
+        slow reader goes out merged in the next event."""
+        cid = conn.conn_id
         try:
-            await conn.send_event(EVENT, pending.event())
-            self.sent += 1
+            while not conn.closed:
+                await trio.lowlevel.checkpoint()
+                pending = self._pending.pop(cid, None)
+                if pending is None:
+                    return
+                await conn.send_event(EVENT, pending.event())
+                self.sent += 1
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             log.debug("%r: cache-invalidation event not delivered: %r", conn, e)
+        finally:
+            self._senders.discard(cid)
 
 
 def what_changed(op: str, args: dict[str, Any],

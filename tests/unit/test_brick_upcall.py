@@ -91,3 +91,31 @@ async def test_a_lone_client_costs_nothing() -> None:
         up.changed("write", {"gfid": G}, {}, me)
         await trio.testing.wait_all_tasks_blocked()
         assert up.sent == 0 and not up._pending
+
+
+class SlowConn(Conn):
+    def __init__(self, client_id: str) -> None:
+        super().__init__(client_id)
+        self.gate = trio.Event()
+
+    async def send_event(self, name: str, args: dict[str, Any]) -> None:
+        await self.gate.wait()
+        self.events.append((name, args))
+
+
+async def test_one_sender_per_connection_behind_a_slow_reader() -> None:
+    async with trio.open_nursery() as nursery:
+        up = Upcall(nursery)
+        me, slow = Conn("me"), SlowConn("slow")
+        up.seen(me)
+        up.seen(slow)
+        up.changed("write", {"gfid": P}, {}, me)
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(50):
+            up.changed("write", {"gfid": bytes([i]) * 16}, {}, me)
+            await trio.testing.wait_all_tasks_blocked()
+        assert len(up._senders) == 1
+        slow.gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(slow.events) == 2 and len(slow.events[1][1]["gfids"]) == 50
+        assert not up._senders and not up._pending
