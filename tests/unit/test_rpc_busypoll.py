@@ -26,8 +26,8 @@ import pytest
 import trio
 from helpers.procs import stop_pids
 
-from pyglfs.rpc import messages
-from pyglfs.rpc.busypoll import MAX_SKIP, BusyPoll, nothing_else_runnable
+from pyglfs.rpc import busypoll, messages
+from pyglfs.rpc.busypoll import MAX_SKIP, BusyPoll, MachineLoad, nothing_else_runnable
 from pyglfs.rpc.connection import RpcConnection, open_rpc_connection
 from pyglfs.rpc.framing import encode_frame
 from pyglfs.rpc.server import serve_rpc
@@ -35,6 +35,13 @@ from pyglfs.rpc.testing import EchoService
 
 HOST = "127.0.0.1"
 BUDGET = 0.05  # generous: a loaded test machine must still answer within it
+
+
+@pytest.fixture(autouse=True)
+def _ignore_machine_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Polling stops while the test machine is busy; these tests are about what
+    happens when it polls."""
+    monkeypatch.setattr(busypoll, "machine_has_room", lambda: True)
 
 Reply = Callable[[dict[str, Any]], list[Any]]
 
@@ -195,6 +202,28 @@ async def test_backoff_after_fruitless_polls_and_reset_after_a_hit() -> None:
     assert sum(poll.should_poll() for _ in range(MAX_SKIP + 1)) == 1
     poll.record(True)
     assert poll.should_poll() and poll.should_poll()
+
+
+def test_machine_load_allows_polling_only_with_a_cpu_to_spare(tmp_path: Any) -> None:
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("0.50 0.40 0.30 2/120 4567\n")
+    load = MachineLoad(str(loadavg), ncpu=2)
+    assert load.has_room()
+    loadavg.write_text("3.10 2.00 1.00 3/121 4568\n")
+    assert load.has_room(), "read again only after LOAD_CHECK_EVERY"
+    load.checked_at = -1.0
+    assert not load.has_room()
+    loadavg.write_text("garbage\n")
+    load.checked_at = -1.0
+    assert load.has_room()
+
+
+async def test_no_polling_on_a_busy_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(busypoll, "machine_has_room", lambda: False)
+    async with threaded_peer() as conn:
+        for i in range(5):
+            assert await conn.call("echo", {"i": i}) == {"i": i}
+        assert conn.busy_poll.polls == 0
 
 
 def test_outside_trio_nothing_is_polled() -> None:
