@@ -1,7 +1,8 @@
 """RPC benchmark: client and server in separate processes over loopback TCP.
 
     python bench/rpc_bench.py [--seconds 2] [--repeat 3] [--server brick|echo|both]
-                              [--workloads null,write] [--floor] [--json out.json]
+                              [--workloads null,write] [--no-floor] [--busy-poll-us 100]
+                              [--json out.json]
 
 Measures, against a real ``pyglfs-brickd`` serving a brick on a tmpfs directory
 (under /dev/shm, removed at the end) and/or the protocol's own echo server
@@ -12,7 +13,7 @@ Measures, against a real ``pyglfs-brickd`` serving a brick on a tmpfs directory
   write goes to one file through its normal write path; the echo server only
   counts the bytes, which gives the protocol's share of the cost.
 
-With ``--floor`` it first measures the floor for a round trip on this machine:
+It first measures the floor for a round trip on this machine (``--no-floor`` skips it):
 two Python processes doing plain blocking ``send``/``recv`` ping-pong of 16 bytes
 over loopback TCP, no event loop, no framing; null round trips with 1 in flight
 are then also shown as a fraction of it.
@@ -22,7 +23,9 @@ run beside it; the CPU time both processes used per operation (from
 ``/proc/PID/schedstat``, in ns) shows whether a figure is bound by CPU or by
 wake-up latency. The machine's load average and its CPU idle settings are
 printed too: other processes on the same cores, and how fast an idle vCPU wakes,
-move these numbers a lot.
+move these numbers a lot. With 1 in flight it also prints how often the client
+busy-polled for a reply and how often that got it (rpc/busypoll.py; polling
+stops while the machine has more runnable tasks than CPUs).
 """
 
 from __future__ import annotations
@@ -281,9 +284,10 @@ async def bench_server(server: Server, args: argparse.Namespace) -> list[Result]
                 poll = getattr(conn, "busy_poll", None)
                 polls, hits = (poll.polls, poll.hits) if poll else (0, 0)
                 results.append(await _measure(conn, server, args, "null", in_flight, null))
-                if poll and poll.polls > polls:
-                    print(f"       busy polls: {poll.polls - polls}, "
-                          f"{(poll.hits - hits) / (poll.polls - polls):.0%} got the reply",
+                if poll and in_flight == 1:
+                    n = poll.polls - polls
+                    print(f"       busy polls: {n}, "
+                          f"{(poll.hits - hits) / max(n, 1):.0%} of them got the reply",
                           flush=True)
         if "write" not in args.workloads:
             return results
@@ -315,8 +319,9 @@ def main() -> None:
     parser.add_argument("--server", choices=("brick", "echo", "both"), default="both")
     parser.add_argument("--workloads", default="null,write",
                         help="comma-separated subset of null,write")
-    parser.add_argument("--floor", action="store_true",
-                        help="first measure blocking ping-pong between two plain processes")
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                        help="first measure blocking ping-pong between two plain processes "
+                             "(default: yes)")
     parser.add_argument("--busy-poll-us", type=float, default=DEFAULT_BUDGET * 1e6,
                         help="how long a lone call polls for its reply (0: never)")
     parser.add_argument("--floor-echo", action="store_true", help=argparse.SUPPRESS)
