@@ -169,11 +169,14 @@ VOLUME_OPTIONS: dict[str, VolumeOption] = _opts(
      "percent of the brick's disk kept free"),
     ("storage.health-check-interval", "posix", "health-check-interval", _int(0), "30",
      "seconds between brick health checks (0: off)"),
-    ("performance.write-behind", _WB, None, _bool, "off", "write-behind translator"),
+    ("performance.write-behind", _WB, None, _bool, "off",
+     "write-behind translator in the volfile (the pyglfs client writes behind "
+     "anyway; the mount option write-behind=no stops it)"),
     ("performance.write-behind-window-size", _WB, "cache-size", _size, "1MB",
      "bytes of writes held per file"),
     ("performance.flush-behind", _WB, "flush-behind", _bool, "on",
-     "return from flush before writes land"),
+     "return from flush before writes land (pyglfs never does: close waits "
+     "for the bricks)"),
     ("performance.read-ahead", _RA, None, _bool, "off", "read-ahead translator"),
     ("performance.read-ahead-page-count", _RA, "page-count", _int(1, 16), "4",
      "pages read ahead"),
