@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,6 +167,22 @@ def test_fsync_without_close(replica: Volume, mnt: Mount,
         assert _on_bricks(replica, name) == [_digest(data)] * 2
     finally:
         os.close(fd)
+
+
+def test_sqlite(replica: Volume, mnt: Mount, request: pytest.FixtureRequest) -> None:
+    name = _name(request) + ".db"
+    db = sqlite3.connect(mnt.mountpoint / name)
+    try:
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v BLOB)")
+        for k in range(10):
+            with db:
+                db.executemany("INSERT INTO t (v) VALUES (?)",
+                               [(os.urandom(200 + j),) for j in range(100 * k, 100 * k + 100)])
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert db.execute("SELECT count(*) FROM t").fetchone() == (1000,)
+    finally:
+        db.close()
+    assert len(set(_on_bricks(replica, name))) == 1
 
 
 def test_another_mount_sees_an_append(replica: Volume, tmp_path: Path) -> None:
