@@ -253,3 +253,18 @@ async def test_release_drops_an_unreported_error(wb: Any) -> None:
         await layer.write(G, 0, b"x")
         await layer.release(G)
     assert layer.inodes == {}
+
+
+async def test_served_as_a_graph_layer() -> None:
+    """``serve`` runs the child and the queue, as a volfile graph would."""
+    fake = FakeFile()
+    layer = WriteBehind("wb", fake)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(layer.serve)
+            await layer.write(G, 0, b"graph")
+            assert fake.applied == []
+            fake.gate.set()
+            await layer.flush(G)
+            assert fake.data[G] == b"graph"
+            nursery.cancel_scope.cancel()
