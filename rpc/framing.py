@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024 + 64 * 1024
 RECEIVE_SIZE = 256 * 1024
-SOCKET_RECEIVE_SIZE = 64 * 1024
 MAX_RECEIVE_SIZE = 4 * 1024 * 1024
 _BIG = 64 * 1024
 _EMPTY_BIN = b"\xc4\x00"
@@ -81,7 +80,9 @@ class FrameReader:
         self._want = 0
         self._big: bytearray | None = None
         self._big_pos = 0
-        self._rview = memoryview(bytearray(SOCKET_RECEIVE_SIZE)) if self._fast else None
+        # As big as a receive was before it was kept: a 128 KiB write still comes
+        # in with one receive, not as 64 KiB plus the big-frame path.
+        self._rview = memoryview(bytearray(RECEIVE_SIZE)) if self._fast else None
 
     async def receive(self) -> list[Any] | None:
         """The next batch of one or more messages, or None at a clean end of stream.
