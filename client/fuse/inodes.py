@@ -120,9 +120,28 @@ class InodeTable:
         return self._dirs.get(ino)
 
 
+_GFID_RUN = 256
+_gfid_prefix = b""
+_gfid_left = 0
+
+
 def new_gfid() -> bytes:
-    """A fresh gfid: a random (version 4) UUID, as GlusterFS picks them."""
-    b = bytearray(os.urandom(16))
+    """A fresh gfid: a version-4 UUID whose first two bytes stay the same for a
+    run of 256 calls, then are drawn again.
+
+    The brick keeps a hard link per gfid under ``handles/<b0>/<b1>/``; on a fresh
+    brick fully random gfids need a new directory there for nearly every create
+    (an extra inode on each brick). A shared prefix for a run of creates keeps
+    that layout and makes the directory once per run. 106 random bits remain, so
+    gfids picked by different clients still do not collide in practice. The
+    inode number is the last 8 bytes, which stay random.
+    """
+    global _gfid_prefix, _gfid_left
+    if _gfid_left <= 0:
+        _gfid_prefix = os.urandom(2)
+        _gfid_left = _GFID_RUN
+    _gfid_left -= 1
+    b = bytearray(_gfid_prefix + os.urandom(14))
     b[6] = (b[6] & 0x0F) | 0x40
     b[8] = (b[8] & 0x3F) | 0x80
     return bytes(b)
