@@ -7,7 +7,8 @@ client's disconnect can drop exactly its locks (:meth:`LockManager.release_all`)
   over byte ranges. A blocked request tells the conflicting holders, via the
   contention callback, so a client holding a lock eagerly gives it up.
 * entry locks (``entrylk``) per ``(pgfid, domain)`` on one name, or on the
-  whole directory when the name is None.
+  whole directory when the name is None; contention is told as for inode
+  locks, with the directory's gfid as ``gfid``.
 * POSIX locks (``lk``) for applications, with fcntl semantics.
 
 Internal locks are granted first come, first served: a request that conflicts
@@ -373,8 +374,9 @@ class LockManager:
     """All of one brick's locks. Methods take the rpc arguments by name.
 
     ``on_contention(conn_id, gfid, domain, owner)`` is called synchronously
-    with the holder's connection and owner when a blocked inode-lock request
-    conflicts with a granted lock; it must not block (the server spawns the
+    with the holder's connection and owner when a blocked inode- or entry-lock
+    request conflicts with a granted lock (for an entry lock ``gfid`` is the
+    directory's); it must not block (the server spawns the
     event send). As in GlusterFS, one granted lock is told at most once per
     ``contention_delay`` seconds however many requests queue behind it, so a
     crowd of waiters does not flood its holder; a lock granted later is told
@@ -385,7 +387,7 @@ class LockManager:
                  contention_delay: float = CONTENTION_DELAY) -> None:
         self._on_contention = on_contention
         self._inode = _FairLocks(_ranges_overlap, self._inode_contention, contention_delay)
-        self._entry = _FairLocks(_names_overlap)
+        self._entry = _FairLocks(_names_overlap, self._inode_contention, contention_delay)
         self._posix = _PosixLocks()
 
     def _inode_contention(self, key: Hashable, holder: Owner) -> None:

@@ -10,8 +10,7 @@ that takes the dirty marks back, when
 
 - a brick tells us another client waits for it (``lock-contention`` event),
 - the inode's last open is flushed or released,
-- it was unused for ``post-op-delay-secs`` (an entry lock: for at most
-  ``ENTRY_IDLE_MAX``, as bricks push contention for inode locks only),
+- it was unused for ``post-op-delay-secs``,
 - a brick comes back (so the next holder includes it), or ``settle()``.
 
 Taking a lock: non-blocking on every brick at once; if any brick says EAGAIN,
@@ -41,7 +40,6 @@ log = logging.getLogger(__name__)
 
 FREE, ACQUIRING, HELD, RELEASING = range(4)
 OFFSET_END = 1 << 63
-ENTRY_IDLE_MAX = 0.25
 META_SPAN = (-2, -1)
 """The span metadata changes take: they exclude each other, not data changes."""
 
@@ -115,9 +113,9 @@ class EagerLocks:
         self.domain = domain
         self.owner = owner
         self.delay = delay if eager else 0.0
-        # Bricks push contention only for inode locks; an entry lock another
-        # client waits for is therefore given back after a short idle time.
-        self.entry_delay = min(self.delay, ENTRY_IDLE_MAX)
+        # Bricks push contention for entry locks as for inode locks (older
+        # bricks did not, and entry locks were kept at most 0.25 s idle).
+        self.entry_delay = self.delay
         self.inode: dict[bytes, LockState] = {}
         self.entry: dict[bytes, LockState] = {}
         self._nursery: trio.Nursery | None = None

@@ -388,3 +388,27 @@ async def test_unlock_withdraws_the_owners_blocked_request(
         await wait_until(lambda: outcome == [errno.ECANCELED])
     await ilk(lm, 1, b"a", "un")
     assert lm.is_idle()  # b's request was not granted behind a's back
+
+
+async def test_blocked_entrylk_tells_the_directory_lock_holder() -> None:
+    events: list[tuple[Any, ...]] = []
+    lm = LockManager(on_contention=lambda *a: events.append(a))
+    await lm.entrylk(conn_id=1, pgfid=G, domain=D, type="wr", owner=b"a")
+    await eagain(lm.entrylk(conn_id=2, pgfid=G, domain=D, type="wr", owner=b"b", name=b"x"))
+    assert events == []  # a non-blocking try tells nobody
+    got = trio.Event()
+
+    async def b_waits() -> None:
+        await lm.entrylk(conn_id=2, pgfid=G, domain=D, type="wr", owner=b"b", name=b"x",
+                         block=True)
+        got.set()
+
+    async with trio.open_nursery() as n:
+        n.start_soon(b_waits)
+        await wait_until(lambda: events == [(1, G, D, b"a")])
+        assert not got.is_set()
+        await lm.entrylk(conn_id=1, pgfid=G, domain=D, type="un", owner=b"a")
+        with trio.fail_after(5):
+            await got.wait()
+    await lm.entrylk(conn_id=2, pgfid=G, domain=D, type="un", owner=b"b", name=b"x")
+    assert lm.is_idle()
