@@ -3,7 +3,10 @@
 It turns each layer operation into one brick request and each reply back into
 Python values (``Iatt``, ``Lookup``, ``DirEntry``). Connection state comes from
 ``ReconnectingClient``: a brick going away is reported with ``child_down`` and
-its operations fail at once with ENOTCONN until it comes back.
+its operations fail at once with ENOTCONN until it comes back. Events the brick
+pushes go to the parent's ``on_event``; on every (re)connection the layers
+above also get a ``cache-invalidation`` of everything, since what the brick
+pushed while the connection was down never arrived.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 import trio
 
 from pyglfs.client.layer import DirEntry, Layer, Lookup
+from pyglfs.client.mdcache import EVENT as INVALIDATION_EVENT
 from pyglfs.rpc.brickops import Iatt
 from pyglfs.rpc.reconnect import ReconnectingClient
 
@@ -51,6 +55,9 @@ class ProtocolClient(Layer):
         log.info("connected to brick %s:%s brick=%s", self.host, self.port, self.brick_path)
         if self.parent is not None:
             self.parent.child_up(self)
+            # Invalidations this brick pushed while we were away are lost:
+            # caches above start again from what the bricks say now.
+            self.parent.on_event(self, INVALIDATION_EVENT, {"all": True})
 
     def _down(self, reason: str) -> None:
         log.warning("disconnected from brick %s:%s brick=%s: %s",
@@ -84,6 +91,17 @@ class ProtocolClient(Layer):
         r = await self._call_opt("create", pgfid=pgfid, name=name, gfid=gfid, mode=mode,
                                  uid=uid, gid=gid, flags=flags, xattrop=xattrop)
         return Iatt(*r["iatt"])
+
+    async def create_locked(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int,
+                            uid: int, gid: int, flags: int,
+                            xattrop: dict[str, bytes] | None, domain: str,
+                            owner: bytes) -> tuple[Iatt, bool]:
+        """``create`` that also asks the brick for the new file's whole-file write
+        lock in ``domain`` for ``owner``; True when the brick granted it."""
+        r = await self._call_opt("create", pgfid=pgfid, name=name, gfid=gfid, mode=mode,
+                                 uid=uid, gid=gid, flags=flags, xattrop=xattrop,
+                                 lock={"domain": domain, "owner": owner})
+        return Iatt(*r["iatt"]), r.get("locked") is True
 
     async def mkdir(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
                     gid: int, xattrop: dict[str, bytes] | None = None) -> Iatt:

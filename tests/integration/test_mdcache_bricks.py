@@ -81,3 +81,17 @@ async def test_changes_by_a_client_without_cache_invalidate(tmp_path: Path) -> N
             await trio.sleep(0.01)
         else:
             raise AssertionError("stat never served from the cache again")
+
+
+async def test_a_brick_coming_back_empties_the_cache(tmp_path: Path) -> None:
+    """What a brick pushed while its connection was down is lost: start afresh."""
+    async with open_replica(tmp_path, post_op_delay=0.0) as env:
+        a = MdCache("a", env.rep, timeout=600, invalidation=True)
+        await a.create(ROOT_GFID, b"f", new_gfid(), stat.S_IFREG | 0o644, 0, 0)
+        assert a.stats()["names"] == 1
+        await env.bricks[1].stop()
+        await wait_for(lambda: not env.rep.children[1].is_up, 10, "brick 1 seen down")
+        assert a.stats()["names"] == 1  # replicate is still up: the cache stays
+        await env.bricks[1].start()
+        await wait_for(lambda: a.stats()["names"] == 0, 30, "cache emptied on reconnect")
+        assert (await a.lookup(ROOT_GFID, b"f")).iatt.mode & 0o777 == 0o644
