@@ -21,8 +21,9 @@ Coherence
 - A reply that raced with an invalidation is not stored: every invalidation
   (an event, or the start or end of one of our own changes) bumps an epoch,
   and an answer is kept only if the epoch did not move while it was fetched.
-- A brick coming back or going away empties the cache: events may have been
-  lost while it was away.
+- A brick connection coming (back) up empties the cache (protocol/client
+  passes up an invalidation of everything): what the brick pushed while the
+  connection was down was lost. So does the whole replica set going down.
 
 Memory: each table is a bounded LRU (``limit`` entries), independent of what
 the kernel holds, so forgotten inodes are never pinned.
