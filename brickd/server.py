@@ -137,6 +137,8 @@ class BrickService:
             if meth is None:
                 continue
             table[op] = _store_handler(meth, _takes_conn_id(meth))
+        if "create" in table:
+            table["create"] = _create_and_lock(table["create"], self.locks)
         return table
 
     async def _index_list(self, args: dict[str, Any], conn: ServerConnection) -> dict[str, Any]:
@@ -161,6 +163,27 @@ def _store_handler(meth: Callable[..., Awaitable[Any]], with_conn: bool) -> Hand
     else:
         async def handler(args: dict[str, Any], conn: ServerConnection) -> Any:
             return await meth(**args)
+
+    return handler
+
+
+def _create_and_lock(create: Handler, locks: LockManager) -> Handler:
+    """``create`` that, given ``lock``, also takes the new file's inode lock for
+    the client, so its first write needs no lock round trip of its own. The
+    lock is tried only once the file exists; a failed try (only possible for a
+    gfid some other client already locks) leaves the file created and says
+    ``locked: False``."""
+    async def handler(args: dict[str, Any], conn: ServerConnection) -> Any:
+        lock = args.get("lock")
+        if lock is None:
+            return await create(args, conn)
+        result = await create({k: v for k, v in args.items() if k != "lock"}, conn)
+        try:
+            await locks.inodelk(conn_id=conn, gfid=args["gfid"], domain=lock["domain"],
+                                type="wr", start=0, len=0, owner=lock["owner"], block=False)
+        except OSError:
+            return {**result, "locked": False}
+        return {**result, "locked": True}
 
     return handler
 

@@ -133,6 +133,13 @@ def _opt(check: Check) -> Check:
 
 
 _LOCK_TYPE = _one_of("rd", "wr", "un")
+
+
+def _is_new_lock(v: Any) -> bool:
+    return (type(v) is dict and len(v) == 2 and _is_str(v.get("domain"))
+            and type(v.get("owner")) is bytes and len(v["owner"]) <= 1024)
+
+
 _XOP = _opt(_is_xattrop)
 
 # op -> {arg: check}. Args whose check is _opt(...) may be absent.
@@ -173,6 +180,9 @@ OPS: dict[str, dict[str, Check]] = {
     "create": {
         "pgfid": _is_gfid, "name": _is_name, "gfid": _is_gfid, "mode": _is_uint,
         "uid": _is_uint, "gid": _is_uint, "flags": _opt(_is_uint), "xattrop": _XOP,
+        # {"domain", "owner"}: also take the new file's whole-file "wr" inode lock
+        # for that owner (non-blocking); the reply then says {"locked": bool}.
+        "lock": _opt(_is_new_lock),
     },
     "mkdir": {
         "pgfid": _is_gfid, "name": _is_name, "gfid": _is_gfid, "mode": _is_uint,

@@ -29,14 +29,21 @@ import errno
 import logging
 import os
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import trio
 
 from pyglfs.client.layer import Layer
+from pyglfs.client.protocol import ProtocolClient
 from pyglfs.client.replicate import changelog
 from pyglfs.client.replicate.changelog import DATA, ENTRY, METADATA
-from pyglfs.client.replicate.eagerlock import META_SPAN, OFFSET_END, EagerLocks, Span
+from pyglfs.client.replicate.eagerlock import (
+    META_SPAN,
+    OFFSET_END,
+    EagerLocks,
+    LockState,
+    Span,
+)
 from pyglfs.client.replicate.fanout import bits, fanout, is_transport, pick_error
 from pyglfs.client.replicate.fanout import mask as _mask
 from pyglfs.client.replicate.quorum import Quorum
@@ -84,6 +91,9 @@ class Replicate(ReadOps):
         self.writer = Writer(self.children, self.names, self.quorum, self.locks, self.inodes)
         self.opens: dict[bytes, int] = {}
         self._was_up = False
+        # Bricks take a new file's lock in its create request; another layer
+        # between replicate and the bricks gets the lock by a request of its own.
+        self._lock_on_create = all(isinstance(c, ProtocolClient) for c in self.children)
 
     def __repr__(self) -> str:
         return f"<Replicate {self.name} of {[c.name for c in self.children]} {self.quorum!r}>"
@@ -236,17 +246,46 @@ class Replicate(ReadOps):
             return c.create(pgfid, name, gfid, mode, uid, gid, flags, x)
 
         if self.locks.delay > 0 and flags & os.O_ACCMODE != os.O_RDONLY:
-            # In the background: the create does not wait for the lock's reply,
-            # and a first write waits for it only if it is still on its way.
-            self.locks.prefetch_soon(gfid)
-            try:
-                iatt = await self._new_inode(pgfid, gfid, _D | _M, call, xattrop)
-            except BaseException:
-                self.locks.want_release(gfid)
-                raise
+            st = self.locks.hold_new(gfid) if self._lock_on_create else None
+            if st is not None:
+                iatt = await self._create_locked(st, pgfid, name, gfid, mode, uid, gid, flags,
+                                                 xattrop)
+            else:
+                # In the background: the create does not wait for the lock's reply,
+                # and a first write waits for it only if it is still on its way.
+                self.locks.prefetch_soon(gfid)
+                try:
+                    iatt = await self._new_inode(pgfid, gfid, _D | _M, call, xattrop)
+                except BaseException:
+                    self.locks.want_release(gfid)
+                    raise
         else:
             iatt = await self._new_inode(pgfid, gfid, _D | _M, call, xattrop)
         self.opens[gfid] = self.opens.get(gfid, 0) + 1
+        return iatt
+
+    async def _create_locked(self, st: LockState, pgfid: bytes, name: bytes, gfid: bytes,
+                             mode: int, uid: int, gid: int, flags: int,
+                             xattrop: dict[str, bytes] | None) -> Iatt:
+        got = 0
+        domain, owner = self.locks.domain, self.owner
+
+        async def call(c: Layer, x: dict[str, bytes] | None) -> Iatt:
+            nonlocal got
+            iatt, locked = await cast(ProtocolClient, c).create_locked(
+                pgfid, name, gfid, mode, uid, gid, flags, x, domain, owner)
+            if locked:
+                got |= 1 << self._index(c)
+            return iatt
+
+        try:
+            out = await self.writer.entry_op([pgfid], call, gfid, _D | _M, xattrop)
+        except BaseException:
+            # A brick may have granted it with a reply we never saw.
+            self.locks.not_granted(st, self.locks.up_mask())
+            raise
+        self.locks.granted(st, got, _mask(out.ok))
+        iatt: Iatt = self._result(gfid, out)
         return iatt
 
     async def mkdir(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,

@@ -199,6 +199,36 @@ class EagerLocks:
         if st.release_wanted or self.delay <= 0:
             self._start_release(st)
 
+    def hold_new(self, key: bytes) -> LockState | None:
+        """The inode-lock state of a file this client is creating, the lock
+        being asked for in the create request itself; pair with ``granted``
+        or ``not_granted``. None when eager locking is off or ``key`` is known.
+        Users of ``key`` wait until then, as for a lock on its way."""
+        if self._nursery is None or self.delay <= 0 or key in self.inode:
+            return None
+        return self._new_hold(self.inode, key, False)
+
+    def granted(self, st: LockState, got: int, want: int) -> None:
+        """The create of ``st`` is through: bricks ``got`` granted the lock, and
+        every brick in ``want`` (where the file was made) should have. Anything
+        less is given back, and the next user takes the lock the usual way."""
+        up = self.up_mask()
+        got &= up
+        if not got or got != want & up:
+            self.not_granted(st, got)
+            return
+        st.locked_on = got
+        st.state = HELD
+        st.last_used = trio.current_time()
+        st.notify()
+        if st.release_wanted:
+            self._start_release(st)
+
+    def not_granted(self, st: LockState, maybe: int) -> None:
+        """Give back the lock of ``st`` on bricks ``maybe`` (they may hold it)."""
+        st.state = RELEASING
+        self._spawn(self._abandon, st, bits(maybe))
+
     def done(self, st: LockState) -> None:
         st.users -= 1
         st.last_used = trio.current_time()

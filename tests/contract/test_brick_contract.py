@@ -361,6 +361,36 @@ async def test_inodelk_contention_event_reaches_the_holder(
         assert [e for e in other.events if e[0] == "lock-contention"] == []
 
 
+async def test_create_can_take_the_new_files_inode_lock(
+    brick: BrickUnderTest, client: BrickClient,
+) -> None:
+    d, _ = await fresh_dir(client)
+    g = new_gfid()
+    lock = {"domain": "cvol-replicate-0", "owner": b"creator"}
+    r = await client.call("create", {"pgfid": d, "name": b"c", "gfid": g, "mode": 0o644,
+                                     "uid": 0, "gid": 0, "lock": lock})
+    assert r["locked"] is True and Iatt.from_wire(r["iatt"]).gfid == g
+    async with brick.connect() as other:
+        await expect_errno(errno.EAGAIN, other.call("inodelk", ilk(g, "wr", b"other")))
+        await client.call("inodelk", ilk(g, "un", b"creator"))
+        await other.call("inodelk", ilk(g, "wr", b"other"))
+        # A failed create takes no lock; a malformed lock argument is refused.
+        await expect_errno(errno.EEXIST, client.call("create", {
+            "pgfid": d, "name": b"c", "gfid": new_gfid(), "mode": 0o644, "uid": 0, "gid": 0,
+            "lock": lock}))
+        await expect_errno(errno.EINVAL, client.call("create", {
+            "pgfid": d, "name": b"c2", "gfid": new_gfid(), "mode": 0o644, "uid": 0, "gid": 0,
+            "lock": {"domain": "x"}}))
+        # A lock already held elsewhere is not granted, and the file is made anyway.
+        g2 = new_gfid()
+        await other.call("inodelk", ilk(g2, "wr", b"other"))
+        r = await client.call("create", {"pgfid": d, "name": b"c3", "gfid": g2, "mode": 0o644,
+                                         "uid": 0, "gid": 0, "lock": lock})
+        assert r["locked"] is False and Iatt.from_wire(r["iatt"]).gfid == g2
+    await client.call("release", {"gfid": g})
+    await client.call("release", {"gfid": g2})
+
+
 async def test_killed_connection_releases_its_locks(brick: BrickUnderTest,
                                                     client: BrickClient) -> None:
     d, _ = await fresh_dir(client)

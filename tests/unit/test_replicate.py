@@ -111,7 +111,13 @@ async def test_steady_state_round_trips(tmp_path: Path) -> None:
         calls.clear()
         h = g()
         await rep.create(ROOT_GFID, b"w", h, 0o644, 0, 0, os.O_WRONLY)
-        assert sorted(calls) == [(0, "create"), (0, "inodelk"), (1, "create"), (1, "inodelk")]
+        assert sorted(calls) == [(0, "create"), (1, "create")]
+        for i in range(2):  # ... held on both bricks for this client's owner
+            with pytest.raises(OSError) as e:
+                await env.brick_client(rep, i).rpc.call("inodelk", {
+                    "gfid": h, "domain": rep.name, "type": "wr", "start": 0, "len": 0,
+                    "owner": b"someone else"})
+            assert e.value.errno == errno.EAGAIN
         calls.clear()
         await rep.write(h, 0, b"small")
         assert sorted(calls) == [(0, "write"), (1, "write")]

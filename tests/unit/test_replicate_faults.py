@@ -349,3 +349,30 @@ async def test_contention_for_a_lock_we_lost_track_of_unlocks_it(tmp_path: Path)
         await b.settle()
         for br in env.bricks:
             assert (br.root / "f").read_bytes() == b"not stuck"
+
+
+async def test_lock_taken_by_create_is_given_back_or_held_where_the_file_is(
+    tmp_path: Path,
+) -> None:
+    async with open_replica(tmp_path, post_op_delay=30.0) as env:
+        rep = env.rep
+        await rep.create(ROOT_GFID, b"taken", g(), 0o644, 0, 0)
+        f = g()
+        with pytest.raises(OSError) as ei:
+            await rep.create(ROOT_GFID, b"taken", f, 0o644, 0, 0, os.O_WRONLY)
+        assert ei.value.errno == errno.EEXIST
+        await wait_for(lambda: f not in rep.locks.inode, 5, "failed create's lock state gone")
+        for i in range(2):  # and no brick holds it
+            await env.brick_client(rep, i).rpc.call("inodelk", {
+                "gfid": f, "domain": rep.name, "type": "wr", "start": 0, "len": 0,
+                "owner": b"probe"})
+        await env.bricks[1].stop()
+        await wait_for(lambda: not rep.children[1].is_up, 5, "brick 1 down")
+        h = g()
+        await rep.create(ROOT_GFID, b"one", h, 0o644, 0, 0, os.O_WRONLY)
+        assert rep.locks.inode[h].locked_on == 0b01
+        await rep.write(h, 0, b"while brick 1 is down")
+        await rep.release(h)
+        await rep.settle()
+        assert h in index_dir(env.bricks[0].root)
+        assert (env.bricks[0].root / "one").read_bytes() == b"while brick 1 is down"
