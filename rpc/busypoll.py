@@ -35,7 +35,10 @@ YIELD_EVERY = 1e-3
 LOAD_CHECK_EVERY = 0.02
 
 perf_counter = time.perf_counter
-_NCPU = os.cpu_count() or 1
+try:  # the CPUs this process may run on (taskset, cpusets), not all the machine's
+    _NCPU = len(os.sched_getaffinity(0))
+except (AttributeError, OSError):  # pragma: no cover - not Linux
+    _NCPU = os.cpu_count() or 1
 
 
 class MachineLoad:
