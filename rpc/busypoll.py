@@ -90,7 +90,7 @@ class BusyPoll:
     at most, and reports with ``record(got_it)``. ``must_yield()`` tells a caller
     that skipped the event loop through successful polls for ``YIELD_EVERY``
     seconds to yield once, so other tasks and I/O are not starved (it does not
-know about yields in between; an extra one a millisecond costs little).
+    know about yields in between; an extra one a millisecond costs little).
     """
 
     __slots__ = ("budget", "_fails", "_skip", "_yielded_at", "polls", "hits")

@@ -6,9 +6,9 @@ closes it, a frame is bad, a send fails, the watchdog gives up on a silent peer,
 the owner leaves the context. Every call still waiting then fails with ENOTCONN and
 later calls fail the same way at once; the owner learns of it from ``wait_closed``.
 
-A call that is the only one in flight, in a process with nothing else to run, polls
-its socket for the reply for a short while (``busy_poll``, see busypoll.py) before
-it sleeps: on a machine whose idle CPUs are slow to wake, that is most of a
+A call that is the only one in flight, in a process with nothing else to run, on a
+machine with a CPU to spare, polls its socket for the reply for a short while
+(``busy_poll``, see busypoll.py) before it sleeps: on a machine whose idle CPUs are slow to wake, that is most of a
 loopback round trip. The connection yields to the event loop at least once a
 millisecond even when every reply comes that way.
 

@@ -6,9 +6,10 @@ so an oversized frame costs nothing but the bytes already received. It decodes e
 complete frame found in one receive at once, which keeps a busy connection at one
 receive per batch of messages. Over a socket it receives into one buffer kept for
 the connection's life: a fresh 256 KiB ``bytes`` per receive costs a malloc (an
-mmap and munmap, in a process without tuned malloc thresholds) per round trip. The writer coalesces whatever was queued while a send
-was in progress into one ``send_all``; bodies of 64 KiB or more go out as their own
-buffer so they are not copied again.
+mmap and munmap, in a process without tuned malloc thresholds) per round trip.
+The writer coalesces whatever was queued while a send was in progress into one
+``send_all``; bodies of 64 KiB or more go out as their own buffer so they are not
+copied again.
 """
 
 from __future__ import annotations
