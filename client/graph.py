@@ -9,6 +9,14 @@ Translator types map to layers:
   ``read-subvolume-index``);
 - ``performance/md-cache`` -> ``MdCache`` (``md-cache-timeout``,
   ``cache-invalidation``; see ``pyglfs.client.mdcache``);
+- ``performance/write-behind`` -> ``WriteBehind`` (``cache-size``: the bytes
+  queued per file, GlusterFS's ``performance.write-behind-window-size``);
+  ``write_behind=False`` (the mount option ``write-behind=no``) builds it as a
+  write-through layer instead. With ``wb_group`` (a mount passes one list for
+  all its graphs) every write-behind layer of the mount waits for the writes
+  the others still have queued, so a graph switch never lets a close, fsync or
+  read overtake a write queued in the graph being retired; a graph without a
+  write-behind translator then gets a write-through one at its top for this;
 - any other type with one subvolume *above* the first of those (``debug/io-stats``,
   performance translators we do not implement yet) -> a plain pass-through
   ``Layer``, since dropping a cache or a statistics layer changes no result;
@@ -29,6 +37,7 @@ from pyglfs.client.mdcache import MdCache
 from pyglfs.client.protocol import ProtocolClient
 from pyglfs.client.replicate import Replicate
 from pyglfs.client.replicate.quorum import QUORUM_TYPES
+from pyglfs.client.writebehind import DEFAULT_WINDOW, WriteBehind
 from pyglfs.volfiles.model import Graph, VolfileError, Xlator
 
 log = logging.getLogger(__name__)
@@ -36,25 +45,35 @@ log = logging.getLogger(__name__)
 CLIENT = "protocol/client"
 REPLICATE = "cluster/replicate"
 MDCACHE = "performance/md-cache"
+WRITE_BEHIND = "performance/write-behind"
 DEFAULT_PORT = 49750
 # md-cache's timeout when bricks push invalidations and the volfile names none.
 MDCACHE_TIMEOUT_INVALIDATED = 600.0
 
 
 def build_graph(graph: Graph, *, client_id: str, volume: str | None = None,
-                call_timeout: float | None = None) -> Layer:
+                call_timeout: float | None = None, write_behind: bool = True,
+                wb_group: list[WriteBehind] | None = None) -> Layer:
     """The layers for ``graph``, top first, wired but not started."""
-    builder = _Builder(graph, client_id, volume or graph.name, call_timeout)
-    return builder.build(graph.top, pass_through_ok=True)
+    builder = _Builder(graph, client_id, volume or graph.name, call_timeout,
+                       write_behind, wb_group)
+    top = builder.build(graph.top, pass_through_ok=True)
+    if wb_group is not None and not builder.write_behinds:
+        top = WriteBehind(f"{graph.name}-write-through", top, queue=False, group=wb_group)
+    return top
 
 
 class _Builder:
     def __init__(self, graph: Graph, client_id: str, volume: str,
-                 call_timeout: float | None) -> None:
+                 call_timeout: float | None, write_behind: bool,
+                 wb_group: list[WriteBehind] | None) -> None:
         self.graph = graph
         self.client_id = client_id
         self.volume = volume
         self.call_timeout = call_timeout
+        self.write_behind = write_behind
+        self.wb_group = wb_group
+        self.write_behinds: list[WriteBehind] = []
         self.used: set[str] = set()
 
     def error(self, xl: Xlator, msg: str) -> VolfileError:
@@ -74,6 +93,8 @@ class _Builder:
             return self.replicate(xl, children)
         if xl.type == MDCACHE and pass_through_ok and len(xl.subvolumes) == 1:
             return self.mdcache(xl, self.build(xl.subvolumes[0], True))
+        if xl.type == WRITE_BEHIND and pass_through_ok and len(xl.subvolumes) == 1:
+            return self.writebehind(xl, self.build(xl.subvolumes[0], True))
         if pass_through_ok and not xl.type.startswith(("cluster/", "protocol/")):
             if len(xl.subvolumes) != 1:
                 raise self.error(xl, f"type {xl.type} is not supported by this client "
@@ -120,3 +141,9 @@ class _Builder:
         default = MDCACHE_TIMEOUT_INVALIDATED if invalidation else 1.0
         return MdCache(xl.name, child, invalidation=invalidation,
                        timeout=xl.opt_float("md-cache-timeout", default, min=0.0))
+
+    def writebehind(self, xl: Xlator, child: Layer) -> WriteBehind:
+        wb = WriteBehind(xl.name, child, window=xl.opt_size("cache-size", DEFAULT_WINDOW),
+                         queue=self.write_behind, group=self.wb_group)
+        self.write_behinds.append(wb)
+        return wb

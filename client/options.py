@@ -76,6 +76,8 @@ class MountOptions:
     allow_other: bool = True
     default_permissions: bool = True
     kernel_writeback_cache: bool = False
+    # write-behind=no: the graph's performance/write-behind layer writes through
+    # (kept, unlike GlusterFS, for A/B runs without editing the volume).
     write_behind: bool = True
     ignored: list[str] = field(default_factory=list)
 

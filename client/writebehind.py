@@ -30,7 +30,16 @@ Contracts:
   write past either waits for queued ones to finish. A write whose change the
   layer below would refuse now (no quorum: EROFS, no brick: ENOTCONN) is
   refused synchronously.
-- Without ``serve`` running (unit tests) writes go through synchronously.
+- Without ``serve`` running (unit tests), or built with ``queue=False`` (the
+  mount option ``write-behind=no``), writes go through synchronously. So does a
+  write that carries an ``xattrop``: an empty one is how the FUSE bridge asks
+  for write-through (O_DIRECT, O_SYNC, O_APPEND opens).
+- ``group``: a list shared by the write-behind layers of one mount's graphs.
+  Whatever waits for queued writes here waits for those of the group's other
+  layers too, and their failures are reported here: after a graph switch, a
+  close, fsync or read on the new graph never overtakes a write still queued
+  in the old one. A layer leaves the group when it stops serving (after the
+  old graph was settled, which drains it).
 """
 
 from __future__ import annotations
@@ -80,18 +89,20 @@ class _Inode:
         self.error: OSError | None = None
         self.last: Iatt | None = None
 
-    def end(self) -> int:
-        return max((w.end for w in self.queued), default=0)
-
 
 class WriteBehind(Layer):
     """Write-behind over ``child`` (see the module docstring)."""
 
     def __init__(self, name: str, child: Layer, *, window: int = DEFAULT_WINDOW,
-                 total: int = DEFAULT_TOTAL) -> None:
+                 total: int = DEFAULT_TOTAL, queue: bool = True,
+                 group: list[WriteBehind] | None = None) -> None:
         super().__init__(name, [child])
         self.window = max(window, 1)
         self.total = max(total, self.window)
+        self.queue = queue
+        self.group = group
+        if group is not None:
+            group.append(self)
         self.inodes: dict[bytes, _Inode] = {}
         self.nbytes = 0
         self._freed = trio.Event()
@@ -109,15 +120,19 @@ class WriteBehind(Layer):
         """Run queued writes until cancelled, without serving the children."""
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                if self.queue:
+                    self._nursery = nursery
                 task_status.started()
                 await trio.sleep_forever()
         finally:
             self._nursery = None
+            if self.group is not None and self in self.group:
+                self.group.remove(self)
 
     async def settle(self) -> None:
-        for gfid in list(self.inodes):
-            await self._drain(gfid)
+        for ino in list(self.inodes.values()):
+            for w in list(ino.queued):
+                await w.done.wait()
         await super().settle()
 
     # -- writing ------------------------------------------------------------
@@ -128,15 +143,12 @@ class WriteBehind(Layer):
         n = len(data)
         if offset < 0 or offset + n > _OFF_MAX:
             raise OSError(errno.EINVAL, "write out of range")
-        ino = self.inodes.get(gfid)
-        if ino is not None and ino.error is not None:
-            err, ino.error = ino.error, None
-            self._forget_if_idle(gfid, ino)
-            raise err
+        self._take_error(gfid)
         if self._nursery is None or xattrop is not None or offset + n > SYNC_BEYOND:
             await self._drain(gfid)
             return await self.child.write(gfid, offset, data, xattrop)
         self._check_writable()
+        ino = self.inodes.get(gfid)
         if ino is None:
             ino = self.inodes[gfid] = _Inode()
         while ino.queued and (ino.nbytes + n > self.window or self.nbytes + n > self.total):
@@ -144,7 +156,8 @@ class WriteBehind(Layer):
             if self.inodes.get(gfid) is not ino:  # drained and forgotten meanwhile
                 ino = self.inodes.setdefault(gfid, _Inode())
         w = _Write(offset, offset + max(n, 1), n)
-        deps = [q.done for q in ino.queued if q.start < w.end and w.start < q.end]
+        deps = [q.done for m in self._members() for q in m._queued(gfid)
+                if q.start < w.end and w.start < q.end]
         ino.queued.append(w)
         ino.nbytes += n
         self.nbytes += n
@@ -192,20 +205,29 @@ class WriteBehind(Layer):
         if not ino.queued and ino.error is None and self.inodes.get(gfid) is ino:
             del self.inodes[gfid]
 
-    async def _drain(self, gfid: bytes, start: int = 0, end: int = _OFF_MAX) -> None:
-        """Wait for the writes to ``gfid`` queued now that overlap [start, end)."""
+    def _queued(self, gfid: bytes) -> list[_Write]:
         ino = self.inodes.get(gfid)
-        if ino is None or not ino.queued:
-            return
-        for w in [q for q in ino.queued if q.start < end and start < q.end]:
-            await w.done.wait()
+        return ino.queued if ino is not None else []
+
+    def _members(self) -> list[WriteBehind]:
+        if self.group is None or len(self.group) < 2:
+            return [self]
+        return [self, *(m for m in self.group if m is not self)]
+
+    async def _drain(self, gfid: bytes, start: int = 0, end: int = _OFF_MAX) -> None:
+        """Wait for the writes to ``gfid`` queued now (here or in the group) that
+        overlap [start, end)."""
+        for m in self._members():
+            for w in [q for q in m._queued(gfid) if q.start < end and start < q.end]:
+                await w.done.wait()
 
     def _take_error(self, gfid: bytes) -> None:
-        ino = self.inodes.get(gfid)
-        if ino is not None and ino.error is not None:
-            err, ino.error = ino.error, None
-            self._forget_if_idle(gfid, ino)
-            raise err
+        for m in self._members():
+            ino = m.inodes.get(gfid)
+            if ino is not None and ino.error is not None:
+                err, ino.error = ino.error, None
+                m._forget_if_idle(gfid, ino)
+                raise err
 
     async def flush(self, gfid: bytes) -> None:
         await self._drain(gfid)
@@ -219,12 +241,13 @@ class WriteBehind(Layer):
 
     async def release(self, gfid: bytes) -> None:
         await self._drain(gfid)
-        ino = self.inodes.get(gfid)
-        if ino is not None and ino.error is not None and not ino.queued:
-            log.error("write-behind: a failed write to gfid=%s was never reported "
-                      "(closed without flush): %s", gfid.hex(), ino.error)
-            ino.error = None
-            self._forget_if_idle(gfid, ino)
+        for m in self._members():
+            ino = m.inodes.get(gfid)
+            if ino is not None and ino.error is not None and not ino.queued:
+                log.error("write-behind: a failed write to gfid=%s was never reported "
+                          "(closed without flush): %s", gfid.hex(), ino.error)
+                ino.error = None
+                m._forget_if_idle(gfid, ino)
         await self.child.release(gfid)
 
     # -- what waits for queued writes -------------------------------------------
@@ -257,25 +280,25 @@ class WriteBehind(Layer):
         return await self.child.open(gfid, flags)
 
     # -- answers that carry sizes -------------------------------------------------
+    def _any_queued(self) -> bool:
+        return any(m.inodes for m in self._members())
+
     def _cover(self, iatt: Iatt) -> Iatt:
-        ino = self.inodes.get(iatt.gfid)
-        if ino is None or not ino.queued:
-            return iatt
-        end = ino.end()
+        end = max((w.end for m in self._members() for w in m._queued(iatt.gfid)), default=0)
         return iatt._replace(size=end) if end > iatt.size else iatt
 
     async def lookup(self, pgfid: bytes, name: bytes) -> Lookup:
         r = await self.child.lookup(pgfid, name)
-        return r if not self.inodes else Lookup(self._cover(r.iatt), r.xattrs)
+        return Lookup(self._cover(r.iatt), r.xattrs) if self._any_queued() else r
 
     async def lookup_gfid(self, gfid: bytes) -> Lookup:
         r = await self.child.lookup_gfid(gfid)
-        return r if not self.inodes else Lookup(self._cover(r.iatt), r.xattrs)
+        return Lookup(self._cover(r.iatt), r.xattrs) if self._any_queued() else r
 
     async def readdir(self, gfid: bytes, cookie: int, count: int,
                       plus: bool = False) -> tuple[list[DirEntry], bool]:
         entries, eof = await self.child.readdir(gfid, cookie, count, plus)
-        if plus and self.inodes:
+        if plus and self._any_queued():
             entries = [e._replace(iatt=self._cover(e.iatt)) if e.iatt is not None else e
                        for e in entries]
         return entries, eof

@@ -169,11 +169,11 @@ VOLUME_OPTIONS: dict[str, VolumeOption] = _opts(
      "percent of the brick's disk kept free"),
     ("storage.health-check-interval", "posix", "health-check-interval", _int(0), "30",
      "seconds between brick health checks (0: off)"),
-    ("performance.write-behind", _WB, None, _bool, "off",
-     "write-behind translator in the volfile (the pyglfs client writes behind "
-     "anyway; the mount option write-behind=no stops it)"),
-    ("performance.write-behind-window-size", _WB, "cache-size", _size, "1MB",
-     "bytes of writes held per file"),
+    ("performance.write-behind", _WB, None, _bool, "on",
+     "write-behind translator: a write returns once queued, close and fsync wait "
+     "for the bricks (the mount option write-behind=no makes it write through)"),
+    ("performance.write-behind-window-size", _WB, "cache-size", _size, "4MB",
+     "bytes of writes queued per file"),
     ("performance.flush-behind", _WB, "flush-behind", _bool, "on",
      "return from flush before writes land (pyglfs never does: close waits "
      "for the bricks)"),

@@ -14,12 +14,10 @@ import stat
 from dataclasses import dataclass
 
 import pyfuse3
-import trio
 
 from pyglfs.client.fuse.attrs import entry_attributes
 from pyglfs.client.fuse.inodes import InodeTable
 from pyglfs.client.layer import DirEntry, Layer
-from pyglfs.client.writebehind import DEFAULT_WINDOW, WriteBehind
 from pyglfs.rpc.brickops import NAME_MAX, ROOT_GFID, Iatt
 
 
@@ -39,9 +37,9 @@ class BridgeConfig:
     while this mount holds the inode, so it is off by default (as GlusterFS's
     ``kernel-writeback-cache``).
 
-    ``write_behind``: the bridge's own write-behind (``pyglfs.client.writebehind``),
-    on by default as GlusterFS's: a WRITE is answered once queued, with the
-    same close/fsync guarantees.
+    Write-behind is not the bridge's: it is the graph's ``performance/write-behind``
+    layer (``pyglfs.client.graph``); the bridge only asks it to write through for
+    O_DIRECT, O_SYNC and O_APPEND opens.
     """
 
     attr_timeout: float = 1.0
@@ -50,8 +48,6 @@ class BridgeConfig:
     read_only: bool = False
     root_gfid: bytes = ROOT_GFID
     writeback_cache: bool = False
-    write_behind: bool = True
-    write_behind_window: int = DEFAULT_WINDOW
 
 
 class FileHandle:
@@ -94,15 +90,6 @@ class BridgeBase(pyfuse3.Operations):
     def __init__(self, layer: Layer, config: BridgeConfig | None = None) -> None:
         super().__init__()
         self.config = config or BridgeConfig()
-        self.write_behind: WriteBehind | None = None
-        if self.config.write_behind and not self.config.read_only:
-            parent = layer.parent
-            self.write_behind = WriteBehind("write-behind", layer,
-                                            window=self.config.write_behind_window)
-            # It stands beside the graph: status and events still go to whoever
-            # watched the top layer.
-            layer.parent = parent
-            layer = self.write_behind
         self.layer = layer
         # pyfuse3 reads this from the instance when it answers FUSE_INIT.
         self.enable_writeback_cache = self.config.writeback_cache
@@ -110,15 +97,6 @@ class BridgeBase(pyfuse3.Operations):
         self.files: dict[int, FileHandle] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._fh_counter = itertools.count(1)
-
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                    ) -> None:
-        """The bridge's background work (queued writes) until cancelled; start it
-        before the FUSE session, stop it after the graph settled."""
-        if self.write_behind is None:
-            task_status.started()
-            await trio.sleep_forever()
-        await self.write_behind.serve_writes(task_status=task_status)
 
     def next_fh(self) -> int:
         return next(self._fh_counter)

@@ -32,6 +32,7 @@ from pyglfs.client.graphswitch import Generation, GraphSwitch, protocol_clients
 from pyglfs.client.layer import Layer
 from pyglfs.client.subdir import SubdirError, resolve_subdir
 from pyglfs.client.volwatch import VolfileWatcher
+from pyglfs.client.writebehind import WriteBehind
 from pyglfs.volfiles.model import Graph, VolfileError
 
 if TYPE_CHECKING:
@@ -54,9 +55,16 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
     """Run the graph and the FUSE session; returns the exit status."""
     client_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
+    opts = plan.options
+    # One list for the write-behind layers of every graph this mount runs, so
+    # a switch never lets an operation overtake a write the old graph queued.
+    wb_group: list[WriteBehind] = []
+
     def build(graph: Graph, generation: int) -> Layer:
         cid = client_id if generation == 1 else f"{client_id}-g{generation}"
-        return build_graph(graph, client_id=cid, volume=plan.graph.name)
+        return build_graph(graph, client_id=cid, volume=plan.graph.name,
+                           write_behind=opts.write_behind and not opts.read_only,
+                           wb_group=wb_group)
 
     try:
         top = build(plan.graph, 1)
@@ -65,13 +73,11 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
         return 1
     watch = Generation(1, plan.graph, top)
     switch = GraphSwitch(watch, build, up_timeout=plan.up_timeout)
-    opts = plan.options
     config = BridgeConfig(attr_timeout=opts.attribute_timeout,
                           entry_timeout=opts.entry_timeout,
                           negative_timeout=opts.negative_timeout,
                           read_only=opts.read_only,
-                          writeback_cache=opts.kernel_writeback_cache,
-                          write_behind=opts.write_behind)
+                          writeback_cache=opts.kernel_writeback_cache)
     async with trio.open_nursery() as nursery:
         await nursery.start(switch.serve)
         if not await watch.wait_up(plan.up_timeout):
@@ -91,7 +97,6 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
             nursery.cancel_scope.cancel()
             return 1
         ops = FuseOperations(switch, dataclasses.replace(config, root_gfid=root_gfid))
-        await nursery.start(ops.serve)
         try:
             pyfuse3.init(ops, plan.mountpoint, opts.fuse_options(plan.fsname))
         except RuntimeError as e:

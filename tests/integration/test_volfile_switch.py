@@ -160,3 +160,30 @@ def test_an_unreachable_volfile_server_does_not_disturb_the_mount(
     assert pid_alive(m.pid) and mount_entry(m.mountpoint) == entry
     r = spool.b.cli("volume", "reset", "gvol0", "all")
     assert r.returncode == 0, r.stderr
+
+
+def test_write_behind_switched_off_and_on_under_a_writer(
+        spool: Pool, mounts: list[Mount], tmp_path: Path) -> None:
+    vol = spool.a.state / "vols" / "gvol0" / "gvol0.vol"
+    assert "performance/write-behind" in vol.read_text()  # on by default
+    m = _mount(spool, tmp_path / "mnt3", mounts)
+    block = bytes(range(256)) * 4096  # 1 MiB
+    with open(m.mountpoint / "wb", "wb") as f:
+        for i in range(6):  # queued on generation 1 while the switch is made
+            f.write(block[i:] + block[:i])
+            f.flush()
+            if i == 2:
+                _volume_set(spool.a, "performance.write-behind", "off")
+        _wait_switch(m, 2)
+        assert "performance/write-behind" not in vol.read_text()
+        f.write(b"tail")
+    want = b"".join(block[i:] + block[:i] for i in range(6)) + b"tail"
+    for brick in spool.bricks:
+        assert (brick / "wb").read_bytes() == want
+    _volume_set(spool.a, "performance.write-behind-window-size", "2MB")
+    r = spool.a.cli("volume", "reset", "gvol0", "performance.write-behind")
+    assert r.returncode == 0, r.stderr
+    _wait_switch(m, 3)  # the window size alone changed nothing while it was off
+    assert "option cache-size 2MB" in vol.read_text()
+    r = spool.a.cli("volume", "reset", "gvol0", "all")
+    assert r.returncode == 0, r.stderr

@@ -40,6 +40,7 @@ def test_replica2_client_volfile() -> None:
     g = parse(client_volfile(s), source="gvol0.vol")
     assert g == client_graph(s)
     assert list(g.xlators) == ["gvol0-client-0", "gvol0-client-1", "gvol0-replicate-0",
+                               "gvol0-write-behind",
                                "gvol0-md-cache", "gvol0"]
     c1 = g["gvol0-client-1"]
     assert c1.type == "protocol/client"
@@ -52,8 +53,11 @@ def test_replica2_client_volfile() -> None:
                            "quorum-type": "auto"}
     assert rep.subvolume_names == ["gvol0-client-0", "gvol0-client-1"]
     assert g.top.name == "gvol0" and g.top.type == "debug/io-stats"
+    wb = g["gvol0-write-behind"]
+    assert wb.type == "performance/write-behind" and wb.subvolumes == [rep]
+    assert wb.options == {}
     mdc = g["gvol0-md-cache"]
-    assert mdc.type == "performance/md-cache" and mdc.subvolumes == [rep]
+    assert mdc.type == "performance/md-cache" and mdc.subvolumes == [wb]
     assert mdc.options == {"cache-invalidation": "on", "md-cache-timeout": "600"}
     assert g.top.options == {"log-level": "DEBUG"} and g.top.subvolumes == [mdc]
 
@@ -74,9 +78,10 @@ def test_distributed_replicate_and_plain_layouts() -> None:
     dht = g["gvol0-dht"]
     assert dht.type == "cluster/distribute" and dht.subvolumes == reps
     assert dht.options == {"min-free-disk": "5%"}
-    assert g["gvol0-md-cache"].subvolumes == [dht]
+    assert g["gvol0-write-behind"].subvolumes == [dht]
     single = client_graph(spec(1, 1))
-    assert list(single.xlators) == ["gvol0-client-0", "gvol0-md-cache", "gvol0"]
+    assert list(single.xlators) == ["gvol0-client-0", "gvol0-write-behind", "gvol0-md-cache",
+                                    "gvol0"]
     plain = client_graph(spec(3, 1))
     assert plain["gvol0-dht"].subvolume_names == ["gvol0-client-0", "gvol0-client-1",
                                                   "gvol0-client-2"]
@@ -94,10 +99,18 @@ def test_performance_translators_only_when_switched_on() -> None:
     assert g["gvol0-write-behind"].subvolume_names == ["gvol0-replicate-0"]
 
 
+def test_write_behind_on_by_default_and_switched_off() -> None:
+    on = client_graph(spec(options={"performance.write-behind-window-size": "2MB"}))
+    assert on["gvol0-write-behind"].options == {"cache-size": "2MB"}
+    off = client_graph(spec(options={"performance.write-behind": "off"}))
+    assert not off.by_type("performance/write-behind")
+    assert off["gvol0-md-cache"].subvolume_names == ["gvol0-replicate-0"]
+
+
 def test_md_cache_options() -> None:
     off = client_graph(spec(options={"performance.stat-prefetch": "off"}))
     assert not off.by_type("performance/md-cache")
-    assert off.top.subvolume_names == ["gvol0-replicate-0"]
+    assert off.top.subvolume_names == ["gvol0-write-behind"]
     no_inval = client_graph(spec(options={"features.cache-invalidation": "off"}))
     assert no_inval["gvol0-md-cache"].options == {"cache-invalidation": "off",
                                                   "md-cache-timeout": "1"}

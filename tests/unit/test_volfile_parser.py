@@ -190,4 +190,5 @@ def test_examples_parse() -> None:
     single = parse_file(EXAMPLES / "single.vol")
     assert len(single.by_type("protocol/client")) == 1
     assert not single.by_type("cluster/replicate")
-    assert single.top.subvolumes == single.by_type("protocol/client")
+    (wb,) = single.by_type("performance/write-behind")
+    assert single.top.subvolumes == [wb] and wb.subvolumes == single.by_type("protocol/client")
