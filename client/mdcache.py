@@ -15,7 +15,9 @@ Coherence
   every other client when they change an inode or a directory entry
   (``pyglfs.brickd.upcall``); the entries it names are dropped, so the cache
   may hold answers for a long timeout (GlusterFS's ``group metadata-cache``
-  uses 600 s). Events are passed on upwards, for the FUSE bridge.
+  uses 600 s). Each event also goes to ``kernel_hook``, which the FUSE session
+  sets to drop the kernel's copies (``pyglfs.client.fuse.kernelinval``), and
+  is passed on upwards.
 - This client's own changes go through this layer: a change drops what it
   makes stale and stores the attributes the change returned.
 - A reply that raced with an invalidation is not stored: every invalidation
@@ -36,6 +38,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from pyglfs.client.layer import DirEntry, Layer, Lookup
@@ -83,6 +86,9 @@ class MdCache(Layer):
         self._multilink: set[bytes] = set()
         self.hits = 0
         self.misses = 0
+        # Called with an event's (gfids, entries) after they were dropped here:
+        # the FUSE session passes them on to the kernel's caches.
+        self.kernel_hook: Callable[[list[bytes], list[tuple[bytes, bytes]]], None] | None = None
 
     def __repr__(self) -> str:
         return (f"<MdCache {self.name} timeout={self.timeout:g} "
@@ -187,6 +193,8 @@ class MdCache(Layer):
             log.debug("md-cache %s: invalidation of %d inodes, %d names", self.name,
                       len(gfids), len(entries))
             self.invalidate(gfids, entries)
+            if self.kernel_hook is not None:
+                self.kernel_hook(gfids, entries)
         super().on_event(child, name, args)
 
     def child_up(self, child: Layer) -> None:

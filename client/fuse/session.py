@@ -20,16 +20,19 @@ import os
 import re
 import signal
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
 
 from pyglfs.client.fuse.base import BridgeConfig
+from pyglfs.client.fuse.kernelinval import KernelInvalidator
 from pyglfs.client.fuse.operations import FuseOperations
 from pyglfs.client.graph import build_graph
 from pyglfs.client.graphswitch import Generation, GraphSwitch, protocol_clients
 from pyglfs.client.layer import Layer
+from pyglfs.client.mdcache import MdCache
 from pyglfs.client.subdir import SubdirError, resolve_subdir
 from pyglfs.client.volwatch import VolfileWatcher
 from pyglfs.client.writebehind import WriteBehind
@@ -60,11 +63,16 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
     # a switch never lets an operation overtake a write the old graph queued.
     wb_group: list[WriteBehind] = []
 
+    kernel_inval = KernelInvalidator()
+
     def build(graph: Graph, generation: int) -> Layer:
         cid = client_id if generation == 1 else f"{client_id}-g{generation}"
-        return build_graph(graph, client_id=cid, volume=plan.graph.name,
-                           write_behind=opts.write_behind and not opts.read_only,
-                           wb_group=wb_group)
+        top = build_graph(graph, client_id=cid, volume=plan.graph.name,
+                          write_behind=opts.write_behind and not opts.read_only,
+                          wb_group=wb_group)
+        for mdc in _mdcaches(top):
+            mdc.kernel_hook = kernel_inval
+        return top
 
     try:
         top = build(plan.graph, 1)
@@ -97,6 +105,7 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
             nursery.cancel_scope.cancel()
             return 1
         ops = FuseOperations(switch, dataclasses.replace(config, root_gfid=root_gfid))
+        kernel_inval.inodes = ops.inodes
         try:
             pyfuse3.init(ops, plan.mountpoint, opts.fuse_options(plan.fsname))
         except RuntimeError as e:
@@ -107,6 +116,9 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
             return 1
         log.info("mounted volume %s on %s (volfile %s, pid %d)", plan.graph.name,
                  plan.mountpoint, plan.volfile, os.getpid())
+        inval_scope = trio.CancelScope()
+        inval_done = trio.Event()
+        nursery.start_soon(_serve_in_scope, kernel_inval.serve, inval_scope, inval_done)
         try:
             await nursery.start(_serve_signals, ops)
             if plan.pid_file:
@@ -119,6 +131,11 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
                 nursery.start_soon(watcher.serve)
             await pyfuse3.main()
         finally:
+            # No kernel notification may run once the session is gone.
+            kernel_inval.stop()
+            inval_scope.cancel()
+            with trio.CancelScope(shield=True):
+                await inval_done.wait()
             pyfuse3.close(unmount=True)
             # Clear the dirty marks this mount left on the bricks, so a clean
             # unmount leaves nothing for heal to look at.
@@ -130,6 +147,20 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
             nursery.cancel_scope.cancel()
             log.info("unmounted %s", plan.mountpoint)
     return 0
+
+
+def _mdcaches(layer: Layer) -> list[MdCache]:
+    found = [layer] if isinstance(layer, MdCache) else []
+    return found + [m for c in layer.children for m in _mdcaches(c)]
+
+
+async def _serve_in_scope(serve: Callable[[], Awaitable[None]], scope: trio.CancelScope,
+                          done: trio.Event) -> None:
+    try:
+        with scope:
+            await serve()
+    finally:
+        done.set()
 
 
 def _mount_device(mountpoint: str) -> str | None:
