@@ -3,6 +3,7 @@ pyglfs (replica 2, both bricks on the local disk) and, where installed, GlusterF
 
     python bench/fs_bench.py [--targets local,passthrough,pyglfs] [--workloads ...]
                              [--quick] [--json out.json] [--keep]
+                             [--pyglfs-options write-behind=no,kernel-writeback-cache=yes]
 
 Run as root (to drop caches and mount). It prints one table: each figure, its
 ratio to the local disk and to the passthrough, and the goals of the FUSE
@@ -72,20 +73,22 @@ RSS_LIMIT_MIB = 200.0
 RSS_GROWTH_SLACK = 0.02  # "no growth": pass 2 within 2 % (at least 2 MiB) of pass 1
 
 
-def make_target(name: str, work: Path) -> Target:
+def make_target(name: str, work: Path, pyglfs_options: str = "") -> Target:
+    """``pyglfs_options``: more ``-o`` options for the pyglfs mount (A/B runs)."""
     if name == "glusterfs":
         from glusterfs_target import GlusterfsTarget
 
         return GlusterfsTarget(work)
-    cls: type[Target] = {"local": LocalTarget, "passthrough": PassthroughTarget,
-                         "pyglfs": PyglfsTarget}[name]
+    if name == "pyglfs":
+        return PyglfsTarget(work, pyglfs_options)
+    cls: type[Target] = {"local": LocalTarget, "passthrough": PassthroughTarget}[name]
     return cls(work)
 
 
 def run_target(name: str, args: argparse.Namespace, cfg: Config, work: Path,
                drop: Dropper) -> tuple[dict[str, float], list[str]]:
     """Run the chosen workloads on one target; returns its figures and notes."""
-    target = make_target(name, work)
+    target = make_target(name, work, pyglfs_options=args.pyglfs_options)
     figures: dict[str, float] = {}
     notes: list[str] = []
     try:
@@ -198,6 +201,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--no-drop-caches", action="store_true",
                     help="do not drop caches: 'cold' figures become warm")
+    ap.add_argument("--pyglfs-options", default="", metavar="OPTS",
+                    help="more mount options for the pyglfs mount (-o), e.g. "
+                         "write-behind=no, for A/B runs")
     args = ap.parse_args(argv)
     args.targets = [t for t in args.targets.split(",") if t]
     args.workloads = [w for w in args.workloads.split(",") if w]

@@ -219,8 +219,9 @@ class PyglfsTarget(Target):
     name = "pyglfs"
     VOLUME = "benchvol"
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, options: str = "") -> None:
         super().__init__(work)
+        self.options = options
         self.bricks: list[tuple[subprocess.Popen[bytes], Path]] = []
 
     def _start_brick(self, host: str, brick: Path, volume_id: str) -> int:
@@ -266,7 +267,8 @@ class PyglfsTarget(Target):
         pid_file = self.base / "mount.pid"
         log = self.base / "mount.log"
         r = subprocess.run([mount_tool, "--volfile", str(volfile), str(mnt),
-                            "-o", f"log-file={log}", "--pid-file", str(pid_file)],
+                            "-o", ",".join(o for o in (f"log-file={log}", self.options) if o),
+                            "--pid-file", str(pid_file)],
                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         if r.returncode != 0 or not is_mounted(mnt):
             msg = (r.stderr or r.stdout).strip().splitlines()
