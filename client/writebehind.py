@@ -128,6 +128,23 @@ class WriteBehind(Layer):
             self._nursery = None
             if self.group is not None and self in self.group:
                 self.group.remove(self)
+                self._bequeath_errors()
+
+    def _bequeath_errors(self) -> None:
+        """Failures not yet reported go to the group's newest layer, which reports
+        them on the next write, flush or fsync of the inode."""
+        heir = self.group[-1] if self.group else None
+        for gfid, ino in self.inodes.items():
+            if ino.error is None:
+                continue
+            if heir is None:
+                log.error("write-behind: a failed write to gfid=%s was never reported "
+                          "(the graph stopped): %s", gfid.hex(), ino.error)
+                continue
+            h = heir.inodes.setdefault(gfid, _Inode())
+            if h.error is None:
+                h.error = ino.error
+        self.inodes.clear()
 
     async def settle(self) -> None:
         for ino in list(self.inodes.values()):
@@ -179,10 +196,12 @@ class WriteBehind(Layer):
 
     async def _send(self, gfid: bytes, ino: _Inode, w: _Write, offset: int, data: bytes,
                     deps: list[trio.Event]) -> None:
+        sent = False
         try:
             for d in deps:
                 await d.wait()
             ino.last = await self.child.write(gfid, offset, data)
+            sent = True
         except OSError as e:
             log.warning("write-behind: write of %d bytes at %d to gfid=%s failed: %s",
                         w.nbytes, offset, gfid.hex(), e)
@@ -193,6 +212,12 @@ class WriteBehind(Layer):
             if ino.error is None:
                 ino.error = OSError(errno.EIO, "write failed")
         finally:
+            if not sent and ino.error is None:
+                # Cancelled: the layer was stopped (a retired graph whose settle
+                # timed out) before the bricks had the write.
+                log.error("write-behind: write of %d bytes at %d to gfid=%s cancelled "
+                          "before it reached the bricks", w.nbytes, offset, gfid.hex())
+                ino.error = OSError(errno.EIO, "write cancelled")
             ino.queued.remove(w)
             ino.nbytes -= w.nbytes
             self.nbytes -= w.nbytes

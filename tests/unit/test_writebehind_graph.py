@@ -3,6 +3,7 @@ by a graph switch without letting anything overtake the writes it still queues."
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 import pytest
@@ -105,3 +106,29 @@ async def test_a_switch_with_writes_queued(nursery: trio.Nursery, new_queues: bo
     assert old.applied == [(0, b"old-data")] and new.applied == [(0, b"new")]
     assert new.flushed == 1
     assert group == [switch.current.top]  # generation 1 settled, stopped, left the group
+
+
+async def test_a_write_cut_off_by_a_stopped_graph_fails_the_next_close() -> None:
+    group: list[WriteBehind] = []
+    old, new = FakeFile(), FakeFile()
+    wb_old = WriteBehind("wb1", old, group=group)
+    wb_new = WriteBehind("wb2", new, group=group)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            scope = trio.CancelScope()
+
+            async def serve_old() -> None:
+                with scope:
+                    await wb_old.serve_writes()
+
+            nursery.start_soon(serve_old)
+            await trio.testing.wait_all_tasks_blocked()
+            await wb_old.write(G, 0, b"never lands")
+            scope.cancel()  # the settle timed out: generation 1 is stopped
+        assert group == [wb_new] and old.applied == []
+        new.gate.set()
+        with pytest.raises(OSError) as ei:
+            await wb_new.flush(G)
+        assert ei.value.errno == errno.EIO
+        await wb_new.flush(G)  # reported once
+        assert new.flushed == 1
