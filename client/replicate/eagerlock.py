@@ -15,7 +15,10 @@ that takes the dirty marks back, when
 
 Taking a lock: non-blocking on every brick at once; if any brick says EAGAIN,
 give back what was taken and take it blocking, brick by brick in brick order,
-so two clients never each hold one brick's lock waiting for the other's.
+so two clients never each hold one brick's lock waiting for the other's. A
+file this client creates for writing gets its lock in the create request
+(``hold_new``, then ``granted`` or ``not_granted``): nobody else knows the gfid
+yet, so no one can be waiting for it.
 
 Within this client, changes to overlapping byte ranges of one inode (or two
 metadata changes) run one after the other, so both bricks apply them in the
