@@ -148,7 +148,8 @@ _XOP = _opt(_is_xattrop)
 #   null, flush, release, fsync, unlink, rmdir, setxattr, removexattr -> {}
 #   lookup, lookup_gfid -> {"iatt": iatt, "xattrs": {afr changelog xattr: bytes}}
 #   stat, setattr, create, mkdir, mknod, symlink, link, rename, open,
-#   fallocate -> {"iatt": iatt}   (rename: the moved inode)
+#   fallocate -> {"iatt": iatt}   (rename: the moved inode; create with "lock"
+#       also {"locked": bool})
 #   write -> {"iatt": iatt}   (post-write attributes)
 #   read -> {"data": bytes}   (short at end of file)
 #   readlink -> {"target": bytes}
@@ -165,7 +166,9 @@ _XOP = _opt(_is_xattrop)
 #   index_list -> {"gfids": [gfid], "cookie": int, "eof": bool}
 #
 # Events pushed by the brick: "lock-contention" {"gfid", "domain", "owner"} to
-# the holder of an inode lock another client is waiting for.
+# the holder of an inode or entry lock (gfid: the directory's) another client is
+# waiting for; "cache-invalidation" {"gfids", "entries"} or {"all": True} to the
+# other clients after a change (brickd/upcall.py).
 OPS: dict[str, dict[str, Check]] = {
     "null": {},
     "statfs": {},
