@@ -62,6 +62,49 @@ class _Call:
         self.deadline = deadline
 
 
+class PendingReply:
+    """A request already sent by ``RpcConnection.start_call``; its reply is awaited later."""
+
+    __slots__ = ("_conn", "_rid", "_call", "_op", "_timeout", "_error")
+
+    def __init__(self, conn: RpcConnection | None, rid: int, call: _Call | None, op: str,
+                 timeout: float | None, error: OSError | None = None) -> None:
+        self._conn = conn
+        self._rid = rid
+        self._call = call
+        self._op = op
+        self._timeout = timeout
+        self._error = error
+
+    @classmethod
+    def failed(cls, error: OSError) -> PendingReply:
+        """A handle whose ``result()`` raises ``error`` (the request was never sent)."""
+        return cls(None, 0, None, "", None, error)
+
+    async def result(self) -> Any:
+        """The reply's ``ok`` value; raises what ``RpcConnection.call`` would.
+
+        Cancelled while waiting, the request is given up as by ``abandon``.
+        """
+        conn = self._conn
+        c = self._call
+        if conn is None or c is None:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            assert self._error is not None
+            raise self._error
+        try:
+            reply = await conn._wait(self._rid, c)
+        except BaseException:
+            conn._pending.pop(self._rid, None)
+            raise
+        return conn._outcome(reply, self._op, self._timeout)
+
+    def abandon(self) -> None:
+        """Forget the request: a reply that still comes is dropped."""
+        if self._conn is not None:
+            self._conn._pending.pop(self._rid, None)
+
+
 class RpcConnection:
     """One established, handshaken connection. Create it with ``open_rpc_connection``."""
 
@@ -117,40 +160,72 @@ class RpcConnection:
         """
         if self.close_reason is not None:
             raise self._lost_error()
+        rid, c = self._send(op, args, timeout)
+        try:
+            await self._writer.flush()
+            reply = await self._wait(rid, c)
+        except BaseException:
+            self._pending.pop(rid, None)
+            raise
+        return self._outcome(reply, op, timeout)
+
+    async def start_call(self, op: str, args: dict[str, Any], *,
+                         timeout: float | None = None) -> PendingReply:
+        """Send one request now and return a handle whose ``result()`` waits for the reply.
+
+        One task can so have requests in flight on several connections without a
+        task per connection. ``result()`` returns or raises exactly what ``call``
+        would (ENOTCONN too when the connection was already down here). A reply
+        that will not be awaited must be given up with ``abandon()``.
+        """
+        if self.close_reason is not None:
+            return PendingReply.failed(self._lost_error())
+        rid, c = self._send(op, args, timeout)
+        try:
+            await self._writer.flush()
+        except BaseException:
+            self._pending.pop(rid, None)
+            raise
+        return PendingReply(self, rid, c, op, timeout)
+
+    def _send(self, op: str, args: dict[str, Any], timeout: float | None) -> tuple[int, _Call]:
+        """Queue the request and register its pending entry (the caller flushes)."""
         rid = self._next_id
         self._next_id = rid + 1
         # Deadlines are enforced by the watchdog, which saves a cancel scope per call.
         deadline = trio.current_time() + (self.call_timeout if timeout is None else timeout)
         c = _Call(deadline)
-        pending = self._pending
-        pending[rid] = c
+        self._writer.put(messages.request(rid, op, args))
+        self._pending[rid] = c
         if deadline < self._next_deadline:
             self._next_deadline = deadline
             if deadline < self._watch_scope.deadline:
                 self._watch_scope.deadline = deadline
-        try:
-            self._writer.put(messages.request(rid, op, args))
-            await self._writer.flush()
-            reply = c.reply
-            if reply is None and len(pending) == 1 and self.busy_poll.should_poll():
-                reply = self._poll_reply(c)
-                if reply is not None:
-                    if self.busy_poll.must_yield():
-                        await trio.lowlevel.checkpoint()
-                    else:
-                        await trio.lowlevel.checkpoint_if_cancelled()
-            if reply is None:
-                c.task = current_task()
+        return rid, c
 
-                def abort(_: RaiseCancelT) -> Abort:
-                    pending.pop(rid, None)
-                    c.task = None
-                    return Abort.SUCCEEDED
+    async def _wait(self, rid: int, c: _Call) -> dict[str, Any]:
+        """The reply of ``c`` once it has come; the caller drops the entry on error."""
+        reply = c.reply
+        pending = self._pending
+        if reply is None and len(pending) == 1 and self.busy_poll.should_poll():
+            reply = self._poll_reply(c)
+            if reply is not None:
+                if self.busy_poll.must_yield():
+                    await trio.lowlevel.checkpoint()
+                else:
+                    await trio.lowlevel.checkpoint_if_cancelled()
+        if reply is None:
+            c.task = current_task()
 
-                reply = await wait_task_rescheduled(abort)
-        except BaseException:
-            pending.pop(rid, None)
-            raise
+            def abort(_: RaiseCancelT) -> Abort:
+                pending.pop(rid, None)
+                c.task = None
+                return Abort.SUCCEEDED
+
+            reply = await wait_task_rescheduled(abort)
+        return reply
+
+    def _outcome(self, reply: dict[str, Any], op: str, timeout: float | None) -> Any:
         try:
             return reply["ok"]
         except KeyError:
