@@ -239,8 +239,7 @@ class RpcConnection:
         """The reply of ``c`` once it has come; the caller drops the entry on error."""
         reply = c.reply
         pending = self._pending
-        if (reply is None and len(pending) == 1 and not SPLIT.get()
-                and self.busy_poll.should_poll()):
+        if reply is None and len(pending) == 1 and self.busy_poll.should_poll():
             reply = self._poll_reply(c)
             if reply is not None:
                 if self.busy_poll.must_yield():
