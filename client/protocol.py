@@ -25,14 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class ProtocolClient(Layer):
-    """Talks to one brick: ``host:port`` serving ``brick_path`` of ``volume``.
-
-    Its operations can be split by ``fanout`` (``split_phase``): each request
-    is sent, control goes back to the fan-out, and the reply is awaited when
-    the fan-out resumes it (see ``pyglfs.rpc.connection.split_point``).
-    """
-
-    split_phase = True
+    """Talks to one brick: ``host:port`` serving ``brick_path`` of ``volume``."""
 
     def __init__(self, name: str, *, host: str, port: int, volume: str, brick_path: str,
                  client_id: str, username: str | None = None, password: str | None = None,

@@ -25,10 +25,8 @@ import errno
 import logging
 import math
 import os
-import types
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
 from typing import Any
 
 import trio
@@ -62,32 +60,6 @@ class _Call:
         self.task: Task | None = None
         self.reply: dict[str, Any] | None = None
         self.deadline = deadline
-
-
-# Set by a fan-out (client/replicate/fanout.py) while it runs one brick's call up
-# to its first request; that request is then sent and ``sent()`` yields ``SENT``.
-SPLIT: ContextVar[bool] = ContextVar("pyglfs_fanout_split", default=False)
-SENT = object()
-
-
-def split_point() -> bool:
-    """Whether the caller's request is the next one of a call a fan-out splits.
-
-    ``RpcConnection.call`` asks this once its request is sent; when True it
-    ``await sent()`` and only then waits for the reply. Clears the mark, so
-    later requests of the same call are plain ones until the fan-out sets it
-    again.
-    """
-    if not SPLIT.get():
-        return False
-    SPLIT.set(False)
-    return True
-
-
-@types.coroutine
-def sent() -> Generator[Any, Any, None]:
-    """Hands control back to the fan-out once the request is on the wire."""
-    yield SENT
 
 
 class PendingReply:
@@ -185,16 +157,12 @@ class RpcConnection:
 
         Raises OSError with the server's errno, ETIMEDOUT when ``timeout`` (default
         ``call_timeout``) passes first, ENOTCONN when the connection is or goes down.
-        Run by a fan-out that splits calls, it hands control back once the request
-        is sent (``split_point``).
         """
         if self.close_reason is not None:
             raise self._lost_error()
         rid, c = self._send(op, args, timeout)
         try:
             await self._writer.flush()
-            if split_point():
-                await sent()
             reply = await self._wait(rid, c)
         except BaseException:
             self._pending.pop(rid, None)

@@ -348,7 +348,7 @@ class Replicate(ReadOps):
             self.writer.check_quorum()
         bflags = flags & ~_OPEN_DROP
         children = self.children
-        res = await fanout(self.n, up, lambda i: children[i].open(gfid, bflags), children)
+        res = await fanout(self.n, up, lambda i: children[i].open(gfid, bflags))
         errors = {i: r for i in up if isinstance(r := res[i], OSError)}
         ok = [i for i in up if i not in errors]
         if not ok:
@@ -374,7 +374,7 @@ class Replicate(ReadOps):
             self.locks.want_release(gfid)
         up = bits(self._up())
         children = self.children
-        res = await fanout(self.n, up, lambda i: children[i].release(gfid), children)
+        res = await fanout(self.n, up, lambda i: children[i].release(gfid))
         for i in up:
             if isinstance(res[i], OSError):
                 log.debug("release of %s on brick %s: %s", gfid.hex(), i, res[i])
@@ -400,8 +400,7 @@ class Replicate(ReadOps):
         if not up:
             raise OSError(errno.ENOTCONN, "no brick is connected")
         children = self.children
-        res = await fanout(self.n, up, lambda i: children[i].fsync(gfid, datasync),
-                           children)
+        res = await fanout(self.n, up, lambda i: children[i].fsync(gfid, datasync))
         errors = {i: r for i in up if isinstance(r := res[i], OSError)}
         if len(errors) == len(up):
             raise pick_error(errors)
@@ -411,7 +410,7 @@ class Replicate(ReadOps):
                         self.name, gfid.hex(), failed)
             ok = [i for i in up if i not in errors]
             xop = {self.names[j]: changelog.delta(_D) for j in failed}
-            await fanout(self.n, ok, lambda i: children[i].xattrop(gfid, xop), children)
+            await fanout(self.n, ok, lambda i: children[i].xattrop(gfid, xop))
             self.inodes.blame(gfid, _D, _mask(failed))
         await self.locks.post_op_now(gfid)
 
@@ -421,7 +420,7 @@ class Replicate(ReadOps):
         if not up:
             raise OSError(errno.ENOTCONN, "no brick is connected")
         children = self.children
-        res = await fanout(self.n, up, lambda i: getattr(children[i], op)(*args), children)
+        res = await fanout(self.n, up, lambda i: getattr(children[i], op)(*args))
         errors = {i: r for i in up if isinstance(r := res[i], OSError)}
         ok = [i for i in up if i not in errors]
         if not ok:

@@ -271,8 +271,7 @@ class EagerLocks:
         targets = bits(self.up_mask())
         if not targets:
             raise OSError(errno.ENOTCONN, "no brick is connected")
-        res = await fanout(self.n, targets, lambda i: self._lock(st, i, "wr", False),
-                           self.children)
+        res = await fanout(self.n, targets, lambda i: self._lock(st, i, "wr", False))
         errors = {i: r for i in targets if isinstance(r := res[i], OSError)}
         got = [i for i in targets if i not in errors]
         if any(e.errno == errno.EAGAIN for e in errors.values()):
@@ -297,8 +296,7 @@ class EagerLocks:
         return m
 
     async def _unlock(self, st: LockState, targets: list[int]) -> None:
-        res = await fanout(self.n, targets, lambda i: self._lock(st, i, "un", False),
-                           self.children)
+        res = await fanout(self.n, targets, lambda i: self._lock(st, i, "un", False))
         for i in targets:
             if isinstance(res[i], OSError):
                 log.debug("unlock %r on brick %s: %s", st, i, res[i])
@@ -327,8 +325,7 @@ class EagerLocks:
         try:
             async with self._limiter:
                 targets = bits(st.locked_on & self.up_mask())
-                await fanout(self.n, targets, lambda i: self._post_op_unlock(st, i),
-                             self.children)
+                await fanout(self.n, targets, lambda i: self._post_op_unlock(st, i))
         finally:
             self._forget(st)
 
@@ -366,7 +363,7 @@ class EagerLocks:
                 if xop is not None:
                     await self.children[i].xattrop(st.key, xop)
 
-            await fanout(self.n, targets, one, self.children)
+            await fanout(self.n, targets, one)
         finally:
             self.done(st)
 

@@ -179,8 +179,7 @@ class Writer:
             xops[i] = xop or None
 
         children = self.children
-        results = await fanout(self.n, targets, lambda i: call(children[i], xops[i]),
-                             children)
+        results = await fanout(self.n, targets, lambda i: call(children[i], xops[i]))
         errors = {i: r for i in targets if isinstance(r := results[i], OSError)}
         ok = [i for i in targets if i not in errors]
         if not ok:
@@ -225,8 +224,7 @@ class Writer:
                     xop[self.names[j]] = changelog.delta(jk)
             if not xop:
                 continue
-            res = await fanout(self.n, ok, _xattrop_call(self.children, st.key, xop),
-                               self.children)
+            res = await fanout(self.n, ok, _xattrop_call(self.children, st.key, xop))
             if any(not isinstance(res[i], OSError) for i in ok):
                 for k in changelog.KINDS:
                     if kinds >> k & 1:
@@ -242,8 +240,7 @@ class Writer:
             return
         self.inodes.blame(gfid, kinds, out.bad)
         xop = {self.names[j]: changelog.delta(kinds) for j in bits(out.bad)}
-        res = await fanout(self.n, out.ok, lambda i: self.children[i].xattrop(gfid, xop),
-                           self.children)
+        res = await fanout(self.n, out.ok, lambda i: self.children[i].xattrop(gfid, xop))
         for i in out.ok:
             if isinstance(res[i], OSError):
                 log.error("could not mark new inode %s pending on brick %s: %s",
