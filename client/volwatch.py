@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 
+from pyglfs.client.volfetch import server_name
 from pyglfs.rpc.connection import RpcConnection, open_rpc_connection
 from pyglfs.rpc.errors import HandshakeRefused
 from pyglfs.rpc.reconnect import ReconnectingClient
@@ -35,11 +36,6 @@ RETRY_DELAY = 2.0
 RETRY_LATER = 30.0
 
 OnVolfile = Callable[[str, str], Awaitable[bool]]
-
-
-def _server_name(server: tuple[str, int]) -> str:
-    host, port = server
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class VolfileWatcher:
@@ -74,7 +70,7 @@ class VolfileWatcher:
     def _event(self, name: str, args: dict[str, Any]) -> None:
         if name == EVENT and args.get("volume") == self.volume:
             log.info("volfile of %s changed on %s", self.volume,
-                     _server_name(self.server) if self.server else "?")
+                     server_name(self.server) if self.server else "?")
             self._wake.set()
 
     @asynccontextmanager
@@ -89,12 +85,12 @@ class VolfileWatcher:
                 conn = await stack.enter_async_context(open_rpc_connection(*server, **kwargs))
             except (OSError, HandshakeRefused) as exc:
                 await stack.aclose()
-                why.append(f"{_server_name(server)}: {exc}")
+                why.append(f"{server_name(server)}: {exc}")
                 continue
             async with stack:
                 self.server = server
                 self.rpc.host, self.rpc.port = server  # for its log lines
-                log.info("watching the volfile of %s on %s", self.volume, _server_name(server))
+                log.info("watching the volfile of %s on %s", self.volume, server_name(server))
                 yield conn
             return
         raise OSError(errno.ENOTCONN, "no volfile server reachable (" + "; ".join(why) + ")")
@@ -120,7 +116,7 @@ class VolfileWatcher:
     async def _fetch(self) -> float | None:
         """One getspec (which also subscribes this connection); the delay after which
         to try again, or None when done (or when a reconnect will wake us)."""
-        source = _server_name(self.server) if self.server else "?"
+        source = server_name(self.server) if self.server else "?"
         try:
             reply = await self.rpc.call("getspec", {"volume": self.volume, "watch": True},
                                         timeout=CALL_TIMEOUT)

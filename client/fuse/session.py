@@ -87,33 +87,30 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
                           read_only=opts.read_only,
                           writeback_cache=opts.kernel_writeback_cache)
     async with trio.open_nursery() as nursery:
-        await nursery.start(switch.serve)
-        if not await watch.wait_up(plan.up_timeout):
-            msg = (f"pyglfs-mount: volume {plan.graph.name} is not reachable within "
-                   f"{plan.up_timeout:g} s (bricks: {', '.join(_bricks(top))}); nothing mounted")
+
+        def give_up(msg: str) -> int:
+            """Before mounting: tell the waiting parent why, stop the graph; the exit status."""
             log.error("%s", msg)
             readiness.failed(msg)
             nursery.cancel_scope.cancel()
             return 1
+
+        await nursery.start(switch.serve)
+        if not await watch.wait_up(plan.up_timeout):
+            return give_up(f"pyglfs-mount: volume {plan.graph.name} is not reachable within "
+                           f"{plan.up_timeout:g} s (bricks: {', '.join(_bricks(top))}); "
+                           "nothing mounted")
         await watch.wait_all_bricks(min(SETTLE_TIMEOUT, plan.up_timeout))
         try:
             root_gfid = await resolve_subdir(top, plan.subdir, plan.graph.name)
         except SubdirError as e:
-            msg = f"pyglfs-mount: {e}; nothing mounted"
-            log.error("%s", msg)
-            readiness.failed(msg)
-            nursery.cancel_scope.cancel()
-            return 1
+            return give_up(f"pyglfs-mount: {e}; nothing mounted")
         ops = FuseOperations(switch, dataclasses.replace(config, root_gfid=root_gfid))
         kernel_inval.inodes = ops.inodes
         try:
             pyfuse3.init(ops, plan.mountpoint, opts.fuse_options(plan.fsname))
         except RuntimeError as e:
-            msg = f"pyglfs-mount: cannot mount on {plan.mountpoint}: {e}"
-            log.error("%s", msg)
-            readiness.failed(msg)
-            nursery.cancel_scope.cancel()
-            return 1
+            return give_up(f"pyglfs-mount: cannot mount on {plan.mountpoint}: {e}")
         log.info("mounted volume %s on %s (volfile %s, pid %d)", plan.graph.name,
                  plan.mountpoint, plan.volfile, os.getpid())
         inval_scope = trio.CancelScope()

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 import trio
+from helpers.net import free_port
 from helpers.procs import pid_alive, stop_pids
-from test_mgmt_pool import Node, free_port, wait_for
+from test_mgmt_pool import Node, wait_for
 
 from pyglfs.rpc.connection import open_rpc_connection
 

@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,8 +23,8 @@ from pathlib import Path
 import pytest
 import trio
 from helpers.mounts import Mount, fuse_skip_reason, is_mounted, mount_entry, mount_env
+from helpers.net import free_port
 from helpers.procs import stop_pids
-from test_mgmt_pool import free_port
 from test_mgmt_volumes import VolNode
 
 from pyglfs.client.mount import source_name, volfile_servers
@@ -46,9 +47,10 @@ class Pool:
     bricks: list[Path]
 
 
-@pytest.fixture(scope="module")
-def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
-    root = tmp_path_factory.mktemp("byname")
+@contextmanager
+def replica_pool(root: Path) -> Iterator[Pool]:
+    """pyglfsd on 127.0.0.2 and .3 in one pool, with replica-2 ``gvol0`` started;
+    every daemon and brick stopped by PID at the end."""
     pids: list[int] = []
     a, b = VolNode(root, "127.0.0.2", pids), VolNode(root, "127.0.0.3", pids)
     try:
@@ -61,12 +63,20 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
                   f"{b.ip}:{bricks[1]}", "force")
         assert r.returncode == 0, r.stderr
         assert a.cli("volume", "start", "gvol0").returncode == 0
-        r = a.cli("volume", "create", "gstop", f"{a.ip}:{root}/data/s1", "force")
-        assert r.returncode == 0, r.stderr
         yield Pool(a, b, port, bricks)
     finally:
         stop_pids(pids)
         stop_pids([p for n in (a, b) for p in n.brick_pids()])
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
+    """``replica_pool`` plus ``gstop``, a volume created and never started."""
+    root = tmp_path_factory.mktemp("byname")
+    with replica_pool(root) as p:
+        r = p.a.cli("volume", "create", "gstop", f"{p.a.ip}:{root}/data/s1", "force")
+        assert r.returncode == 0, r.stderr
+        yield p
 
 
 # -- mounting -----------------------------------------------------------------

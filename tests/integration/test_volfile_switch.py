@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 from helpers.mounts import Mount, mount_entry
-from helpers.procs import pid_alive, stop_pids
-from test_mgmt_pool import free_port, wait_for
+from helpers.procs import pid_alive
+from test_mgmt_pool import wait_for
 from test_mgmt_volumes import VolNode
-from test_mount_by_name import Pool, mount_by_name, mounts, needs_fuse
+from test_mount_by_name import Pool, mount_by_name, mounts, needs_fuse, replica_pool
 
 __all__ = ["mounts"]  # the fixture, imported for pytest
 
@@ -31,23 +31,8 @@ SWITCH_TIMEOUT = 30.0
 
 @pytest.fixture(scope="module")
 def spool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pool]:
-    root = tmp_path_factory.mktemp("switch")
-    pids: list[int] = []
-    a, b = VolNode(root, "127.0.0.2", pids), VolNode(root, "127.0.0.3", pids)
-    try:
-        port = free_port(a.ip)
-        a.start(port)
-        b.start(port)
-        assert a.cli("peer", "probe", b.addr).returncode == 0
-        bricks = [root / "data" / "b1", root / "data" / "b2"]
-        r = a.cli("volume", "create", "gvol0", "replica", "2", f"{a.ip}:{bricks[0]}",
-                  f"{b.ip}:{bricks[1]}", "force")
-        assert r.returncode == 0, r.stderr
-        assert a.cli("volume", "start", "gvol0").returncode == 0
-        yield Pool(a, b, port, bricks)
-    finally:
-        stop_pids(pids)
-        stop_pids([p for n in (a, b) for p in n.brick_pids()])
+    with replica_pool(tmp_path_factory.mktemp("switch")) as p:
+        yield p
 
 
 def _mount(pool: Pool, mnt: Path, mounts: list[Mount]) -> Mount:

@@ -4,10 +4,10 @@ refetch after a reconnect, and a server that goes away."""
 from __future__ import annotations
 
 import errno
-import socket
 from typing import Any
 
 import trio
+from helpers.net import free_port
 
 from pyglfs.client.volwatch import VolfileWatcher
 from pyglfs.rpc.server import ServerConnection, serve_rpc
@@ -39,12 +39,6 @@ class FakeMgmt:
         self.text = text
         for c in list(self.watchers):
             await c.send_event("volfile-changed", {"volume": "gvol0"})
-
-
-def free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        return int(s.getsockname()[1])
 
 
 async def wait_for(cond: Any) -> None:
