@@ -74,6 +74,9 @@ class BrickService:
         self.upcall = Upcall(nursery)
         self._table: dict[str, Handler] = self._build_table()
         self.inline_ops = _INLINE_OWN | frozenset(getattr(store, "inline_ops", ()))
+        # (op, args) -> bool: ops run inline only for some arguments (small reads).
+        self.inline_when: Callable[[str, dict[str, Any]], bool] | None = getattr(
+            store, "inline_when", None)
 
     # ---- handshake and connection life ---------------------------------------------------
 

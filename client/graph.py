@@ -144,6 +144,7 @@ class _Builder:
 
     def writebehind(self, xl: Xlator, child: Layer) -> WriteBehind:
         wb = WriteBehind(xl.name, child, window=xl.opt_size("cache-size", DEFAULT_WINDOW),
-                         queue=self.write_behind, group=self.wb_group)
+                         queue=self.write_behind, group=self.wb_group,
+                         flush_behind=xl.opt_bool("flush-behind", True))
         self.write_behinds.append(wb)
         return wb

@@ -95,8 +95,10 @@ class WriteBehind(Layer):
 
     def __init__(self, name: str, child: Layer, *, window: int = DEFAULT_WINDOW,
                  total: int = DEFAULT_TOTAL, queue: bool = True,
-                 group: list[WriteBehind] | None = None) -> None:
+                 group: list[WriteBehind] | None = None,
+                 flush_behind: bool = False) -> None:
         super().__init__(name, [child])
+        self.flush_behind = flush_behind
         self.window = max(window, 1)
         self.total = max(total, self.window)
         self.queue = queue
