@@ -4,8 +4,13 @@ Every request is checked against ``rpc.brickops`` before any storage code runs
 (an unknown op is ENOSYS, bad arguments EINVAL). Lock ops go to the in-memory
 :class:`~pyglfs.brickd.locks.LockManager`, ``index_list`` to the heal index,
 everything else to the store method of the same name, with the same argument
-names. A change tells the other clients what it made stale (``upcall``). A connection's locks and open files belong to it: when it ends, they
-are released, so a client that died cannot wedge the others.
+names. A change tells the other clients what it made stale (``upcall``). A
+connection's locks and open files belong to it: when it ends, they are
+released, so a client that died cannot wedge the others.
+
+A ``compound`` runs its sub-ops in order through the same handlers, with the
+same connection state and upcalls as separate requests; it stops at the first
+sub-op that fails and says which one, so the client knows what happened.
 
 The handshake admits a client only for this brick's volume and, when the brick
 has credentials, only with exactly those credentials.
@@ -26,8 +31,8 @@ from pyglfs.brickd.auth import Credentials
 from pyglfs.brickd.changelog import HealIndex
 from pyglfs.brickd.locks import LockManager
 from pyglfs.brickd.upcall import CHANGING_OPS, Upcall
-from pyglfs.rpc.brickops import OPS, ArgError, validate
-from pyglfs.rpc.errors import HandshakeRefused
+from pyglfs.rpc.brickops import OPS, ArgError, validate, validate_compound
+from pyglfs.rpc.errors import HandshakeRefused, errno_name
 from pyglfs.rpc.server import ServerConnection, serve_rpc
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,8 @@ INDEX_PAGE_MAX = 4096
 # Ops answered from memory or a single short syscall: run in the reader task,
 # saving a task spawn per request. Lock ops may wait, so they never are.
 _INLINE_OWN = frozenset({"null", "index_list"})
+# Never wait inside a compound: a compound refuses blocking lock requests.
+_NONBLOCKING_LOCK_OPS = frozenset({"inodelk", "entrylk"})
 
 
 async def _null(args: dict[str, Any], conn: ServerConnection) -> dict[str, Any]:
@@ -75,8 +82,9 @@ class BrickService:
         self._table: dict[str, Handler] = self._build_table()
         self.inline_ops = _INLINE_OWN | frozenset(getattr(store, "inline_ops", ()))
         # (op, args) -> bool: ops run inline only for some arguments (small reads).
-        self.inline_when: Callable[[str, dict[str, Any]], bool] | None = getattr(
+        self._store_inline_when: Callable[[str, dict[str, Any]], bool] | None = getattr(
             store, "inline_when", None)
+        self.inline_when: Callable[[str, dict[str, Any]], bool] | None = self._inline_when
 
     # ---- handshake and connection life ---------------------------------------------------
 
@@ -128,8 +136,59 @@ class BrickService:
             upcall.changed(op, args, result, conn)
         return result
 
+    def _inline_when(self, op: str, args: dict[str, Any]) -> bool:
+        """Whether ``op`` with these (not yet validated) ``args`` never awaits
+        anything but brief local work: a compound is when all its sub-ops are."""
+        if op != "compound":
+            when = self._store_inline_when
+            return when is not None and when(op, args)
+        ops = args.get("ops")
+        if type(ops) is not list:
+            return False
+        inline = self.inline_ops
+        when = self._store_inline_when
+        for item in ops:
+            if (type(item) is not list or len(item) != 2 or type(item[0]) is not str
+                    or type(item[1]) is not dict):
+                return False
+            sub = item[0]
+            if not (sub in inline or sub in _NONBLOCKING_LOCK_OPS
+                    or (when is not None and when(sub, item[1]))):
+                return False
+        return True
+
+    async def _compound(self, args: dict[str, Any], conn: ServerConnection) -> dict[str, Any]:
+        try:
+            ops = validate_compound(args)
+        except ArgError as e:
+            raise OSError(errno.EINVAL, str(e)) from None
+        table = self._table
+        handlers = []
+        for op, _ in ops:
+            handler = table.get(op)
+            if handler is None:
+                raise OSError(errno.ENOSYS, f"operation {op!r} is not supported by this brick")
+            handlers.append(handler)
+        upcall = self.upcall
+        results: list[Any] = []
+        for i, (op, sub) in enumerate(ops):
+            try:
+                result = await handlers[i](sub, conn)
+            except OSError as e:
+                code = e.errno if type(e.errno) is int else errno.EIO
+                return {"results": results,
+                        "error": [i, errno_name(code), e.strerror or str(e)]}
+            except Exception:
+                log.exception("%r: compound sub-op %d (%s) failed", conn, i, op)
+                return {"results": results, "error": [i, "EIO", "internal error"]}
+            if op in CHANGING_OPS:
+                upcall.changed(op, sub, result, conn)
+            results.append(result)
+        return {"results": results}
+
     def _build_table(self) -> dict[str, Handler]:
-        table: dict[str, Handler] = {"null": _null, "index_list": self._index_list}
+        table: dict[str, Handler] = {"null": _null, "index_list": self._index_list,
+                                     "compound": self._compound}
         locks = self.locks
         for name in LOCK_OPS:
             table[name] = _lock_handler(getattr(locks, name))

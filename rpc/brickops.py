@@ -150,6 +150,10 @@ _XOP = _opt(_is_xattrop)
 #   stat, setattr, create, mkdir, mknod, symlink, link, rename, open,
 #   fallocate -> {"iatt": iatt}   (rename: the moved inode; create with "lock"
 #       also {"locked": bool})
+#   entry ops also return the parent's attributes after the change:
+#       create, mkdir, mknod, symlink, link -> also {"postparent": iatt};
+#       unlink, rmdir -> {"postparent": iatt}; rename -> also
+#       {"postoldparent": iatt, "postnewparent": iatt}
 #   write -> {"iatt": iatt}   (post-write attributes)
 #   read -> {"data": bytes}   (short at end of file)
 #   readlink -> {"target": bytes}
@@ -164,6 +168,9 @@ _XOP = _opt(_is_xattrop)
 #       {"type", "start", "len", "pid", "owner"}
 #   checksum -> {"sums": [xxh3_64 int per block]}
 #   index_list -> {"gfids": [gfid], "cookie": int, "eof": bool}
+#   compound -> {"results": [result of each sub-op that ran, in order]}, plus
+#       "error": [index, errno name, message] when sub-op ``index`` failed (the
+#       sub-ops after it did not run); see ``validate_compound``
 #
 # Events pushed by the brick: "lock-contention" {"gfid", "domain", "owner"} to
 # the holder of an inode or entry lock (gfid: the directory's) another client is
@@ -242,7 +249,18 @@ OPS: dict[str, dict[str, Check]] = {
     },
     "checksum": {"gfid": _is_gfid, "offset": _is_uint, "size": _is_uint, "block": _is_uint},
     "index_list": {"cookie": _opt(_is_uint), "count": _opt(_is_uint)},
+    # [[op, args], ...]: sub-ops run in order, as separate requests would
+    # (validate_compound checks each before any runs).
+    "compound": {"ops": lambda v: type(v) is list and 0 < len(v) <= COMPOUND_MAX},
 }
+
+COMPOUND_MAX = 8
+COMPOUND_OPS = frozenset({
+    "stat", "setattr", "open", "release", "flush", "fsync", "write", "fallocate",
+    "getxattr", "setxattr", "removexattr", "xattrop", "inodelk", "entrylk",
+})
+"""Ops a compound may carry: inode ops and replicate's own locks. Entry ops,
+application locks (``lk``), listings and nested compounds are refused."""
 
 MODIFYING_OPS = frozenset(
     op for op, schema in OPS.items() if "xattrop" in schema
@@ -267,3 +285,27 @@ def validate(op: Any, args: Any) -> dict[str, Any]:
         elif not getattr(check, "optional", False):
             raise ArgError(f"{op}: missing argument {key!r}")
     return args
+
+
+def validate_compound(args: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The sub-ops of a ``compound`` whose ``args`` passed ``validate``, each
+    checked against its own schema; ArgError names the first bad one.
+
+    A compound never waits on another client: a lock sub-op with ``block`` set
+    is refused, as is any op outside ``COMPOUND_OPS``.
+    """
+    out: list[tuple[str, dict[str, Any]]] = []
+    for i, item in enumerate(args["ops"]):
+        if type(item) is not list or len(item) != 2 or type(item[0]) is not str:
+            raise ArgError(f"compound: sub-op {i} is not [op, args]")
+        op, sub = item
+        if op not in COMPOUND_OPS:
+            raise ArgError(f"compound: sub-op {i}: {op!r} may not be part of a compound")
+        try:
+            validate(op, sub)
+        except ArgError as e:
+            raise ArgError(f"compound: sub-op {i}: {e}") from None
+        if sub.get("block"):
+            raise ArgError(f"compound: sub-op {i}: a compound never waits for a lock")
+        out.append((op, sub))
+    return out
