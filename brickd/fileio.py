@@ -35,7 +35,7 @@ from pyglfs.brickd.names import handle_rel
 from pyglfs.brickd.resolve import StoreCore
 from pyglfs.rpc.brickops import MAX_IO
 
-BIG_IO = 64 * 1024
+BIG_IO = 64 * 1024  # I/O under this never awaits: BrickStore.inline_when relies on it
 INLINE_IO_MAX = 1024 * 1024
 SLOW_WRITE = 0.02
 SLOW_BACKOFF = 2.0

@@ -28,7 +28,7 @@ import trio
 from pyglfs.brickd import changelog, layout
 from pyglfs.brickd.attrs import AttrOps
 from pyglfs.brickd.entries import EntryOps
-from pyglfs.brickd.fileio import FileOps
+from pyglfs.brickd.fileio import BIG_IO, FileOps
 from pyglfs.brickd.layout import BrickRefused
 from pyglfs.brickd.readdir import ReaddirOps
 from pyglfs.brickd.resolve import FdCache
@@ -71,6 +71,20 @@ class BrickStore(EntryOps, AttrOps, FileOps, XattrOps, ReaddirOps):
     })
 
     open = _OpenAttr()  # type: ignore[assignment]
+
+    @staticmethod
+    def inline_when(op: str, args: dict[str, Any]) -> bool:
+        """Reads and writes under ``BIG_IO`` bytes never await (``FileOps``): they
+        may run in the reader task too. Bigger ones may go to a worker thread and
+        would hold up the connection's other requests meanwhile. ``args`` are not
+        validated yet: anything unexpected answers False."""
+        if op == "read":
+            size = args.get("size")
+            return type(size) is int and size < BIG_IO
+        if op == "write":
+            data = args.get("data")
+            return type(data) is bytes and len(data) < BIG_IO
+        return False
 
     def _close_fds(self) -> None:
         self.dirs.clear()

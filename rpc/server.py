@@ -8,7 +8,10 @@ Requests run concurrently, each in its own task, and their replies go out in the
 order they finish. A service may name in ``inline_ops`` the operations whose handler
 never waits on anything but brief local work (null, stat, ...): those run directly
 in the connection's reader task, which saves a task per request, and their replies
-are sent together once the whole received batch is handled.
+are sent together once the whole received batch is handled. Ops that are brief only
+for some arguments (a small read, yes; a big one that goes to a worker thread, no)
+are chosen per request by the service's ``inline_when(op, args)``, which sees the
+arguments before they are validated and must not raise.
 
 After answering, a connection with nothing else to do in its process polls for the
 next request for a short while (``busy_poll``, see busypoll.py) instead of
@@ -23,6 +26,7 @@ from __future__ import annotations
 import itertools
 import logging
 import socket
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import trio
@@ -44,8 +48,9 @@ _MAX_HELLO = 64 * 1024
 class Service(Protocol):
     """What a server (brick, management daemon) offers to its connections.
 
-    Optional attributes a service may define: ``inline_ops`` (a set of op names, see
-    the module docstring) and ``server_name`` (sent in the welcome).
+    Optional attributes a service may define: ``inline_ops`` (a set of op names) and
+    ``inline_when`` (a predicate on op and raw args), see the module docstring, and
+    ``server_name`` (sent in the welcome).
     """
 
     def authenticate(self, hello: dict[str, Any]) -> None:
@@ -96,6 +101,8 @@ class ServerConnection:
         self._service = service
         self._handle = service.handle
         self._inline: frozenset[str] = frozenset(getattr(service, "inline_ops", ()))
+        self._inline_when: Callable[[str, dict[str, Any]], bool] | None = getattr(
+            service, "inline_when", None)
         self._reader = reader
         self._writer = writer
         self._max_in_flight = max_in_flight
@@ -170,13 +177,15 @@ class ServerConnection:
 
     async def _dispatch(self, msgs: list[Any]) -> None:
         writer = self._writer
+        inline = self._inline
+        when = self._inline_when
         for m in msgs:
             if type(m) is dict and len(m) == 3:
                 rid = m.get("id")
                 op = m.get("op")
                 args = m.get("args")
                 if type(rid) is int and type(op) is str and type(args) is dict:
-                    if op in self._inline:
+                    if op in inline or (when is not None and when(op, args)):
                         self._put_reply(await self._run(rid, op, args), op)
                         continue
                     if self._in_flight >= self._max_in_flight:
