@@ -8,13 +8,18 @@ arrives while the bricks still work on it.
 
 Contracts:
 
-- Data is on every up brick when ``flush`` (close) or ``fsync`` of the inode
-  returns: both wait for the inode's queued writes first (there is no
-  flush-behind). ``release`` waits too.
+- ``fsync`` returns once every queued write of the inode is on every up
+  brick. ``flush`` (close) does too with ``flush_behind=False``; with
+  ``flush_behind`` (GlusterFS's ``performance.flush-behind``, on by default in
+  volfiles) it returns at once and the layer below gets its ``flush`` after
+  the inode's queued writes, in the task of the last one. ``release`` always
+  waits for the queued writes and that flush, so replicate's post-op and
+  unlock come after the data.
 - A queued write that fails is reported once, by the next ``write``,
   ``flush`` or ``fsync`` of the same inode (per inode, not per open, unlike
   GlusterFS's per-fd bookkeeping); a failure nobody collects before the last
-  release is logged as an error.
+  release (a write that failed after a flush-behind close) is logged as an
+  error.
 - Writes that overlap a queued write are sent after it, so every brick applies
   overlapping writes in the order the application made them; writes to
   disjoint ranges go to the bricks in parallel.
@@ -81,13 +86,14 @@ class _Write:
 class _Inode:
     """Queued writes of one gfid, in the order they were made, and a failure to report."""
 
-    __slots__ = ("queued", "nbytes", "error", "last")
+    __slots__ = ("queued", "nbytes", "error", "last", "flush_wanted")
 
     def __init__(self) -> None:
         self.queued: list[_Write] = []
         self.nbytes = 0
         self.error: OSError | None = None
         self.last: Iatt | None = None
+        self.flush_wanted = False
 
 
 class WriteBehind(Layer):
@@ -220,13 +226,32 @@ class WriteBehind(Layer):
                 log.error("write-behind: write of %d bytes at %d to gfid=%s cancelled "
                           "before it reached the bricks", w.nbytes, offset, gfid.hex())
                 ino.error = OSError(errno.EIO, "write cancelled")
-            ino.queued.remove(w)
-            ino.nbytes -= w.nbytes
-            self.nbytes -= w.nbytes
-            w.done.set()
-            self._forget_if_idle(gfid, ino)
-            self._freed.set()
-            self._freed = trio.Event()
+            try:
+                # The flush a flush-behind close left for the last queued write:
+                # the write stays queued meanwhile, so release and settle wait
+                # for the flush too.
+                while ino.flush_wanted and len(ino.queued) == 1:
+                    ino.flush_wanted = False
+                    await self._flush_behind(gfid)
+            finally:
+                self._retire(gfid, ino, w)
+
+    def _retire(self, gfid: bytes, ino: _Inode, w: _Write) -> None:
+        ino.queued.remove(w)
+        ino.nbytes -= w.nbytes
+        self.nbytes -= w.nbytes
+        w.done.set()
+        self._forget_if_idle(gfid, ino)
+        self._freed.set()
+        self._freed = trio.Event()
+
+    async def _flush_behind(self, gfid: bytes) -> None:
+        try:
+            await self.child.flush(gfid)
+        except OSError as e:
+            log.error("write-behind: flush of gfid=%s after close failed: %s", gfid.hex(), e)
+        except Exception:
+            log.exception("write-behind: flush of gfid=%s after close failed", gfid.hex())
 
     def _forget_if_idle(self, gfid: bytes, ino: _Inode) -> None:
         if not ino.queued and ino.error is None and self.inodes.get(gfid) is ino:
@@ -257,9 +282,26 @@ class WriteBehind(Layer):
                 raise err
 
     async def flush(self, gfid: bytes) -> None:
+        if self.flush_behind and self._flush_later(gfid):
+            return
         await self._drain(gfid)
         self._take_error(gfid)
         await self.child.flush(gfid)
+
+    def _flush_later(self, gfid: bytes) -> bool:
+        """Flush-behind: report a failure already seen, else leave the flush to the
+        last queued write of ``gfid`` and say so. False (flush the usual way) when
+        nothing is queued here, another layer of the group holds writes of the
+        inode, or no brick is up (the child's flush reports that now)."""
+        self._take_error(gfid)
+        ino = self.inodes.get(gfid)
+        if ino is None or not ino.queued or self._nursery is None or not self.child.is_up:
+            return False
+        if self.group is not None and len(self.group) > 1 and any(
+                m._queued(gfid) for m in self.group if m is not self):
+            return False
+        ino.flush_wanted = True
+        return True
 
     async def fsync(self, gfid: bytes, datasync: bool = False) -> None:
         await self._drain(gfid)
@@ -272,7 +314,8 @@ class WriteBehind(Layer):
             ino = m.inodes.get(gfid)
             if ino is not None and ino.error is not None and not ino.queued:
                 log.error("write-behind: a failed write to gfid=%s was never reported "
-                          "(closed without flush): %s", gfid.hex(), ino.error)
+                          "(it failed after a flush-behind close, or no flush came): %s",
+                          gfid.hex(), ino.error)
                 ino.error = None
                 m._forget_if_idle(gfid, ino)
         await self.child.release(gfid)
