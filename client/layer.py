@@ -214,3 +214,38 @@ class Layer:
 
     async def checksum(self, gfid: bytes, offset: int, size: int, block: int) -> list[int]:
         return await self.child.checksum(gfid, offset, size, block)
+
+    async def compound(self, ops: list[tuple[str, dict[str, Any]]]) -> CompoundReply:
+        """Run ``ops`` (brick op name and its wire arguments, ``rpc.brickops``
+        ``COMPOUND_OPS``) in order, stopping at the first that fails.
+
+        Returns the wire results of the ops that ran and, when one failed, its
+        index and error; an OSError raised instead means nothing is known of
+        what ran (the brick was not reached). The protocol client sends them
+        as one brick request; this default runs them one by one through this
+        layer's own operations, so any layer gets the same meaning.
+        """
+        return await run_each(self, ops)
+
+
+CompoundReply = tuple[list[Any], tuple[int, OSError] | None]
+
+
+async def run_each(layer: Layer, ops: list[tuple[str, dict[str, Any]]]) -> CompoundReply:
+    """``Layer.compound`` done as separate operations of ``layer``."""
+    results: list[Any] = []
+    for i, (op, args) in enumerate(ops):
+        try:
+            if op == "entrylk":
+                args = {"name": None, **args}
+            r = await getattr(layer, op)(**args)
+        except OSError as e:
+            return results, (i, e)
+        if isinstance(r, Iatt):
+            r = {"iatt": r.to_wire()}
+        elif op == "xattrop":
+            r = {"xattrs": r}
+        elif op == "getxattr":
+            r = {"value": r}
+        results.append(r if r is not None else {})
+    return results, None

@@ -11,14 +11,16 @@ pushed while the connection was down never arrived.
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any
 
 import trio
 
-from pyglfs.client.layer import DirEntry, Layer, Lookup
+from pyglfs.client.layer import CompoundReply, DirEntry, Layer, Lookup, run_each
 from pyglfs.client.mdcache import EVENT as INVALIDATION_EVENT
 from pyglfs.rpc.brickops import Iatt
+from pyglfs.rpc.errors import oserror_from_name
 from pyglfs.rpc.reconnect import ReconnectingClient
 
 log = logging.getLogger(__name__)
@@ -239,3 +241,25 @@ class ProtocolClient(Layer):
         sums: list[int] = (await self._call("checksum", {"gfid": gfid, "offset": offset,
                                                          "size": size, "block": block}))["sums"]
         return sums
+
+    _compound_unsupported = False
+
+    async def compound(self, ops: list[tuple[str, dict[str, Any]]]) -> CompoundReply:
+        """``ops`` as one brick request (see ``Layer.compound``); a brick too old
+        to know the op gets them as separate requests from then on."""
+        if self._compound_unsupported:
+            return await run_each(self, ops)
+        try:
+            r = await self._call("compound", {"ops": [[op, args] for op, args in ops]})
+        except OSError as e:
+            if e.errno != errno.ENOSYS:
+                raise
+            log.info("brick %s:%s brick=%s has no compound op: sending its parts one by one",
+                     self.host, self.port, self.brick_path)
+            self._compound_unsupported = True
+            return await run_each(self, ops)
+        results: list[Any] = r["results"]
+        err = r.get("error")
+        if err is None:
+            return results, None
+        return results, (err[0], oserror_from_name(err[1], err[2]))

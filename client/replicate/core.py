@@ -366,11 +366,15 @@ class Replicate(ReadOps):
         return iatt
 
     async def release(self, gfid: bytes) -> None:
+        """Drop one open; the last one gives the inode lock back, its post-op,
+        unlock and release in one request per brick when the lock is idle."""
         left = self.opens.get(gfid, 0) - 1
         if left > 0:
             self.opens[gfid] = left
         else:
             self.opens.pop(gfid, None)
+            if await self.locks.give_back_at_close(gfid, self._up()):
+                return
             self.locks.want_release(gfid)
         up = bits(self._up())
         children = self.children
@@ -380,16 +384,19 @@ class Replicate(ReadOps):
                 log.debug("release of %s on brick %s: %s", gfid.hex(), i, res[i])
 
     async def flush(self, gfid: bytes) -> None:
-        """Start giving back the inode lock of the last open; no brick round trip.
+        """No brick round trip; the lock of the last open waits for its release.
 
         Every write was acknowledged by the bricks before its reply (a failed one
         reported then), bricks buffer nothing, and application locks stay in the
         kernel (see DESIGN.md), so a brick's flush would only cost a round trip.
-        The post-op and unlock run in the background: a brick that misses them
-        is left with a dirty mark, which makes heal look at the file, never a
-        wrong blame.
+        The release that follows the last open's flush gives the inode lock
+        back, its post-op and unlock in the release's own request (``release``);
+        a release that does not come soon leaves it to the post-op delay, and
+        another client that wants the lock gets it at once. A brick that misses
+        a post-op is left with a dirty mark, which makes heal look at the file,
+        never a wrong blame.
         """
-        if self.opens.get(gfid, 0) <= 1:
+        if gfid not in self.opens:
             self.locks.want_release(gfid)
         if not self._up():
             raise OSError(errno.ENOTCONN, "no brick is connected")

@@ -9,7 +9,8 @@ under the lock, in the same request) stays set. The lock goes, after a post-op
 that takes the dirty marks back, when
 
 - a brick tells us another client waits for it (``lock-contention`` event),
-- the inode's last open is flushed or released,
+- the inode's last open is released (``give_back_at_close``: the brick's
+  release travels in the same request),
 - it was unused for ``post-op-delay-secs``,
 - a brick comes back (so the next holder includes it), or ``settle()``.
 
@@ -23,6 +24,11 @@ yet, so no one can be waiting for it.
 Within this client, changes to overlapping byte ranges of one inode (or two
 metadata changes) run one after the other, so both bricks apply them in the
 same order.
+
+Giving a lock back costs one request per brick: the post-op, the unlock (and
+the release of a closing file) travel as one ``compound``. When a part fails,
+the parts after it that still matter (unlock, release) are sent on their own,
+so a brick ends up as separate requests would have left it.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from typing import Any
 
 import trio
 
-from pyglfs.client.layer import Layer
+from pyglfs.client.layer import Layer, run_each
 from pyglfs.client.replicate.changelog import encode
 from pyglfs.client.replicate.fanout import bits, fanout, pick_error
 from pyglfs.rpc.brickops import AFR_DIRTY
@@ -321,13 +327,27 @@ class EagerLocks:
         st.state = RELEASING
         self._spawn(self._release, st)
 
-    async def _release(self, st: LockState) -> None:
+    async def _release(self, st: LockState, close: int = 0) -> None:
+        """Post-op and unlock ``st``; bricks in ``close`` also get a release of it."""
         try:
             async with self._limiter:
-                targets = bits(st.locked_on & self.up_mask())
-                await fanout(self.n, targets, lambda i: self._post_op_unlock(st, i))
+                locked = st.locked_on & self.up_mask()
+                await fanout(self.n, bits(locked | close),
+                             lambda i: self._give_back(st, i, locked >> i & 1, close >> i & 1))
         finally:
             self._forget(st)
+
+    async def give_back_at_close(self, key: bytes, close: int) -> bool:
+        """The last open of ``key`` is being released on bricks ``close``: if its
+        inode lock is held and idle, give it back now with those releases in
+        the same requests, and return True once done. False, with nothing
+        sent, when the lock is not in that state: the caller releases."""
+        st = self.inode.get(key)
+        if st is None or st.state != HELD or st.users or self._nursery is None:
+            return False
+        st.state = RELEASING
+        await self._release(st, close)
+        return True
 
     def _take_marks(self, st: LockState, i: int) -> dict[str, bytes] | None:
         m = st.marks[i]
@@ -336,17 +356,53 @@ class EagerLocks:
         st.marks[i] = [0, 0, 0]
         return {AFR_DIRTY: encode(-m[0], -m[1], -m[2])}
 
-    async def _post_op_unlock(self, st: LockState, i: int) -> None:
-        xop = self._take_marks(st, i)
-        if xop is not None:
-            try:
-                await self.children[i].xattrop(st.key, xop)
-            except OSError as e:
-                log.debug("post-op of %r on brick %s: %s", st, i, e)
+    def _unlock_op(self, st: LockState) -> tuple[str, dict[str, Any]]:
+        if st.entry:
+            return "entrylk", {"pgfid": st.key, "domain": self.domain, "type": "un",
+                               "owner": self.owner, "block": False}
+        return "inodelk", {"gfid": st.key, "domain": self.domain, "type": "un", "start": 0,
+                           "len": 0, "owner": self.owner, "block": False}
+
+    async def _give_back(self, st: LockState, i: int, locked: int, close: int) -> None:
+        """On brick i: the post-op and unlock of ``st`` (when ``locked``), then the
+        release of its inode (when ``close``), in one request."""
+        ops: list[tuple[str, dict[str, Any]]] = []
+        if locked:
+            xop = self._take_marks(st, i)
+            if xop is not None:
+                ops.append(("xattrop", {"gfid": st.key, "xattrop": xop}))
+            ops.append(self._unlock_op(st))
+        if close:
+            ops.append(("release", {"gfid": st.key}))
+        if not ops:
+            return
+        child = self.children[i]
         try:
-            await self._lock(st, i, "un", False)
+            if len(ops) == 1:
+                _, failed = await run_each(child, ops)
+            else:
+                _, failed = await child.compound(ops)
         except OSError as e:
-            log.debug("unlock of %r on brick %s: %s", st, i, e)
+            if e.errno == errno.ENOTCONN:
+                # The brick drops this connection's locks and opens by itself.
+                log.debug("give-back of %r on brick %s: %s", st, i, e)
+                return
+            # Which parts ran is unknown: an unlock or a release may go twice,
+            # not a post-op (it would take the marks back twice).
+            log.debug("give-back of %r on brick %s: %s; unlocking anyway", st, i, e)
+            rest = ops
+        else:
+            if failed is None:
+                return
+            at, err = failed
+            log.debug("%s of %r on brick %s: %s", ops[at][0], st, i, err)
+            rest = ops[at + 1:]
+        for op, args in rest:
+            if op == "xattrop":
+                continue
+            _, again = await run_each(child, [(op, args)])
+            if again is not None:
+                log.debug("%s of %r on brick %s: %s", op, st, i, again[1])
 
     async def post_op_now(self, key: bytes) -> None:
         """Clear the dirty marks of an idle inode lock, keeping the lock (fsync)."""

@@ -41,7 +41,7 @@ class Counting(Layer):
     def __getattribute__(self, name: str) -> Any:
         attr = object.__getattribute__(self, name)
         if name in ("lookup", "create", "write", "flush", "release", "xattrop", "stat",
-                    "unlink", "rename", "open"):
+                    "unlink", "rename", "open", "compound"):
             object.__getattribute__(self, "calls").append(name)
         return attr
 
@@ -88,12 +88,14 @@ async def test_small_file_costs_one_call_per_step(tmp_path: Path) -> None:
         await rep.write(f, 0, b"a" * 4096)
         await rep.write(f, 4096, b"b" * 10)
         await rep.flush(f)
-        # The post-op and unlock follow the flush in the background, without
-        # waiting for the post-op delay.
-        await wait_for(lambda: f not in rep.locks.inode, 5, "lock given back after flush")
+        # The flush sends nothing; the release gives the lock back at once, not
+        # after the post-op delay, its post-op and unlock in the same request.
+        assert "flush" not in wrapped[0].calls and f in rep.locks.inode
         await rep.release(f)
+        assert f not in rep.locks.inode
         for w in wrapped:
             assert "flush" not in w.calls
+            assert w.calls[-4:] == ["compound", "xattrop", "inodelk-un", "release"], w.calls
             assert w.calls.count("inodelk-wr") == 1, w.calls
             assert w.calls.count("inodelk-un") == 1, w.calls
             assert w.calls.count("write") == 2

@@ -1,0 +1,191 @@
+"""Replicate gives a lock back in one request per brick (``compound``), over real bricks."""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from helpers.replica import ReplicaEnv, index_dir, open_replica, wait_for
+
+from pyglfs.brickd.server import BrickService
+from pyglfs.brickd.store import BrickStore
+from pyglfs.client.replicate import Replicate
+from pyglfs.client.replicate.changelog import ZERO, decode
+from pyglfs.rpc.brickops import AFR_DIRTY, ROOT_GFID, afr_xattr
+
+V = "rvol"
+
+
+def g() -> bytes:
+    return uuid.uuid4().bytes
+
+
+def xattr(path: Path, name: str) -> bytes:
+    try:
+        return os.getxattr(path, name)
+    except OSError as e:
+        assert e.errno == errno.ENODATA
+        return ZERO
+
+
+def count_requests(env: ReplicaEnv, rep: Replicate) -> list[list[str]]:
+    """Per brick, every request this client sends (a compound as ``compound:a+b``)."""
+    seen: list[list[str]] = [[] for _ in env.bricks]
+    for i in range(len(env.bricks)):
+        pc = env.brick_client(rep, i)
+        orig = pc.rpc.call
+
+        async def call(op: str, args: dict[str, Any], *, timeout: float | None = None,
+                       _i: int = i, _orig: Callable[..., Any] = orig) -> Any:
+            name = op
+            if op == "compound":
+                name += ":" + "+".join(sub for sub, _ in args["ops"])
+            seen[_i].append(name)
+            return await _orig(op, args, timeout=timeout)
+
+        pc.rpc.call = call  # type: ignore[method-assign]
+    return seen
+
+
+async def small_file(rep: Replicate, name: bytes, data: bytes = b"x" * 4096) -> bytes:
+    f = g()
+    await rep.create(ROOT_GFID, name, f, 0o644, 0, 0, os.O_WRONLY)
+    await rep.write(f, 0, data)
+    await rep.flush(f)
+    await rep.release(f)
+    return f
+
+
+async def test_a_created_file_costs_three_requests_per_brick(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, post_op_delay=30.0) as env:
+        rep = env.rep
+        await small_file(rep, b"first")  # takes the directory's entry lock
+        seen = count_requests(env, rep)
+        for k in range(5):
+            f = await small_file(rep, b"f%d" % k)
+            assert f not in rep.locks.inode
+            for calls in seen:
+                assert calls == ["create", "write", "compound:xattrop+inodelk+release"], calls
+                calls.clear()
+        for b in env.bricks:
+            assert (b.root / "f4").read_bytes() == b"x" * 4096
+            assert xattr(b.root / "f4", AFR_DIRTY) == ZERO
+        # The directory's lock: post-op and unlock in one request per brick.
+        await rep.settle()
+        assert seen == [["compound:xattrop+entrylk"]] * 2
+        for b in env.bricks:
+            assert xattr(b.root, AFR_DIRTY) == ZERO
+            assert index_dir(b.root) == set()
+
+
+async def test_a_file_still_open_keeps_its_lock_until_the_last_release(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, post_op_delay=30.0) as env:
+        rep = env.rep
+        f = g()
+        await rep.create(ROOT_GFID, b"f", f, 0o644, 0, 0, os.O_RDWR)
+        await rep.open(f, os.O_RDONLY)
+        await rep.write(f, 0, b"data")
+        seen = count_requests(env, rep)
+        await rep.flush(f)
+        await rep.release(f)
+        assert f in rep.locks.inode
+        assert seen == [["release"]] * 2
+        await rep.flush(f)
+        await rep.release(f)
+        assert f not in rep.locks.inode
+        assert seen == [["release", "compound:xattrop+inodelk+release"]] * 2
+
+
+async def test_a_flush_without_release_gives_the_lock_back_after_the_delay(
+        tmp_path: Path) -> None:
+    async with open_replica(tmp_path, post_op_delay=0.2) as env:
+        rep = env.rep
+        f = g()
+        await rep.create(ROOT_GFID, b"f", f, 0o644, 0, 0, os.O_WRONLY)
+        await rep.write(f, 0, b"data")
+        seen = count_requests(env, rep)
+        await rep.flush(f)
+        await wait_for(lambda: f not in rep.locks.inode, 5, "idle lock given back")
+        assert ["compound:xattrop+inodelk"] in [c[:1] for c in seen]
+        for b in env.bricks:
+            assert xattr(b.root / "f", AFR_DIRTY) == ZERO
+        await rep.release(f)
+        assert seen[0][-1] == "release"
+
+
+async def test_a_brick_down_at_close_is_blamed_as_before(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, post_op_delay=30.0) as env:
+        rep = env.rep
+        f = g()
+        await rep.create(ROOT_GFID, b"f", f, 0o644, 0, 0, os.O_WRONLY)
+        await rep.write(f, 0, b"a" * 100)
+        await env.bricks[1].stop()
+        await wait_for(lambda: not rep.children[1].is_up, 10, "brick 1 down")
+        await rep.write(f, 100, b"b" * 100)
+        seen = count_requests(env, rep)
+        await rep.flush(f)
+        await rep.release(f)
+        assert seen == [["compound:xattrop+inodelk+release"], []]
+        good = env.bricks[0].root / "f"
+        assert good.read_bytes() == b"a" * 100 + b"b" * 100
+        assert xattr(good, AFR_DIRTY) == ZERO
+        assert decode(xattr(good, afr_xattr(V, 1)))[0] > 0
+        assert f in index_dir(env.bricks[0].root)
+        # Brick 1 missed the post-op of the first write: its mark stays for heal.
+        assert decode(xattr(env.bricks[1].root / "f", AFR_DIRTY))[0] > 0
+
+
+async def test_a_failed_post_op_still_unlocks_and_releases(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    failing: set[bytes] = set()
+    orig = BrickStore.xattrop
+
+    async def xattrop(self: BrickStore, gfid: bytes, xattrop: dict[str, bytes]) -> Any:
+        if gfid in failing and self.root.endswith("brick1"):
+            raise OSError(errno.EIO, "injected")
+        return await orig(self, gfid, xattrop)
+
+    monkeypatch.setattr(BrickStore, "xattrop", xattrop)
+    async with open_replica(tmp_path, post_op_delay=30.0) as env:
+        rep = env.rep
+        f = g()
+        await rep.create(ROOT_GFID, b"f", f, 0o644, 0, 0, os.O_WRONLY)
+        await rep.write(f, 0, b"data")
+        failing.add(f)
+        seen = count_requests(env, rep)
+        await rep.release(f)
+        assert seen[0] == ["compound:xattrop+inodelk+release"]
+        assert seen[1] == ["compound:xattrop+inodelk+release", "inodelk", "release"]
+        assert xattr(env.bricks[0].root / "f", AFR_DIRTY) == ZERO
+        assert decode(xattr(env.bricks[1].root / "f", AFR_DIRTY))[0] > 0  # heal will look
+        other = await env.new_client(post_op_delay=0.0)
+        for i in range(2):  # unlocked on both bricks
+            with trio.fail_after(5):
+                pc = env.brick_client(other, i)
+                await pc.inodelk(f, rep.name, "wr", 0, 0, b"other", False)
+                await pc.inodelk(f, rep.name, "un", 0, 0, b"other", False)
+
+
+async def test_bricks_without_compound_get_separate_requests(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def no_compound(self: BrickService, args: dict[str, Any], conn: Any) -> Any:
+        raise OSError(errno.ENOSYS, "unknown operation 'compound'")
+
+    monkeypatch.setattr(BrickService, "_compound", no_compound)
+    async with open_replica(tmp_path, post_op_delay=30.0) as env:
+        rep = env.rep
+        await small_file(rep, b"first")
+        seen = count_requests(env, rep)
+        await small_file(rep, b"second")
+        for calls in seen:
+            assert calls == ["create", "write", "xattrop", "inodelk", "release"], calls
+        await rep.settle()
+        for b in env.bricks:
+            assert xattr(b.root / "second", AFR_DIRTY) == ZERO
+            assert index_dir(b.root) == set()
