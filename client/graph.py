@@ -9,6 +9,9 @@ Translator types map to layers:
   ``read-subvolume-index``);
 - ``performance/md-cache`` -> ``MdCache`` (``md-cache-timeout``,
   ``cache-invalidation``; see ``pyglfs.client.mdcache``);
+- ``performance/nl-cache`` -> ``NlCache`` (``nl-cache-timeout``,
+  ``nl-cache-limit`` in bytes, ``cache-invalidation``; see
+  ``pyglfs.client.nlcache``);
 - ``performance/write-behind`` -> ``WriteBehind`` (``cache-size``: the bytes
   queued per file, GlusterFS's ``performance.write-behind-window-size``);
   ``write_behind=False`` (the mount option ``write-behind=no``) builds it as a
@@ -34,6 +37,8 @@ import logging
 
 from pyglfs.client.layer import Layer
 from pyglfs.client.mdcache import MdCache
+from pyglfs.client.nlcache import DEFAULT_LIMIT as NLCACHE_LIMIT
+from pyglfs.client.nlcache import NlCache
 from pyglfs.client.protocol import ProtocolClient
 from pyglfs.client.replicate import Replicate
 from pyglfs.client.replicate.quorum import QUORUM_TYPES
@@ -45,9 +50,11 @@ log = logging.getLogger(__name__)
 CLIENT = "protocol/client"
 REPLICATE = "cluster/replicate"
 MDCACHE = "performance/md-cache"
+NLCACHE = "performance/nl-cache"
 WRITE_BEHIND = "performance/write-behind"
 DEFAULT_PORT = 49750
-# md-cache's timeout when bricks push invalidations and the volfile names none.
+# md-cache's and nl-cache's timeout when bricks push invalidations and the
+# volfile names none.
 MDCACHE_TIMEOUT_INVALIDATED = 600.0
 
 
@@ -93,6 +100,8 @@ class _Builder:
             return self.replicate(xl, children)
         if xl.type == MDCACHE and pass_through_ok and len(xl.subvolumes) == 1:
             return self.mdcache(xl, self.build(xl.subvolumes[0], True))
+        if xl.type == NLCACHE and pass_through_ok and len(xl.subvolumes) == 1:
+            return self.nlcache(xl, self.build(xl.subvolumes[0], True))
         if xl.type == WRITE_BEHIND and pass_through_ok and len(xl.subvolumes) == 1:
             return self.writebehind(xl, self.build(xl.subvolumes[0], True))
         if pass_through_ok and not xl.type.startswith(("cluster/", "protocol/")):
@@ -137,10 +146,13 @@ class _Builder:
                                   max=len(children) - 1))
 
     def mdcache(self, xl: Xlator, child: Layer) -> MdCache:
-        invalidation = xl.opt_bool("cache-invalidation", False)
-        default = MDCACHE_TIMEOUT_INVALIDATED if invalidation else 1.0
-        return MdCache(xl.name, child, invalidation=invalidation,
-                       timeout=xl.opt_float("md-cache-timeout", default, min=0.0))
+        invalidation, timeout = _coherence(xl, "md-cache-timeout")
+        return MdCache(xl.name, child, invalidation=invalidation, timeout=timeout)
+
+    def nlcache(self, xl: Xlator, child: Layer) -> NlCache:
+        invalidation, timeout = _coherence(xl, "nl-cache-timeout")
+        return NlCache(xl.name, child, invalidation=invalidation, timeout=timeout,
+                       limit=xl.opt_size("nl-cache-limit", NLCACHE_LIMIT))
 
     def writebehind(self, xl: Xlator, child: Layer) -> WriteBehind:
         wb = WriteBehind(xl.name, child, window=xl.opt_size("cache-size", DEFAULT_WINDOW),
@@ -148,3 +160,11 @@ class _Builder:
                          flush_behind=xl.opt_bool("flush-behind", True))
         self.write_behinds.append(wb)
         return wb
+
+
+def _coherence(xl: Xlator, timeout_key: str) -> tuple[bool, float]:
+    """A cache's ``cache-invalidation`` and its timeout, which defaults to
+    ``MDCACHE_TIMEOUT_INVALIDATED`` when bricks push invalidations, else 1 s."""
+    invalidation = xl.opt_bool("cache-invalidation", False)
+    default = MDCACHE_TIMEOUT_INVALIDATED if invalidation else 1.0
+    return invalidation, xl.opt_float(timeout_key, default, min=0.0)

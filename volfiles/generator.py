@@ -164,15 +164,22 @@ def client_graph(spec: VolumeSpec) -> Graph:
     return Graph.from_xlators(xls)
 
 
+# Caches whose timeout follows features.cache-invalidation: type -> timeout option.
+_TIMED_CACHES = {"performance/md-cache": "md-cache-timeout",
+                 "performance/nl-cache": "nl-cache-timeout"}
+
+
 def _perf_options(opts: Mapping[str, str], t: str) -> dict[str, str]:
-    """A performance translator's options; md-cache's two are always written
-    out, so the volfile says how long the client trusts its cache."""
+    """A performance translator's options; a cache's ``cache-invalidation``
+    and timeout are always written out, so the volfile says how long the
+    client trusts it."""
     o = layer_options(opts, t)
-    if t == "performance/md-cache":
+    timeout_key = _TIMED_CACHES.get(t)
+    if timeout_key is not None:
         inval = opts.get("features.cache-invalidation",
                          VOLUME_OPTIONS["features.cache-invalidation"].default)
         o.setdefault("cache-invalidation", inval)
-        o.setdefault("md-cache-timeout", VOLUME_OPTIONS["performance.md-cache-timeout"].default
+        o.setdefault(timeout_key, VOLUME_OPTIONS[f"performance.{timeout_key}"].default
                      if inval == "on" else "1")
     return o
 

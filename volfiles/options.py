@@ -11,11 +11,14 @@ Layers: ``client`` (each protocol/client), ``replicate``, ``distribute``, ``top`
 (the client's debug/io-stats top), ``server``, ``posix`` and ``brick-top`` (the
 brick graph), and ``performance/<name>`` for a performance translator. A
 ``performance.<name>`` switch (``xl_option`` None) decides whether that
-translator is in the client graph at all. Only md-cache is implemented, and
-on by default (``performance.stat-prefetch``) with GlusterFS's ``group
-metadata-cache`` settings: bricks push cache invalidations, so clients may
-trust cached metadata for ``performance.md-cache-timeout`` (600 s); with
+translator is in the client graph at all. md-cache is on by default
+(``performance.stat-prefetch``) with GlusterFS's ``group metadata-cache``
+settings: bricks push cache invalidations, so clients may trust cached
+metadata for ``performance.md-cache-timeout`` (600 s); with
 ``features.cache-invalidation`` off a client trusts it for 1 s unless told.
+nl-cache (names known absent) is on by default too, for the same reason
+(GlusterFS, whose bricks push nothing unless told, ships it off), and honours
+``features.cache-invalidation`` the same way. write-behind is on by default.
 The others stay off until the client implements them.
 """
 
@@ -109,9 +112,11 @@ def _opts(*rows: tuple[str, str, str | None, Check, str, str]) -> dict[str, Volu
 
 
 RP = "replicate"
-PERF_ORDER = ("write-behind", "read-ahead", "io-cache", "open-behind", "quick-read", "md-cache")
-_WB, _RA, _IOC, _MDC = ("performance/write-behind", "performance/read-ahead",
-                        "performance/io-cache", "performance/md-cache")
+PERF_ORDER = ("write-behind", "read-ahead", "io-cache", "open-behind", "quick-read", "nl-cache",
+              "md-cache")
+_WB, _RA, _IOC, _MDC, _NLC = ("performance/write-behind", "performance/read-ahead",
+                              "performance/io-cache", "performance/md-cache",
+                              "performance/nl-cache")
 
 VOLUME_OPTIONS: dict[str, VolumeOption] = _opts(
     ("network.ping-timeout", "client", "ping-timeout", _float(0.0), "10",
@@ -193,6 +198,12 @@ VOLUME_OPTIONS: dict[str, VolumeOption] = _opts(
      "seconds cached metadata is trusted (1 when cache-invalidation is off, unless set)"),
     ("features.cache-invalidation", _MDC, "cache-invalidation", _bool, "on",
      "clients rely on the invalidations bricks push (bricks always send them)"),
+    ("performance.nl-cache", _NLC, None, _bool, "on",
+     "nl-cache translator: lookups of names known absent are answered by the client"),
+    ("performance.nl-cache-timeout", _NLC, "nl-cache-timeout", _int(0, 600), "600",
+     "seconds known absences are trusted (1 when cache-invalidation is off, unless set)"),
+    ("performance.nl-cache-limit", _NLC, "nl-cache-limit", _size, "10MB",
+     "memory for names known absent or present, per client"),
 )
 
 PERF_SWITCHES: dict[str, str] = {o.layer: o.key for o in VOLUME_OPTIONS.values()

@@ -113,6 +113,7 @@ def _spec(**options: str) -> VolumeSpec:
 
 def test_graph_from_generated_volfile() -> None:
     from pyglfs.client.graph import build_graph
+    from pyglfs.client.nlcache import NlCache
     from pyglfs.client.writebehind import WriteBehind
 
     graph = client_graph(_spec(**{"cluster.quorum-type": "fixed", "cluster.quorum-count": "2",
@@ -122,7 +123,9 @@ def test_graph_from_generated_volfile() -> None:
     assert type(top) is Layer and top.name == "gv"
     mdc = top.child
     assert isinstance(mdc, MdCache) and mdc.invalidation and mdc.timeout == 600
-    wb = mdc.child
+    nlc = mdc.child
+    assert isinstance(nlc, NlCache) and nlc.invalidation and nlc.timeout == 600
+    wb = nlc.child
     assert isinstance(wb, WriteBehind) and wb.name == "gv-write-behind" and wb.queue
     rep = wb.child
     assert isinstance(rep, Replicate) and rep.name == "gv-replicate-0"
@@ -135,7 +138,8 @@ def test_graph_from_generated_volfile() -> None:
     assert isinstance(pc, ProtocolClient)
     assert (pc.host, pc.port, pc.brick_path) == ("127.0.0.3", 49751, "/b/2")
     assert pc.rpc.ping_timeout == 3.0 and pc.rpc.volume == "gv"
-    assert pc.parent is rep and rep.parent is wb and wb.parent is mdc and mdc.parent is top
+    assert pc.parent is rep and rep.parent is wb and wb.parent is nlc and nlc.parent is mdc
+    assert mdc.parent is top
 
 
 def test_graph_example_volfile_and_errors() -> None:

@@ -40,7 +40,7 @@ def test_replica2_client_volfile() -> None:
     g = parse(client_volfile(s), source="gvol0.vol")
     assert g == client_graph(s)
     assert list(g.xlators) == ["gvol0-client-0", "gvol0-client-1", "gvol0-replicate-0",
-                               "gvol0-write-behind",
+                               "gvol0-write-behind", "gvol0-nl-cache",
                                "gvol0-md-cache", "gvol0"]
     c1 = g["gvol0-client-1"]
     assert c1.type == "protocol/client"
@@ -56,8 +56,11 @@ def test_replica2_client_volfile() -> None:
     wb = g["gvol0-write-behind"]
     assert wb.type == "performance/write-behind" and wb.subvolumes == [rep]
     assert wb.options == {}
+    nlc = g["gvol0-nl-cache"]
+    assert nlc.type == "performance/nl-cache" and nlc.subvolumes == [wb]
+    assert nlc.options == {"cache-invalidation": "on", "nl-cache-timeout": "600"}
     mdc = g["gvol0-md-cache"]
-    assert mdc.type == "performance/md-cache" and mdc.subvolumes == [wb]
+    assert mdc.type == "performance/md-cache" and mdc.subvolumes == [nlc]
     assert mdc.options == {"cache-invalidation": "on", "md-cache-timeout": "600"}
     assert g.top.options == {"log-level": "DEBUG"} and g.top.subvolumes == [mdc]
 
@@ -80,8 +83,8 @@ def test_distributed_replicate_and_plain_layouts() -> None:
     assert dht.options == {"min-free-disk": "5%"}
     assert g["gvol0-write-behind"].subvolumes == [dht]
     single = client_graph(spec(1, 1))
-    assert list(single.xlators) == ["gvol0-client-0", "gvol0-write-behind", "gvol0-md-cache",
-                                    "gvol0"]
+    assert list(single.xlators) == ["gvol0-client-0", "gvol0-write-behind", "gvol0-nl-cache",
+                                    "gvol0-md-cache", "gvol0"]
     plain = client_graph(spec(3, 1))
     assert plain["gvol0-dht"].subvolume_names == ["gvol0-client-0", "gvol0-client-1",
                                                   "gvol0-client-2"]
@@ -92,8 +95,9 @@ def test_performance_translators_only_when_switched_on() -> None:
     g = client_graph(spec(options={"performance.io-cache": "on", "performance.cache-size": "64MB",
                                    "performance.write-behind": "yes",
                                    "performance.read-ahead-page-count": "8"}))
-    chain = [x.name for x in g.walk()][:4]
-    assert chain == ["gvol0", "gvol0-md-cache", "gvol0-io-cache", "gvol0-write-behind"]
+    chain = [x.name for x in g.walk()][:5]
+    assert chain == ["gvol0", "gvol0-md-cache", "gvol0-nl-cache", "gvol0-io-cache",
+                     "gvol0-write-behind"]
     assert g["gvol0-io-cache"].options == {"cache-size": "64MB"}
     assert "gvol0-read-ahead" not in g
     assert g["gvol0-write-behind"].subvolume_names == ["gvol0-replicate-0"]
@@ -104,13 +108,13 @@ def test_write_behind_on_by_default_and_switched_off() -> None:
     assert on["gvol0-write-behind"].options == {"cache-size": "2MB"}
     off = client_graph(spec(options={"performance.write-behind": "off"}))
     assert not off.by_type("performance/write-behind")
-    assert off["gvol0-md-cache"].subvolume_names == ["gvol0-replicate-0"]
+    assert off["gvol0-nl-cache"].subvolume_names == ["gvol0-replicate-0"]
 
 
 def test_md_cache_options() -> None:
     off = client_graph(spec(options={"performance.stat-prefetch": "off"}))
     assert not off.by_type("performance/md-cache")
-    assert off.top.subvolume_names == ["gvol0-write-behind"]
+    assert off.top.subvolume_names == ["gvol0-nl-cache"]
     no_inval = client_graph(spec(options={"features.cache-invalidation": "off"}))
     assert no_inval["gvol0-md-cache"].options == {"cache-invalidation": "off",
                                                   "md-cache-timeout": "1"}
@@ -120,6 +124,24 @@ def test_md_cache_options() -> None:
                                               "md-cache-timeout": "5"}
     with pytest.raises(VolfileError, match="md-cache-timeout"):
         client_graph(spec(options={"performance.md-cache-timeout": "601"}))
+
+
+def test_nl_cache_options() -> None:
+    off = client_graph(spec(options={"performance.nl-cache": "off"}))
+    assert not off.by_type("performance/nl-cache")
+    assert off["gvol0-md-cache"].subvolume_names == ["gvol0-write-behind"]
+    no_inval = client_graph(spec(options={"features.cache-invalidation": "off",
+                                          "performance.nl-cache-limit": "1MB"}))
+    assert no_inval["gvol0-nl-cache"].options == {"cache-invalidation": "off",
+                                                  "nl-cache-timeout": "1",
+                                                  "nl-cache-limit": "1MB"}
+    told = client_graph(spec(options={"performance.nl-cache-timeout": "30"}))
+    assert told["gvol0-nl-cache"].options == {"cache-invalidation": "on",
+                                              "nl-cache-timeout": "30"}
+    with pytest.raises(VolfileError, match="nl-cache-timeout"):
+        client_graph(spec(options={"performance.nl-cache-timeout": "601"}))
+    with pytest.raises(VolfileError, match="nl-cache-limit"):
+        client_graph(spec(options={"performance.nl-cache-limit": "lots"}))
 
 
 def test_brick_volfile() -> None:
@@ -206,10 +228,11 @@ def test_with_ports_rewrites_examples() -> None:
 def test_example_matches_generator_layout() -> None:
     s = VolumeSpec("gvol0", VID, 2, [BrickSpec("127.0.0.2", 49750, "/bricks/b1"),
                                      BrickSpec("127.0.0.3", 49751, "/bricks/b2")],
-                   {"cluster.quorum-type": "none", "performance.stat-prefetch": "off"})
+                   {"cluster.quorum-type": "none", "performance.stat-prefetch": "off",
+                    "performance.nl-cache": "off"})
     assert parse_file(EXAMPLES / "replica2.vol") == client_graph(s)
     one = VolumeSpec("single", VID, 1, [BrickSpec("127.0.0.2", 49750, "/bricks/single")],
-                     {"performance.stat-prefetch": "off"})
+                     {"performance.stat-prefetch": "off", "performance.nl-cache": "off"})
     assert parse_file(EXAMPLES / "single.vol") == client_graph(one)
 
 

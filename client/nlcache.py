@@ -1,0 +1,390 @@
+"""performance/nl-cache: lookups of names known to be absent, answered in the mount.
+
+The kernel looks a name up before it creates, links or renames onto it, and
+tar, compilers and interpreters probe many names that do not exist. Each such
+lookup costs replicate a request to every brick and a round trip; this layer
+answers it with ENOENT when it knows the name is absent.
+
+What it knows, per directory gfid (a ``_Dir``):
+
+- ``absent``: names a lookup found missing, and names this client removed;
+- ``present``, only for a *complete* directory: a superset of the names the
+  directory holds. A directory is complete when this client made it (mkdir) or
+  listed it to the end, and nothing foreign changed it since; every other name
+  in it is then absent without asking. Names this client creates, links or
+  renames into it are added, so a fresh directory filled by this mount (tar,
+  a build) never asks the bricks whether a name exists.
+
+Coherence
+- Knowledge of a directory is trusted for ``timeout`` seconds from when it was
+  first recorded.
+- The bricks push a ``cache-invalidation`` event to every other client after
+  each change (``pyglfs.brickd.upcall``): a name that appears, goes or moves
+  is named as (parent gfid, name) and the parent's gfid is named too. Either
+  drops everything known of that directory; ``{"all": True}`` (and a brick
+  connection going down or coming up, when events may have been lost) drops
+  everything.
+- Claims of absence (an ENOENT to record, a removed name, a new complete
+  directory) are recorded only when nothing could have made them stale while
+  the request was out: ``_epoch`` moves on every invalidation and at the end
+  of each of this client's entry operations, ``_inval`` on invalidations only.
+  A lookup or a listing records only if ``_epoch`` did not move; an entry
+  operation of ours records an absence only if ``_inval`` did not move.
+  Claims of presence (a name made, found or listed) only ever widen
+  ``present`` or narrow ``absent``, so they are safe at any time.
+- An entry operation that fails with an error that leaves the name's state
+  unknown drops its directory.
+
+GlusterFS ships nl-cache off by default because its bricks push no
+invalidations unless ``features.cache-invalidation`` is set; pyglfs bricks
+always push them and the volume option is on by default, so here the layer is
+on by default with GlusterFS's ``group nl-cache`` timeout (600 s). Without
+``cache-invalidation`` the timeout defaults to 1 s, as md-cache's does.
+
+Memory: ``limit`` bytes, charged per name (its length plus an estimate of the
+set's overhead) and per directory; past it the least recently used
+directories are dropped, and a single directory bigger than the limit is just
+not complete.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from pyglfs.client.layer import DirEntry, Layer, Lookup
+from pyglfs.client.mdcache import EVENT, parse_event
+from pyglfs.rpc.brickops import NAME_MAX
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIMIT = 10 * 1024 * 1024
+NAME_COST = 96
+DIR_COST = 512
+LISTINGS_MAX = 64
+_RENAME_EXCHANGE = 2
+
+T = TypeVar("T")
+
+
+def ordinary(name: bytes) -> bool:
+    """Whether ``name`` is one plain path component, whose absence a brick
+    reports as ENOENT (others get EINVAL or ENAMETOOLONG and pass through)."""
+    return (0 < len(name) <= NAME_MAX and name != b"." and name != b".."
+            and b"/" not in name and b"\0" not in name)
+
+
+class _Dir:
+    __slots__ = ("absent", "present", "t")
+
+    def __init__(self, t: float, present: set[bytes] | None = None) -> None:
+        self.absent: set[bytes] = set()
+        self.present = present
+        self.t = t
+
+
+class _Listing:
+    __slots__ = ("epoch", "names", "next")
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.names: set[bytes] = set()
+        self.next = 0
+
+
+class NlCache(Layer):
+    """Answers lookups of absent names from what it learnt (see the module doc);
+    ``stats()`` counts hits and misses."""
+
+    def __init__(self, name: str, child: Layer, *, timeout: float = 1.0,
+                 invalidation: bool = False, limit: int = DEFAULT_LIMIT,
+                 clock: Any = time.monotonic) -> None:
+        super().__init__(name, [child])
+        self.timeout = timeout
+        self.invalidation = invalidation
+        self.limit = max(limit, DIR_COST + 16 * NAME_COST)
+        self._clock = clock
+        self._epoch = 0
+        self._inval = 0
+        self._dirs: OrderedDict[bytes, _Dir] = OrderedDict()
+        self._listings: OrderedDict[bytes, _Listing] = OrderedDict()
+        self._cost = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __repr__(self) -> str:
+        return (f"<NlCache {self.name} timeout={self.timeout:g} "
+                f"invalidation={self.invalidation} dirs={len(self._dirs)}>")
+
+    def stats(self) -> dict[str, int]:
+        """Table sizes and hit counts, for state dumps and tests."""
+        complete = sum(1 for d in self._dirs.values() if d.present is not None)
+        return {"dirs": len(self._dirs), "complete": complete, "bytes": self._cost,
+                "hits": self.hits, "misses": self.misses}
+
+    # -- the table ------------------------------------------------------------
+    def _dir(self, pgfid: bytes) -> _Dir:
+        d = self._dirs.get(pgfid)
+        if d is None or self._clock() - d.t >= self.timeout:
+            if d is not None:
+                self._drop(pgfid)
+            d = self._dirs[pgfid] = _Dir(self._clock())
+            self._cost += DIR_COST
+        return d
+
+    def _drop(self, gfid: bytes) -> None:
+        d = self._dirs.pop(gfid, None)
+        if d is not None:
+            self._cost -= DIR_COST + _names_cost(d.absent) + _names_cost(d.present or ())
+
+    def clear(self) -> None:
+        """Forget everything (a brick came or went, or an event said so)."""
+        self._epoch += 1
+        self._inval += 1
+        self._dirs.clear()
+        self._listings.clear()
+        self._cost = 0
+
+    def _fit(self, keep: bytes) -> None:
+        """Evict least recently used directories until under the limit."""
+        dirs = self._dirs
+        while self._cost > self.limit and len(dirs) > 1:
+            gfid = next(iter(dirs))
+            if gfid == keep:
+                dirs.move_to_end(gfid)
+                gfid = next(iter(dirs))
+            self._drop(gfid)
+        if self._cost > self.limit:
+            d = dirs.get(keep)
+            if d is not None:
+                self._cost -= _names_cost(d.absent) + _names_cost(d.present or ())
+                d.absent.clear()
+                d.present = None
+
+    def _found(self, pgfid: bytes, name: bytes) -> None:
+        """``name`` exists in ``pgfid`` (always safe to note)."""
+        d = self._dirs.get(pgfid)
+        if d is None:
+            return
+        if name in d.absent:
+            d.absent.discard(name)
+            self._cost -= len(name) + NAME_COST
+        if d.present is not None and name not in d.present:
+            d.present.add(name)
+            self._cost += len(name) + NAME_COST
+            if self._cost > self.limit:
+                self._fit(pgfid)
+
+    def _gone(self, pgfid: bytes, name: bytes) -> None:
+        """``name`` is absent from ``pgfid``; the caller checked that no
+        invalidation raced with what told it so."""
+        d = self._dir(pgfid)
+        self._dirs.move_to_end(pgfid)
+        if d.present is not None:
+            if name in d.present:
+                d.present.discard(name)
+                self._cost -= len(name) + NAME_COST
+        elif name not in d.absent:
+            d.absent.add(name)
+            self._cost += len(name) + NAME_COST
+            if self._cost > self.limit:
+                self._fit(pgfid)
+
+    def _complete(self, gfid: bytes, names: set[bytes]) -> None:
+        """``names`` are all the names in ``gfid``."""
+        self._drop(gfid)
+        self._dirs[gfid] = _Dir(self._clock(), names)
+        self._cost += DIR_COST + _names_cost(names)
+        if self._cost > self.limit:
+            self._fit(gfid)
+
+    # -- coherence --------------------------------------------------------------
+    def invalidate(self, gfids: list[bytes], entries: list[tuple[bytes, bytes]]) -> None:
+        """Drop the directories a change elsewhere touched."""
+        self._epoch += 1
+        self._inval += 1
+        for gfid in gfids:
+            self._drop(gfid)
+        for pgfid, _name in entries:
+            self._drop(pgfid)
+
+    def on_event(self, child: Layer, name: str, args: dict[str, Any]) -> None:
+        if name == EVENT:
+            if args.get("all") is True:
+                log.debug("nl-cache %s: invalidation of everything", self.name)
+                self.clear()
+            else:
+                self.invalidate(*parse_event(args))
+        super().on_event(child, name, args)
+
+    def child_up(self, child: Layer) -> None:
+        self.clear()
+        super().child_up(child)
+
+    def child_down(self, child: Layer, reason: str) -> None:
+        self.clear()
+        super().child_down(child, reason)
+
+    # -- lookups ------------------------------------------------------------------
+    async def lookup(self, pgfid: bytes, name: bytes) -> Lookup:
+        d = self._dirs.get(pgfid)
+        if d is not None:
+            if self._clock() - d.t >= self.timeout:
+                self._drop(pgfid)
+            elif name in d.absent or (d.present is not None and name not in d.present
+                                      and ordinary(name)):
+                self.hits += 1
+                self._dirs.move_to_end(pgfid)
+                raise OSError(errno.ENOENT, "no such name (nl-cache)")
+        self.misses += 1
+        epoch = self._epoch
+        try:
+            found = await self.child.lookup(pgfid, name)
+        except OSError as e:
+            if e.errno == errno.ENOENT and epoch == self._epoch and ordinary(name):
+                self._gone(pgfid, name)
+            raise
+        self._found(pgfid, name)
+        return found
+
+    async def readdir(self, gfid: bytes, cookie: int, count: int,
+                      plus: bool = False) -> tuple[list[DirEntry], bool]:
+        """The child's page; a listing followed from cookie 0 to the end with
+        nothing changing meanwhile makes the directory complete."""
+        listings = self._listings
+        if cookie == 0:
+            listings[gfid] = _Listing(self._epoch)
+            listings.move_to_end(gfid)
+            if len(listings) > LISTINGS_MAX:
+                listings.popitem(last=False)
+        entries, eof = await self.child.readdir(gfid, cookie, count, plus)
+        lst = listings.get(gfid)
+        if lst is None or lst.next != cookie:
+            return entries, eof
+        if lst.epoch != self._epoch:
+            del listings[gfid]
+            return entries, eof
+        lst.names.update(e.name for e in entries if e.name != b"." and e.name != b"..")
+        if entries:
+            lst.next = entries[-1].cookie
+        if eof:
+            del listings[gfid]
+            self._complete(gfid, lst.names)
+        elif len(lst.names) * NAME_COST > self.limit:
+            del listings[gfid]
+        return entries, eof
+
+    # -- this client's entry changes ------------------------------------------------
+    async def _made(self, pgfid: bytes, name: bytes, call: Awaitable[T]) -> T:
+        """Run an operation that makes ``name`` in ``pgfid``. EEXIST says the name
+        is there; after any other failure (replicate may have made it on some
+        bricks) the directory is dropped."""
+        try:
+            result = await call
+        except OSError as e:
+            self._epoch += 1
+            if e.errno == errno.EEXIST:
+                self._found(pgfid, name)
+            else:
+                self._drop(pgfid)
+            raise
+        except BaseException:
+            self._epoch += 1
+            self._drop(pgfid)
+            raise
+        self._epoch += 1
+        self._found(pgfid, name)
+        return result
+
+    async def _removed(self, pgfid: bytes, name: bytes, call: Awaitable[T]) -> T:
+        """Run an operation that removes ``name`` from ``pgfid``; its absence is
+        recorded unless an invalidation arrived meanwhile."""
+        inval = self._inval
+        try:
+            result = await call
+        except OSError as e:
+            self._epoch += 1
+            if e.errno == errno.ENOENT and inval == self._inval:
+                self._gone(pgfid, name)
+            else:
+                self._drop(pgfid)
+            raise
+        except BaseException:
+            self._epoch += 1
+            self._drop(pgfid)
+            raise
+        self._epoch += 1
+        if inval == self._inval:
+            self._gone(pgfid, name)
+        return result
+
+    async def create(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
+                     gid: int, flags: int = 0,
+                     xattrop: dict[str, bytes] | None = None) -> Any:
+        return await self._made(pgfid, name, self.child.create(
+            pgfid, name, gfid, mode, uid, gid, flags, xattrop))
+
+    async def mkdir(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
+                    gid: int, xattrop: dict[str, bytes] | None = None) -> Any:
+        """A directory this client made is complete and empty, unless an
+        invalidation arrived while it was being made."""
+        inval = self._inval
+        result = await self._made(pgfid, name, self.child.mkdir(
+            pgfid, name, gfid, mode, uid, gid, xattrop))
+        if inval == self._inval:
+            self._complete(gfid, set())
+        return result
+
+    async def mknod(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, rdev: int,
+                    uid: int, gid: int, xattrop: dict[str, bytes] | None = None) -> Any:
+        return await self._made(pgfid, name, self.child.mknod(
+            pgfid, name, gfid, mode, rdev, uid, gid, xattrop))
+
+    async def symlink(self, pgfid: bytes, name: bytes, gfid: bytes, target: bytes, uid: int,
+                      gid: int, xattrop: dict[str, bytes] | None = None) -> Any:
+        return await self._made(pgfid, name, self.child.symlink(
+            pgfid, name, gfid, target, uid, gid, xattrop))
+
+    async def link(self, gfid: bytes, pgfid: bytes, name: bytes,
+                   xattrop: dict[str, bytes] | None = None) -> Any:
+        return await self._made(pgfid, name, self.child.link(gfid, pgfid, name, xattrop))
+
+    async def unlink(self, pgfid: bytes, name: bytes,
+                     xattrop: dict[str, bytes] | None = None) -> Any:
+        return await self._removed(pgfid, name, self.child.unlink(pgfid, name, xattrop))
+
+    async def rmdir(self, pgfid: bytes, name: bytes,
+                    xattrop: dict[str, bytes] | None = None) -> Any:
+        return await self._removed(pgfid, name, self.child.rmdir(pgfid, name, xattrop))
+
+    async def rename(self, old_pgfid: bytes, old_name: bytes, new_pgfid: bytes,
+                     new_name: bytes, flags: int = 0,
+                     xattrop: dict[str, bytes] | None = None) -> Any:
+        """The new name exists afterwards; the old one is gone unless the two
+        were exchanged. A failed rename drops both directories."""
+        inval = self._inval
+        done = False
+        try:
+            result = await self.child.rename(old_pgfid, old_name, new_pgfid, new_name,
+                                             flags, xattrop)
+            done = True
+            return result
+        finally:
+            self._epoch += 1
+            if not done:
+                self._drop(old_pgfid)
+                self._drop(new_pgfid)
+            else:
+                self._found(new_pgfid, new_name)
+                if flags & _RENAME_EXCHANGE:
+                    self._found(old_pgfid, old_name)
+                elif inval == self._inval:
+                    self._gone(old_pgfid, old_name)
+
+
+def _names_cost(names: Any) -> int:
+    return sum(len(n) for n in names) + NAME_COST * len(names)
