@@ -26,10 +26,13 @@ Coherence
   everything.
 - Claims of absence (an ENOENT to record, a removed name, a new complete
   directory) are recorded only when nothing could have made them stale while
-  the request was out: ``_epoch`` moves on every invalidation and at the end
-  of each of this client's entry operations, ``_inval`` on invalidations only.
-  A lookup or a listing records only if ``_epoch`` did not move; an entry
-  operation of ours records an absence only if ``_inval`` did not move.
+  the request was out. Each such request *watches* its directory (and name)
+  while it is out; an invalidation of the directory, or the end of one of
+  this client's own entry operations on the same name, marks the watch stale,
+  and a stale answer is not recorded. A listing is spoilt the same way by
+  any change in its directory. Watches are per directory, so the stream of
+  invalidations that other clients' writes cause (they name files, not
+  directories) costs nothing here.
   Claims of presence (a name made, found or listed) only ever widen
   ``present`` or narrow ``absent``, so they are safe at any time.
 - An entry operation that fails with an error that leaves the name's state
@@ -88,12 +91,22 @@ class _Dir:
 
 
 class _Listing:
-    __slots__ = ("epoch", "names", "next")
+    __slots__ = ("names", "next", "stale")
 
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self) -> None:
         self.names: set[bytes] = set()
         self.next = 0
+        self.stale = False
+
+
+class _Watch:
+    """A request out on one name of a directory (``name`` None: any name)."""
+
+    __slots__ = ("name", "stale")
+
+    def __init__(self, name: bytes | None) -> None:
+        self.name = name
+        self.stale = False
 
 
 class NlCache(Layer):
@@ -108,8 +121,7 @@ class NlCache(Layer):
         self.invalidation = invalidation
         self.limit = max(limit, DIR_COST + 16 * NAME_COST)
         self._clock = clock
-        self._epoch = 0
-        self._inval = 0
+        self._watches: dict[bytes, list[_Watch]] = {}
         self._dirs: OrderedDict[bytes, _Dir] = OrderedDict()
         self._listings: OrderedDict[bytes, _Listing] = OrderedDict()
         self._cost = 0
@@ -143,11 +155,38 @@ class NlCache(Layer):
 
     def clear(self) -> None:
         """Forget everything (a brick came or went, or an event said so)."""
-        self._epoch += 1
-        self._inval += 1
+        for watches in self._watches.values():
+            for w in watches:
+                w.stale = True
         self._dirs.clear()
         self._listings.clear()
         self._cost = 0
+
+    def _watch(self, gfid: bytes, name: bytes | None) -> _Watch:
+        w = _Watch(name)
+        watches = self._watches.get(gfid)
+        if watches is None:
+            self._watches[gfid] = [w]
+        else:
+            watches.append(w)
+        return w
+
+    def _unwatch(self, gfid: bytes, w: _Watch) -> None:
+        watches = self._watches[gfid]
+        if len(watches) == 1:
+            del self._watches[gfid]
+        else:
+            watches.remove(w)
+
+    def _touch(self, gfid: bytes, name: bytes | None) -> None:
+        """``name`` in directory ``gfid`` (None: any name) may have changed:
+        answers out on it must not be recorded."""
+        lst = self._listings.get(gfid)
+        if lst is not None:
+            lst.stale = True
+        for w in self._watches.get(gfid, ()):
+            if name is None or w.name is None or w.name == name:
+                w.stale = True
 
     def _fit(self, keep: bytes) -> None:
         """Evict least recently used directories until under the limit."""
@@ -205,12 +244,12 @@ class NlCache(Layer):
     # -- coherence --------------------------------------------------------------
     def invalidate(self, gfids: list[bytes], entries: list[tuple[bytes, bytes]]) -> None:
         """Drop the directories a change elsewhere touched."""
-        self._epoch += 1
-        self._inval += 1
         for gfid in gfids:
             self._drop(gfid)
-        for pgfid, _name in entries:
+            self._touch(gfid, None)
+        for pgfid, name in entries:
             self._drop(pgfid)
+            self._touch(pgfid, name)
 
     def on_event(self, child: Layer, name: str, args: dict[str, Any]) -> None:
         if name == EVENT:
@@ -241,13 +280,15 @@ class NlCache(Layer):
                 self._dirs.move_to_end(pgfid)
                 raise OSError(errno.ENOENT, "no such name (nl-cache)")
         self.misses += 1
-        epoch = self._epoch
+        w = self._watch(pgfid, name)
         try:
             found = await self.child.lookup(pgfid, name)
         except OSError as e:
-            if e.errno == errno.ENOENT and epoch == self._epoch and ordinary(name):
+            if e.errno == errno.ENOENT and not w.stale and ordinary(name):
                 self._gone(pgfid, name)
             raise
+        finally:
+            self._unwatch(pgfid, w)
         self._found(pgfid, name)
         return found
 
@@ -257,7 +298,7 @@ class NlCache(Layer):
         nothing changing meanwhile makes the directory complete."""
         listings = self._listings
         if cookie == 0:
-            listings[gfid] = _Listing(self._epoch)
+            listings[gfid] = _Listing()
             listings.move_to_end(gfid)
             if len(listings) > LISTINGS_MAX:
                 listings.popitem(last=False)
@@ -265,7 +306,7 @@ class NlCache(Layer):
         lst = listings.get(gfid)
         if lst is None or lst.next != cookie:
             return entries, eof
-        if lst.epoch != self._epoch:
+        if lst.stale:
             del listings[gfid]
             return entries, eof
         lst.names.update(e.name for e in entries if e.name != b"." and e.name != b"..")
@@ -286,39 +327,42 @@ class NlCache(Layer):
         try:
             result = await call
         except OSError as e:
-            self._epoch += 1
+            self._touch(pgfid, name)
             if e.errno == errno.EEXIST:
                 self._found(pgfid, name)
             else:
                 self._drop(pgfid)
             raise
         except BaseException:
-            self._epoch += 1
+            self._touch(pgfid, name)
             self._drop(pgfid)
             raise
-        self._epoch += 1
+        self._touch(pgfid, name)
         self._found(pgfid, name)
         return result
 
     async def _removed(self, pgfid: bytes, name: bytes, call: Awaitable[T]) -> T:
         """Run an operation that removes ``name`` from ``pgfid``; its absence is
-        recorded unless an invalidation arrived meanwhile."""
-        inval = self._inval
+        recorded unless the directory was invalidated meanwhile."""
+        w = self._watch(pgfid, name)
         try:
             result = await call
         except OSError as e:
-            self._epoch += 1
-            if e.errno == errno.ENOENT and inval == self._inval:
+            self._unwatch(pgfid, w)
+            self._touch(pgfid, name)
+            if e.errno == errno.ENOENT and not w.stale:
                 self._gone(pgfid, name)
             else:
                 self._drop(pgfid)
             raise
         except BaseException:
-            self._epoch += 1
+            self._unwatch(pgfid, w)
+            self._touch(pgfid, name)
             self._drop(pgfid)
             raise
-        self._epoch += 1
-        if inval == self._inval:
+        self._unwatch(pgfid, w)
+        self._touch(pgfid, name)
+        if not w.stale:
             self._gone(pgfid, name)
         return result
 
@@ -331,11 +375,14 @@ class NlCache(Layer):
     async def mkdir(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
                     gid: int, xattrop: dict[str, bytes] | None = None) -> Any:
         """A directory this client made is complete and empty, unless an
-        invalidation arrived while it was being made."""
-        inval = self._inval
-        result = await self._made(pgfid, name, self.child.mkdir(
-            pgfid, name, gfid, mode, uid, gid, xattrop))
-        if inval == self._inval:
+        invalidation of it arrived while it was being made."""
+        w = self._watch(gfid, None)
+        try:
+            result = await self._made(pgfid, name, self.child.mkdir(
+                pgfid, name, gfid, mode, uid, gid, xattrop))
+        finally:
+            self._unwatch(gfid, w)
+        if not w.stale:
             self._complete(gfid, set())
         return result
 
@@ -366,7 +413,7 @@ class NlCache(Layer):
                      xattrop: dict[str, bytes] | None = None) -> Any:
         """The new name exists afterwards; the old one is gone unless the two
         were exchanged. A failed rename drops both directories."""
-        inval = self._inval
+        w = self._watch(old_pgfid, old_name)
         done = False
         try:
             result = await self.child.rename(old_pgfid, old_name, new_pgfid, new_name,
@@ -374,7 +421,9 @@ class NlCache(Layer):
             done = True
             return result
         finally:
-            self._epoch += 1
+            self._unwatch(old_pgfid, w)
+            self._touch(old_pgfid, old_name)
+            self._touch(new_pgfid, new_name)
             if not done:
                 self._drop(old_pgfid)
                 self._drop(new_pgfid)
@@ -382,7 +431,7 @@ class NlCache(Layer):
                 self._found(new_pgfid, new_name)
                 if flags & _RENAME_EXCHANGE:
                     self._found(old_pgfid, old_name)
-                elif inval == self._inval:
+                elif not w.stale:
                     self._gone(old_pgfid, old_name)
 
 

@@ -276,6 +276,42 @@ async def test_a_mkdir_racing_an_invalidation_is_not_complete() -> None:
     assert fake.lookups == [b"early", b"other"]
 
 
+async def test_changes_elsewhere_do_not_spoil_answers_out() -> None:
+    """Other clients' writes name files, other directories change: a lookup
+    or a mkdir out meanwhile still counts."""
+    nlc, fake, _ = make()
+    fake.gate = trio.Event()
+    fake.lookup_gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(nlc.mkdir, ROOT_GFID, b"d", D_GFID, 0o40755, 0, 0)
+        nursery.start_soon(exists, nlc, ROOT_GFID, b"x")
+        await trio.testing.wait_all_tasks_blocked()
+        fake.parent_event({"gfids": [b"\x77" * 16], "entries": []})
+        fake.foreign(E_GFID, b"elsewhere")
+        fake.lookup_gate.set()
+        fake.gate.set()
+    fake.gate = fake.lookup_gate = None
+    assert nlc.stats()["complete"] == 1
+    assert not await exists(nlc, D_GFID, b"y")
+    assert not await exists(nlc, ROOT_GFID, b"x")
+    assert fake.lookups == [b"x"]
+
+
+async def test_own_changes_spoil_only_answers_on_the_same_name() -> None:
+    nlc, fake, _ = make()
+    fake.lookup_gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(exists, nlc, ROOT_GFID, b"x")
+        nursery.start_soon(exists, nlc, ROOT_GFID, b"y")
+        await trio.testing.wait_all_tasks_blocked()
+        await nlc.create(ROOT_GFID, b"x", E_GFID, 0o100644, 0, 0)
+        fake.lookup_gate.set()
+    fake.lookup_gate = None
+    assert await exists(nlc, ROOT_GFID, b"x")
+    assert not await exists(nlc, ROOT_GFID, b"y")
+    assert sorted(fake.lookups) == [b"x", b"x", b"y"]
+
+
 async def test_an_unlink_racing_an_invalidation_records_nothing() -> None:
     nlc, fake, _ = make()
     fake.names[(ROOT_GFID, b"x")] = E_GFID

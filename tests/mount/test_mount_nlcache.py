@@ -1,0 +1,207 @@
+"""nl-cache through real mounts: a name another mount creates is found at once
+although this mount had it cached as absent (the bricks' invalidations), and
+files created in a directory this mount made cost no lookup on the bricks
+(counted by a proxy that decodes the requests on their way to each brick)."""
+
+from __future__ import annotations
+
+import os
+import struct
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from helpers.mounts import Mount, Volume, mount_volume, mounted_volume, wait_for
+
+from pyglfs.rpc.framing import decode_body
+from pyglfs.volfiles.generator import generate, with_options
+from pyglfs.volfiles.model import Graph, Xlator
+from pyglfs.volfiles.parser import parse_file
+
+# The kernel's entry timeout (1 s) plus slack: nl-cache's 600 s must not show.
+PROMPT = 1.0 + 3.0
+
+
+def with_caches(volume: Volume, path: Path,
+                ports: dict[str, tuple[str, int]] | None = None) -> Path:
+    """``volume``'s volfile with nl-cache and md-cache under its top, as the
+    generator places them; ``ports`` points protocol clients elsewhere."""
+    g = parse_file(volume.volfile)
+    if ports:
+        g = with_options(g, {name: {"remote-host": h, "remote-port": str(p)}
+                             for name, (h, p) in ports.items()})
+    top = g.top
+    inval = {"cache-invalidation": "on"}
+    nlc = Xlator(f"{top.name}-nl-cache", "performance/nl-cache",
+                 inval | {"nl-cache-timeout": "600"}, list(top.subvolumes))
+    mdc = Xlator(f"{top.name}-md-cache", "performance/md-cache",
+                 inval | {"md-cache-timeout": "600"}, [nlc])
+    new_top = Xlator(top.name, top.type, dict(top.options), [mdc])
+    xls = [x for x in g if x.name != top.name] + [nlc, mdc, new_top]
+    path.write_text(generate(Graph.from_xlators(xls)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def nl_mounts(volume: Volume) -> Iterator[tuple[Path, Path]]:
+    base = volume.volfile.parent
+    vf = with_caches(volume, base / "nlcache.vol")
+    with mounted_volume(vf, base / "mnt-nlc-a") as a, mounted_volume(vf, base / "mnt-nlc-b") as b:
+        yield a.mountpoint, b.mountpoint
+
+
+def _exists(p: Path) -> bool:
+    try:
+        os.lstat(p)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def test_a_name_made_elsewhere_replaces_a_cached_absence(nl_mounts: tuple[Path, Path]) -> None:
+    a, b = nl_mounts
+    d = f"nl-{uuid.uuid4().hex[:8]}"
+    os.mkdir(b / d)  # a directory A did not make: A learns absences by asking
+    for _ in range(3):
+        assert not _exists(a / d / "late")
+    (b / d / "late").write_bytes(b"here")
+    assert wait_for(lambda: _exists(a / d / "late"), PROMPT)
+    assert (a / d / "late").read_bytes() == b"here"
+    os.rename(b / d / "late", b / d / "later")
+    assert wait_for(lambda: not _exists(a / d / "late"), PROMPT)
+    assert (a / d / "later").read_bytes() == b"here"
+    os.symlink("later", b / d / "link")
+    assert wait_for(lambda: _exists(a / d / "link"), PROMPT)
+    assert os.readlink(a / d / "link") == "later"
+
+
+def test_a_directory_made_here_sees_names_made_elsewhere(nl_mounts: tuple[Path, Path]) -> None:
+    a, b = nl_mounts
+    d = a / f"own-{uuid.uuid4().hex[:8]}"
+    d.mkdir()
+    for i in range(20):
+        with open(d / f"f{i}", "xb") as f:
+            f.write(b"x" * 100)
+    assert not _exists(d / "x")
+    bd = b / d.name
+    (bd / "x").write_bytes(b"from b")
+    assert wait_for(lambda: _exists(d / "x"), PROMPT)
+    assert (d / "x").read_bytes() == b"from b"
+    os.mkdir(bd / "sub")
+    assert wait_for(lambda: _exists(d / "sub"), PROMPT)
+    # A keeps working in it: its own names and B's are all there
+    (d / "sub" / "deep").write_bytes(b"d")
+    assert (bd / "sub" / "deep").read_bytes() == b"d"
+    assert sorted(os.listdir(d)) == sorted([*(f"f{i}" for i in range(20)), "x", "sub"])
+    os.unlink(bd / "x")
+    assert wait_for(lambda: not _exists(d / "x"), PROMPT)
+    with open(d / "x", "xb") as f:  # and A may make it again
+        f.write(b"again")
+    assert (bd / "x").read_bytes() == b"again"
+
+
+class CountingProxy:
+    """Forwards one brick's connections and counts the ops of the requests
+    that go through (frames: 4-byte big-endian length, msgpack body), and the
+    names looked up."""
+
+    def __init__(self, host: str, target: tuple[str, int]) -> None:
+        self.host = host
+        self.target = target
+        self.port = 0
+        self.ops: Counter[str] = Counter()
+        self.looked_up: list[bytes] = []
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host=self.host)
+        self.port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        server = await trio.open_tcp_stream(*self.target)
+        async with client, server, trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, client, server, True, nursery.cancel_scope)
+            nursery.start_soon(self._pump, server, client, False, nursery.cancel_scope)
+
+    async def _pump(self, src: trio.SocketStream, dst: trio.SocketStream, count: bool,
+                    scope: trio.CancelScope) -> None:
+        buf = bytearray()
+        try:
+            while data := await src.receive_some(1 << 16):
+                if count:
+                    buf += data
+                    while len(buf) >= 4 and len(buf) >= 4 + (n := struct.unpack_from(">I", buf)[0]):
+                        msg = decode_body(bytes(buf[4:4 + n]))
+                        del buf[:4 + n]
+                        if isinstance(msg, dict) and isinstance(msg.get("op"), str):
+                            self.ops[msg["op"]] += 1
+                            if msg["op"] == "lookup":
+                                self.looked_up.append(msg["args"]["name"])
+                await dst.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()
+
+
+async def test_files_made_in_a_directory_made_here_cost_no_lookup(
+        volume: Volume, tmp_path: Path) -> None:
+    g = parse_file(volume.volfile)
+    clients = g.by_type("protocol/client")
+    proxies = [CountingProxy("127.0.0.1", (c.opt("remote-host") or "",
+                                           int(c.opt("remote-port") or 0)))
+               for c in clients]
+
+    def looked_up() -> list[list[bytes]]:
+        return [list(p.looked_up) for p in proxies]
+
+    def work(root: Path) -> dict[str, list[list[bytes]]]:
+        d = root / f"count-{uuid.uuid4().hex[:8]}"
+        d.mkdir()
+        seen = {"before": looked_up()}
+        for i in range(100):
+            fd = os.open(d / f"f{i:03d}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            try:
+                os.write(fd, b"x" * 4096)
+            finally:
+                os.close(fd)
+            with pytest.raises(FileNotFoundError):
+                os.stat(d / f"missing{i}")
+        os.mkdir(d / "sub")
+        os.symlink("f000", d / "sym")
+        os.rename(d / "f001", d / "g001")
+        seen["made"] = looked_up()
+        # a name in a directory it did not make: asked once, then known
+        name = f"nowhere-{uuid.uuid4().hex}"
+        for _ in range(3):
+            with pytest.raises(FileNotFoundError):
+                os.stat(root / name)
+        seen["missed"] = looked_up()
+        return seen
+
+    async with trio.open_nursery() as nursery:
+        for p in proxies:
+            await nursery.start(p.serve)
+        vf = with_caches(volume, tmp_path / "counted.vol",
+                         {c.name: (p.host, p.port) for c, p in zip(clients, proxies,
+                                                                   strict=True)})
+        m: Mount = await trio.to_thread.run_sync(mount_volume, vf, tmp_path / "mnt")
+        try:
+            seen = await trio.to_thread.run_sync(work, m.mountpoint)
+        finally:
+            await trio.to_thread.run_sync(m.unmount)
+            nursery.cancel_scope.cancel()
+    assert sum(p.ops["create"] for p in proxies) >= 100 * len(proxies)  # the proxies count
+    for before, made, missed in zip(seen["before"], seen["made"], seen["missed"], strict=True):
+        # the kernel may look the directory itself up again (its entry timeout)
+        inside = [n for n in made[len(before):] if not n.startswith(b"count-")]
+        assert inside == [], "creating files in a directory made here looked names up"
+        assert [n for n in missed[len(made):] if n.startswith(b"nowhere-")] != []
+        assert len(set(missed[len(made):])) == len(missed[len(made):]), "asked twice"
+    bad = m.unexpected_errors()
+    assert bad is None, bad
