@@ -254,7 +254,7 @@ OPS: dict[str, dict[str, Check]] = {
     "compound": {"ops": lambda v: type(v) is list and 0 < len(v) <= COMPOUND_MAX},
 }
 
-COMPOUND_MAX = 8
+COMPOUND_MAX = 64
 COMPOUND_OPS = frozenset({
     "stat", "setattr", "open", "release", "flush", "fsync", "write", "fallocate",
     "getxattr", "setxattr", "removexattr", "xattrop", "inodelk", "entrylk",

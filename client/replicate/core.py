@@ -366,14 +366,15 @@ class Replicate(ReadOps):
         return iatt
 
     async def release(self, gfid: bytes) -> None:
-        """Drop one open; the last one gives the inode lock back, its post-op,
-        unlock and release in one request per brick when the lock is idle."""
+        """Drop one open. The last one gives the inode lock back soon, its
+        post-op, unlock and the bricks' release in one request per brick that
+        other closed files' share (``EagerLocks.close_soon``)."""
         left = self.opens.get(gfid, 0) - 1
         if left > 0:
             self.opens[gfid] = left
         else:
             self.opens.pop(gfid, None)
-            if await self.locks.give_back_at_close(gfid, self._up()):
+            if self.locks.close_soon(gfid, self._up()):
                 return
             self.locks.want_release(gfid)
         up = bits(self._up())
@@ -390,11 +391,11 @@ class Replicate(ReadOps):
         reported then), bricks buffer nothing, and application locks stay in the
         kernel (see DESIGN.md), so a brick's flush would only cost a round trip.
         The release that follows the last open's flush gives the inode lock
-        back, its post-op and unlock in the release's own request (``release``);
-        a release that does not come soon leaves it to the post-op delay, and
-        another client that wants the lock gets it at once. A brick that misses
-        a post-op is left with a dirty mark, which makes heal look at the file,
-        never a wrong blame.
+        back, its post-op and unlock travelling with the bricks' release
+        (``release``); a release that does not come soon leaves it to the
+        post-op delay, and another client that wants the lock gets it at once.
+        A brick that misses a post-op is left with a dirty mark, which makes
+        heal look at the file, never a wrong blame.
         """
         if gfid not in self.opens:
             self.locks.want_release(gfid)

@@ -9,8 +9,9 @@ under the lock, in the same request) stays set. The lock goes, after a post-op
 that takes the dirty marks back, when
 
 - a brick tells us another client waits for it (``lock-contention`` event),
-- the inode's last open is released (``give_back_at_close``: the brick's
-  release travels in the same request),
+- the inode's last open was released (``close_soon``): within
+  ``CLOSE_BATCH_DELAY``, together with the locks of the other files closed
+  meanwhile, and the bricks' releases of those opens travel along,
 - it was unused for ``post-op-delay-secs``,
 - a brick comes back (so the next holder includes it), or ``settle()``.
 
@@ -25,10 +26,10 @@ Within this client, changes to overlapping byte ranges of one inode (or two
 metadata changes) run one after the other, so both bricks apply them in the
 same order.
 
-Giving a lock back costs one request per brick: the post-op, the unlock (and
-the release of a closing file) travel as one ``compound``. When a part fails,
-the parts after it that still matter (unlock, release) are sent on their own,
-so a brick ends up as separate requests would have left it.
+Giving locks back costs one request per brick: the post-ops, the unlocks and
+the releases of closed files travel as one ``compound`` (several locks given
+back at once share it). When a part fails, the parts after it are sent again
+without it, so a brick ends up as separate requests would have left it.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import trio
 from pyglfs.client.layer import Layer, run_each
 from pyglfs.client.replicate.changelog import encode
 from pyglfs.client.replicate.fanout import bits, fanout, pick_error
-from pyglfs.rpc.brickops import AFR_DIRTY
+from pyglfs.rpc.brickops import AFR_DIRTY, COMPOUND_MAX
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,12 @@ META_SPAN = (-2, -1)
 """The span metadata changes take: they exclude each other, not data changes."""
 
 Span = tuple[int, int]
+Ops = list[tuple[str, dict[str, Any]]]
+
+CLOSE_BATCH_DELAY = 0.05
+"""Seconds a closed file's lock may wait to be given back with others'."""
+CLOSE_BATCH_MAX = COMPOUND_MAX // 3
+"""Closed files whose locks are given back in one request (3 sub-ops each)."""
 
 
 class LockState:
@@ -62,11 +69,12 @@ class LockState:
     many dirty increments brick i applied under this hold (the post-op
     subtracts exactly those). ``blamed[kind]``: bricks already blamed on the
     good bricks during this hold (a counter once non-zero stays so until heal,
-    so once per hold is enough).
+    so once per hold is enough). ``closed``: bricks owed the release of the
+    inode's last open, sent with the lock's give-back.
     """
 
     __slots__ = ("key", "entry", "state", "locked_on", "users", "marks", "blamed",
-                 "release_wanted", "last_used", "changed", "spans", "gate")
+                 "release_wanted", "last_used", "changed", "spans", "gate", "closed")
 
     def __init__(self, key: bytes, entry: bool, n: int) -> None:
         self.key = key
@@ -81,6 +89,7 @@ class LockState:
         self.changed = trio.Event()
         self.spans: list[Span] = []
         self.gate: trio.Event | None = None
+        self.closed = 0
 
     def __repr__(self) -> str:
         kind = "entry" if self.entry else "inode"
@@ -129,6 +138,10 @@ class EagerLocks:
         self.entry: dict[bytes, LockState] = {}
         self._nursery: trio.Nursery | None = None
         self._limiter = trio.CapacityLimiter(parallel)
+        self.close_delay = min(self.delay, CLOSE_BATCH_DELAY)
+        self._closing: dict[bytes, LockState] = {}
+        self._closing_wake = trio.Event()
+        self._closing_full = trio.Event()
 
     def up_mask(self) -> int:
         m = 0
@@ -149,6 +162,7 @@ class EagerLocks:
             try:
                 if self.delay <= 0:
                     await trio.sleep_forever()
+                nursery.start_soon(self._serve_closing)
                 while True:
                     await trio.sleep(max(self.entry_delay / 2, 0.05))
                     now = trio.current_time()
@@ -327,27 +341,61 @@ class EagerLocks:
         st.state = RELEASING
         self._spawn(self._release, st)
 
-    async def _release(self, st: LockState, close: int = 0) -> None:
-        """Post-op and unlock ``st``; bricks in ``close`` also get a release of it."""
+    async def _release(self, st: LockState) -> None:
+        await self._release_many([st])
+
+    async def _release_many(self, states: list[LockState]) -> None:
+        """Post-op and unlock each of ``states`` (RELEASING), with the releases
+        they owe (``closed``), in one compound per brick; then forget them."""
         try:
             async with self._limiter:
-                locked = st.locked_on & self.up_mask()
-                await fanout(self.n, bits(locked | close),
-                             lambda i: self._give_back(st, i, locked >> i & 1, close >> i & 1))
+                up = self.up_mask()
+                ops: list[Ops] = [[] for _ in range(self.n)]
+                for st in states:
+                    locked = st.locked_on & up
+                    for i in bits((locked | st.closed) & up):
+                        ops[i] += self._give_back_ops(st, i, locked >> i & 1,
+                                                      st.closed >> i & 1)
+                targets = [i for i in range(self.n) if ops[i]]
+                await fanout(self.n, targets, lambda i: self._send(i, ops[i]))
         finally:
-            self._forget(st)
+            for st in states:
+                self._forget(st)
 
-    async def give_back_at_close(self, key: bytes, close: int) -> bool:
-        """The last open of ``key`` is being released on bricks ``close``: if its
-        inode lock is held and idle, give it back now with those releases in
-        the same requests, and return True once done. False, with nothing
-        sent, when the lock is not in that state: the caller releases."""
+    def close_soon(self, key: bytes, closed: int) -> bool:
+        """The last open of ``key`` was released: bricks ``closed`` are owed its
+        release. If the inode lock is held and idle, it goes back within
+        ``close_delay`` (or when another client wants it, or with ``settle``),
+        the releases with it; True then, and nothing is sent now. False when
+        the caller must send the releases itself."""
         st = self.inode.get(key)
-        if st is None or st.state != HELD or st.users or self._nursery is None:
+        if (st is None or st.state != HELD or st.users or st.closed or not closed
+                or self._nursery is None or self.close_delay <= 0):
             return False
-        st.state = RELEASING
-        await self._release(st, close)
+        st.closed = closed
+        if not self._closing:
+            self._closing_wake.set()
+        self._closing[key] = st
+        if len(self._closing) >= CLOSE_BATCH_MAX:
+            self._closing_full.set()
         return True
+
+    async def _serve_closing(self) -> None:
+        """Give back the locks of closed files in batches (see ``close_soon``)."""
+        while True:
+            await self._closing_wake.wait()
+            self._closing_wake = trio.Event()
+            with trio.move_on_after(self.close_delay):
+                await self._closing_full.wait()
+            self._closing_full = trio.Event()
+            batch = []
+            for st in self._closing.values():
+                if st.state == HELD and not st.users:
+                    st.state = RELEASING
+                    batch.append(st)
+            self._closing.clear()
+            if batch:
+                await self._release_many(batch)
 
     def _take_marks(self, st: LockState, i: int) -> dict[str, bytes] | None:
         m = st.marks[i]
@@ -356,53 +404,56 @@ class EagerLocks:
         st.marks[i] = [0, 0, 0]
         return {AFR_DIRTY: encode(-m[0], -m[1], -m[2])}
 
-    def _unlock_op(self, st: LockState) -> tuple[str, dict[str, Any]]:
-        if st.entry:
-            return "entrylk", {"pgfid": st.key, "domain": self.domain, "type": "un",
-                               "owner": self.owner, "block": False}
-        return "inodelk", {"gfid": st.key, "domain": self.domain, "type": "un", "start": 0,
-                           "len": 0, "owner": self.owner, "block": False}
-
-    async def _give_back(self, st: LockState, i: int, locked: int, close: int) -> None:
+    def _give_back_ops(self, st: LockState, i: int, locked: int, closed: int) -> Ops:
         """On brick i: the post-op and unlock of ``st`` (when ``locked``), then the
-        release of its inode (when ``close``), in one request."""
-        ops: list[tuple[str, dict[str, Any]]] = []
+        release of its inode (when ``closed``)."""
+        ops: Ops = []
         if locked:
             xop = self._take_marks(st, i)
             if xop is not None:
                 ops.append(("xattrop", {"gfid": st.key, "xattrop": xop}))
-            ops.append(self._unlock_op(st))
-        if close:
-            ops.append(("release", {"gfid": st.key}))
-        if not ops:
-            return
-        child = self.children[i]
-        try:
-            if len(ops) == 1:
-                _, failed = await run_each(child, ops)
+            if st.entry:
+                ops.append(("entrylk", {"pgfid": st.key, "domain": self.domain, "type": "un",
+                                        "owner": self.owner, "block": False}))
             else:
-                _, failed = await child.compound(ops)
-        except OSError as e:
-            if e.errno == errno.ENOTCONN:
-                # The brick drops this connection's locks and opens by itself.
-                log.debug("give-back of %r on brick %s: %s", st, i, e)
-                return
-            # Which parts ran is unknown: an unlock or a release may go twice,
-            # not a post-op (it would take the marks back twice).
-            log.debug("give-back of %r on brick %s: %s; unlocking anyway", st, i, e)
-            rest = ops
-        else:
-            if failed is None:
-                return
-            at, err = failed
-            log.debug("%s of %r on brick %s: %s", ops[at][0], st, i, err)
-            rest = ops[at + 1:]
-        for op, args in rest:
-            if op == "xattrop":
+                ops.append(("inodelk", {"gfid": st.key, "domain": self.domain, "type": "un",
+                                        "start": 0, "len": 0, "owner": self.owner,
+                                        "block": False}))
+        if closed:
+            ops.append(("release", {"gfid": st.key}))
+        return ops
+
+    async def _send(self, i: int, ops: Ops) -> None:
+        """``ops`` to brick i in as few requests as the brick takes. A part that
+        fails is logged and left out, the rest sent again; when the brick's
+        answer is lost, post-ops are not sent again (twice would take the marks
+        back twice), unlocks and releases are (twice does no harm)."""
+        child = self.children[i]
+        while ops:
+            chunk, ops = ops[:COMPOUND_MAX], ops[COMPOUND_MAX:]
+            try:
+                if len(chunk) == 1:
+                    _, failed = await run_each(child, chunk)
+                else:
+                    _, failed = await child.compound(chunk)
+            except OSError as e:
+                if e.errno == errno.ENOTCONN:
+                    # The brick drops this connection's locks and opens by itself.
+                    log.debug("give-back on brick %s: %s", i, e)
+                    return
+                log.debug("give-back on brick %s: %s; unlocking anyway", i, e)
+                for op in chunk:
+                    if op[0] != "xattrop":
+                        _, again = await run_each(child, [op])
+                        if again is not None:
+                            log.debug("%s of %s on brick %s: %s", op[0],
+                                      _key_of(op).hex(), i, again[1])
                 continue
-            _, again = await run_each(child, [(op, args)])
-            if again is not None:
-                log.debug("%s of %r on brick %s: %s", op, st, i, again[1])
+            if failed is not None:
+                at, err = failed
+                log.debug("%s of %s on brick %s: %s", chunk[at][0], _key_of(chunk[at]).hex(),
+                          i, err)
+                ops = chunk[at + 1:] + ops
 
     async def post_op_now(self, key: bytes) -> None:
         """Clear the dirty marks of an idle inode lock, keeping the lock (fsync)."""
@@ -455,11 +506,12 @@ class EagerLocks:
                 self.want_release(st.key, st.entry)
 
     def child_down(self, i: int) -> None:
-        """Brick i dropped our connection, and with it our locks there."""
+        """Brick i dropped our connection, and with it our locks and opens there."""
         bit = 1 << i
         for table in (self.inode, self.entry):
             for st in table.values():
                 st.locked_on &= ~bit
+                st.closed &= ~bit
                 st.marks[i] = [0, 0, 0]
 
     def busy(self) -> int:
@@ -475,3 +527,8 @@ class EagerLocks:
             if st.state == HELD:
                 self.want_release(st.key, st.entry)
             await st.changed.wait()
+
+
+def _key_of(op: tuple[str, dict[str, Any]]) -> bytes:
+    key: bytes = op[1].get("gfid") or op[1]["pgfid"]
+    return key

@@ -1,4 +1,4 @@
-"""Replicate gives a lock back in one request per brick (``compound``), over real bricks."""
+"""Replicate gives locks back in one request per brick (``compound``), over real bricks."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pyglfs.brickd.server import BrickService
 from pyglfs.brickd.store import BrickStore
 from pyglfs.client.replicate import Replicate
 from pyglfs.client.replicate.changelog import ZERO, decode
+from pyglfs.client.replicate.eagerlock import CLOSE_BATCH_MAX
 from pyglfs.rpc.brickops import AFR_DIRTY, ROOT_GFID, afr_xattr
 
 V = "rvol"
@@ -62,26 +63,67 @@ async def small_file(rep: Replicate, name: bytes, data: bytes = b"x" * 4096) -> 
     return f
 
 
-async def test_a_created_file_costs_three_requests_per_brick(tmp_path: Path) -> None:
+async def given_back(rep: Replicate, *gfids: bytes) -> None:
+    await wait_for(lambda: not any(f in rep.locks.inode for f in gfids), 5, "locks given back")
+
+
+def compounds(calls: list[str]) -> list[str]:
+    """The sub-ops of every compound in ``calls``, in order."""
+    return [sub for c in calls if c.startswith("compound:")
+            for sub in c.partition(":")[2].split("+")]
+
+
+async def test_a_created_file_costs_two_requests_per_brick_and_a_share(
+        tmp_path: Path) -> None:
     async with open_replica(tmp_path, post_op_delay=30.0) as env:
         rep = env.rep
         await small_file(rep, b"first")  # takes the directory's entry lock
+        await given_back(rep, *rep.locks.inode)
         seen = count_requests(env, rep)
-        for k in range(5):
-            f = await small_file(rep, b"f%d" % k)
-            assert f not in rep.locks.inode
-            for calls in seen:
-                assert calls == ["create", "write", "compound:xattrop+inodelk+release"], calls
-                calls.clear()
+        files = [await small_file(rep, b"f%d" % k) for k in range(5)]
+        await given_back(rep, *files)
+        for calls in seen:
+            assert [c for c in calls if not c.startswith("compound")] == [
+                "create", "write"] * 5, calls
+            assert compounds(calls) == ["xattrop", "inodelk", "release"] * 5, calls
+            assert len(calls) <= 15
         for b in env.bricks:
             assert (b.root / "f4").read_bytes() == b"x" * 4096
             assert xattr(b.root / "f4", AFR_DIRTY) == ZERO
         # The directory's lock: post-op and unlock in one request per brick.
+        for calls in seen:
+            calls.clear()
         await rep.settle()
         assert seen == [["compound:xattrop+entrylk"]] * 2
         for b in env.bricks:
             assert xattr(b.root, AFR_DIRTY) == ZERO
             assert index_dir(b.root) == set()
+
+
+async def test_closed_files_locks_go_back_together(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, post_op_delay=30.0) as env:
+        rep = env.rep
+        rep.locks.close_delay = 30.0  # only a full batch goes now
+        await small_file(rep, b"first")
+        seen = count_requests(env, rep)
+        files = [await small_file(rep, b"f%d" % k) for k in range(CLOSE_BATCH_MAX - 1)]
+        assert all(f in rep.locks.inode for f in files)
+        assert not any(c.startswith("compound") for c in seen[0] + seen[1])
+        await given_back(rep, *files)
+        for calls in seen:
+            assert [c for c in calls if c.startswith("compound")] == [
+                "compound:" + "+".join(["xattrop", "inodelk", "release"] * CLOSE_BATCH_MAX)]
+        for b in env.bricks:
+            for k in range(CLOSE_BATCH_MAX - 1):
+                assert xattr(b.root / f"f{k}", AFR_DIRTY) == ZERO
+        # Another client's wish for a lock sends it back at once, its release along.
+        f = await small_file(rep, b"wanted")
+        assert f in rep.locks.inode
+        other = await env.new_client(post_op_delay=0.0)
+        with trio.fail_after(10):
+            await other.setattr(f, mode=0o600)
+        await given_back(rep, f)
+        assert seen[0][-1] == "compound:xattrop+inodelk+release"
 
 
 async def test_a_file_still_open_keeps_its_lock_until_the_last_release(tmp_path: Path) -> None:
@@ -98,7 +140,7 @@ async def test_a_file_still_open_keeps_its_lock_until_the_last_release(tmp_path:
         assert seen == [["release"]] * 2
         await rep.flush(f)
         await rep.release(f)
-        assert f not in rep.locks.inode
+        await given_back(rep, f)
         assert seen == [["release", "compound:xattrop+inodelk+release"]] * 2
 
 
@@ -112,7 +154,7 @@ async def test_a_flush_without_release_gives_the_lock_back_after_the_delay(
         seen = count_requests(env, rep)
         await rep.flush(f)
         await wait_for(lambda: f not in rep.locks.inode, 5, "idle lock given back")
-        assert ["compound:xattrop+inodelk"] in [c[:1] for c in seen]
+        assert all("compound:xattrop+inodelk" in calls for calls in seen), seen
         for b in env.bricks:
             assert xattr(b.root / "f", AFR_DIRTY) == ZERO
         await rep.release(f)
@@ -131,6 +173,7 @@ async def test_a_brick_down_at_close_is_blamed_as_before(tmp_path: Path) -> None
         seen = count_requests(env, rep)
         await rep.flush(f)
         await rep.release(f)
+        await given_back(rep, f)
         assert seen == [["compound:xattrop+inodelk+release"], []]
         good = env.bricks[0].root / "f"
         assert good.read_bytes() == b"a" * 100 + b"b" * 100
@@ -160,8 +203,9 @@ async def test_a_failed_post_op_still_unlocks_and_releases(
         failing.add(f)
         seen = count_requests(env, rep)
         await rep.release(f)
+        await given_back(rep, f)
         assert seen[0] == ["compound:xattrop+inodelk+release"]
-        assert seen[1] == ["compound:xattrop+inodelk+release", "inodelk", "release"]
+        assert seen[1] == ["compound:xattrop+inodelk+release", "compound:inodelk+release"]
         assert xattr(env.bricks[0].root / "f", AFR_DIRTY) == ZERO
         assert decode(xattr(env.bricks[1].root / "f", AFR_DIRTY))[0] > 0  # heal will look
         other = await env.new_client(post_op_delay=0.0)
@@ -180,9 +224,9 @@ async def test_bricks_without_compound_get_separate_requests(
     monkeypatch.setattr(BrickService, "_compound", no_compound)
     async with open_replica(tmp_path, post_op_delay=30.0) as env:
         rep = env.rep
-        await small_file(rep, b"first")
+        await given_back(rep, await small_file(rep, b"first"))  # learns: no compound
         seen = count_requests(env, rep)
-        await small_file(rep, b"second")
+        await given_back(rep, await small_file(rep, b"second"))
         for calls in seen:
             assert calls == ["create", "write", "xattrop", "inodelk", "release"], calls
         await rep.settle()
