@@ -5,7 +5,10 @@ Every op names its entry as (parent gfid, one checked name) and touches it with
 ``*at()`` calls relative to the parent's fd, never following a symlink. The
 client chooses a new inode's gfid; the brick refuses one that already names
 another inode here. A changelog ``xattrop`` goes to the parent directory before
-the change (both parents for rename).
+the change (both parents for rename). Every change also answers the parent
+directory's attributes after it (``postparent``; rename: ``postoldparent`` and
+``postnewparent``), so a client's cache can answer the stat of the directory
+that the kernel sends after each entry change without a request of its own.
 """
 
 from __future__ import annotations
@@ -91,6 +94,10 @@ class EntryOps(StoreCore):
                                                             follow_symlinks=False)
         return st
 
+    def _postparent(self, pgfid: bytes, pfd: int) -> list[Any]:
+        """The wire iatt of an entry op's parent directory as it is now."""
+        return self._iatt(pgfid, os.stat(pfd), True)
+
     def _undo_create(self, pfd: int, name: bytes, is_dir: bool = False) -> None:
         try:
             if is_dir:
@@ -125,7 +132,7 @@ class EntryOps(StoreCore):
         self.files.put(gfid, fd)
         self._count_open(gfid, conn_id)
         self._dir_changed(pgfid)
-        return {"iatt": self._iatt(gfid, st, False)}
+        return {"iatt": self._iatt(gfid, st, False), "postparent": self._postparent(pgfid, pfd)}
 
     async def mkdir(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
                     gid: int, xattrop: dict[str, bytes] | None = None) -> dict[str, Any]:
@@ -148,7 +155,7 @@ class EntryOps(StoreCore):
                 raise
         self.dirs.put(gfid, fd)
         self._dir_changed(pgfid)
-        return {"iatt": self._iatt(gfid, st, True)}
+        return {"iatt": self._iatt(gfid, st, True), "postparent": self._postparent(pgfid, pfd)}
 
     def _finish_node(self, pgfid: bytes, pfd: int, name: bytes, gfid: bytes, uid: int,
                      gid: int, mode: int | None) -> dict[str, Any]:
@@ -162,7 +169,7 @@ class EntryOps(StoreCore):
             self._unlink_handle(gfid)
             raise
         self._dir_changed(pgfid)
-        return {"iatt": self._iatt(gfid, st, False)}
+        return {"iatt": self._iatt(gfid, st, False), "postparent": self._postparent(pgfid, pfd)}
 
     async def mknod(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, rdev: int,
                     uid: int, gid: int, xattrop: dict[str, bytes] | None = None,
@@ -202,7 +209,7 @@ class EntryOps(StoreCore):
                     follow_symlinks=False)
         self._dir_changed(pgfid)
         st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-        return {"iatt": self._iatt(gfid, st, False)}
+        return {"iatt": self._iatt(gfid, st, False), "postparent": self._postparent(pgfid, pfd)}
 
     async def unlink(self, pgfid: bytes, name: bytes,
                      xattrop: dict[str, bytes] | None = None) -> dict[str, Any]:
@@ -218,7 +225,7 @@ class EntryOps(StoreCore):
         self._dir_changed(pgfid)
         if gfid is not None and len(gfid) == GFID_LEN:
             self._name_dropped(gfid, st.st_nlink)
-        return {}
+        return {"postparent": self._postparent(pgfid, pfd)}
 
     async def rmdir(self, pgfid: bytes, name: bytes,
                     xattrop: dict[str, bytes] | None = None) -> dict[str, Any]:
@@ -233,13 +240,13 @@ class EntryOps(StoreCore):
         self._dir_changed(pgfid)
         if gfid is not None and len(gfid) == GFID_LEN:
             self._forget_dir(gfid)
-        return {}
+        return {"postparent": self._postparent(pgfid, pfd)}
 
     async def rename(self, old_pgfid: bytes, old_name: bytes, new_pgfid: bytes,
                      new_name: bytes, flags: int | None = None,
                      xattrop: dict[str, bytes] | None = None) -> dict[str, Any]:
         """rename(2) with RENAME_NOREPLACE (1) or RENAME_EXCHANGE (2); returns the
-        moved inode. Directory handles follow their directory; a replaced inode
+        moved inode and both parents' attributes. Directory handles follow their directory; a replaced inode
         loses its handle with its last name, as with unlink."""
         flags = flags or 0
         if flags & ~_RENAME_FLAGS or flags == _RENAME_FLAGS:
@@ -281,7 +288,10 @@ class EntryOps(StoreCore):
                 else:
                     self._name_dropped(dst_gfid, dst.st_nlink)
         st = os.stat(new_name, dir_fd=npfd, follow_symlinks=False)
-        return {"iatt": self._iatt(src_gfid or NULL_GFID, st, stat.S_ISDIR(st.st_mode))}
+        post_old = self._postparent(old_pgfid, opfd)
+        post_new = post_old if new_pgfid == old_pgfid else self._postparent(new_pgfid, npfd)
+        return {"iatt": self._iatt(src_gfid or NULL_GFID, st, stat.S_ISDIR(st.st_mode)),
+                "postoldparent": post_old, "postnewparent": post_new}
 
     async def readlink(self, gfid: bytes) -> dict[str, Any]:
         """The target of symlink ``gfid`` (EINVAL for anything else)."""

@@ -35,7 +35,7 @@ from typing import Any
 
 import trio
 
-from pyglfs.client.layer import Layer
+from pyglfs.client.layer import EntryReply, Layer
 from pyglfs.client.protocol import ProtocolClient
 from pyglfs.rpc.brickops import Iatt
 from pyglfs.volfiles.model import Graph, VolfileError
@@ -197,13 +197,13 @@ class GraphSwitch(Layer):
 
     async def create(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
                      gid: int, flags: int = 0,
-                     xattrop: dict[str, bytes] | None = None) -> Iatt:
+                     xattrop: dict[str, bytes] | None = None) -> EntryReply:
         gen = self.current
         gen.inflight += 1
         try:
-            iatt = await gen.top.create(pgfid, name, gfid, mode, uid, gid, flags, xattrop)
+            reply = await gen.top.create(pgfid, name, gfid, mode, uid, gid, flags, xattrop)
             gen.opened(gfid)
-            return iatt
+            return reply
         finally:
             gen.done()
 

@@ -36,6 +36,27 @@ class Lookup(NamedTuple):
     xattrs: dict[str, bytes]
 
 
+class EntryReply(NamedTuple):
+    """What an op that makes a name answers: the named inode's attributes and its
+    parent directory's after the change (GlusterFS's ``postparent``).
+
+    ``postparent`` is None when a layer below could not say (a brick too old to
+    send it): a cache then drops the directory's attributes instead.
+    """
+
+    iatt: Iatt
+    postparent: Iatt | None
+
+
+class RenameReply(NamedTuple):
+    """A rename's answer: the moved inode and both parents after the change (the
+    same attributes twice when they are one directory); None when unknown."""
+
+    iatt: Iatt
+    postoldparent: Iatt | None
+    postnewparent: Iatt | None
+
+
 class DirEntry(NamedTuple):
     """One readdir entry; ``cookie`` resumes the listing after it."""
 
@@ -108,36 +129,37 @@ class Layer:
 
     async def create(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
                      gid: int, flags: int = 0,
-                     xattrop: dict[str, bytes] | None = None) -> Iatt:
+                     xattrop: dict[str, bytes] | None = None) -> EntryReply:
         return await self.child.create(pgfid, name, gfid, mode, uid, gid, flags, xattrop)
 
     async def mkdir(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
-                    gid: int, xattrop: dict[str, bytes] | None = None) -> Iatt:
+                    gid: int, xattrop: dict[str, bytes] | None = None) -> EntryReply:
         return await self.child.mkdir(pgfid, name, gfid, mode, uid, gid, xattrop)
 
     async def mknod(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, rdev: int,
-                    uid: int, gid: int, xattrop: dict[str, bytes] | None = None) -> Iatt:
+                    uid: int, gid: int, xattrop: dict[str, bytes] | None = None) -> EntryReply:
         return await self.child.mknod(pgfid, name, gfid, mode, rdev, uid, gid, xattrop)
 
     async def symlink(self, pgfid: bytes, name: bytes, gfid: bytes, target: bytes, uid: int,
-                      gid: int, xattrop: dict[str, bytes] | None = None) -> Iatt:
+                      gid: int, xattrop: dict[str, bytes] | None = None) -> EntryReply:
         return await self.child.symlink(pgfid, name, gfid, target, uid, gid, xattrop)
 
     async def link(self, gfid: bytes, pgfid: bytes, name: bytes,
-                   xattrop: dict[str, bytes] | None = None) -> Iatt:
+                   xattrop: dict[str, bytes] | None = None) -> EntryReply:
         return await self.child.link(gfid, pgfid, name, xattrop)
 
     async def unlink(self, pgfid: bytes, name: bytes,
-                     xattrop: dict[str, bytes] | None = None) -> None:
-        await self.child.unlink(pgfid, name, xattrop)
+                     xattrop: dict[str, bytes] | None = None) -> Iatt | None:
+        """Remove a name; answers the parent's attributes after it (None: unknown)."""
+        return await self.child.unlink(pgfid, name, xattrop)
 
     async def rmdir(self, pgfid: bytes, name: bytes,
-                    xattrop: dict[str, bytes] | None = None) -> None:
-        await self.child.rmdir(pgfid, name, xattrop)
+                    xattrop: dict[str, bytes] | None = None) -> Iatt | None:
+        return await self.child.rmdir(pgfid, name, xattrop)
 
     async def rename(self, old_pgfid: bytes, old_name: bytes, new_pgfid: bytes,
                      new_name: bytes, flags: int = 0,
-                     xattrop: dict[str, bytes] | None = None) -> Iatt:
+                     xattrop: dict[str, bytes] | None = None) -> RenameReply:
         return await self.child.rename(old_pgfid, old_name, new_pgfid, new_name, flags, xattrop)
 
     async def readdir(self, gfid: bytes, cookie: int, count: int,

@@ -5,9 +5,14 @@ gfid), inodes (gfid -> iatt, from lookups, stat, readdirplus and the replies
 to our own changes) and extended attributes (values, absences, name lists), so
 that a kernel that forgot its dentries and inodes (memory pressure,
 ``drop_caches``, the entry timeout) gets its lookups answered without a brick
-round trip. ``stat`` (the kernel's GETATTR) always asks below. Only what replicate returns is kept, never the
-changelog: replicate keeps deciding which brick serves reads, and an inode it
-no longer knows costs it one lookup of its own.
+round trip. ``stat`` (the kernel's GETATTR) asks below for anything but a
+directory: a directory's attributes are answered from the cache, which every
+entry change made through this client keeps current with the ``postparent``
+attributes the change returns, so the GETATTR of the parent that the kernel
+sends after each create, unlink or rename costs no brick request. Only what
+replicate returns is kept, never the changelog: replicate keeps deciding which
+brick serves reads, and an inode it no longer knows costs it one lookup of its
+own.
 
 Coherence
 - Every entry is trusted for ``timeout`` seconds at most.
@@ -19,7 +24,8 @@ Coherence
   sets to drop the kernel's copies (``pyglfs.client.fuse.kernelinval``), and
   is passed on upwards.
 - This client's own changes go through this layer: a change drops what it
-  makes stale and stores the attributes the change returned.
+  makes stale and stores the attributes the change returned (for an entry
+  change: the new inode's and its parent directory's after the change).
 - A reply that raced with an invalidation is not stored: every invalidation
   (an event, or the start or end of one of our own changes) bumps an epoch,
   and an answer is kept only if the epoch did not move while it was fetched.
@@ -41,7 +47,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from pyglfs.client.layer import DirEntry, Layer, Lookup
+from pyglfs.client.layer import DirEntry, EntryReply, Layer, Lookup, RenameReply
 from pyglfs.rpc.brickops import Iatt
 
 log = logging.getLogger(__name__)
@@ -235,10 +241,17 @@ class MdCache(Layer):
         return found
 
     async def stat(self, gfid: bytes) -> Iatt:
-        """Always asked below (and stored): the bridge's GETATTR of an open
-        file and its O_APPEND offsets need the bricks' size, not one that an
-        invalidation still on its way would correct. Cold lookups, which
-        the kernel sends for every path it forgot, are what the cache serves."""
+        """A directory's fresh attributes from the cache; anything else asked below
+        (and stored): the bridge's GETATTR of an open file and its O_APPEND
+        offsets need the bricks' size, not one that an invalidation still on its
+        way would correct. A directory changes through entry ops, which store its
+        attributes after the change here, or elsewhere, which invalidates them."""
+        ino = self._inodes.get(gfid)
+        if ino is not None and ino.iatt is not None and self._fresh(ino.t):
+            if ino.iatt.mode & _S_IFMT == _S_IFDIR:
+                self.hits += 1
+                self._inodes.move_to_end(gfid)
+                return ino.iatt
         epoch = self._epoch
         iatt = await self.child.stat(gfid)
         if epoch == self._epoch:
@@ -250,93 +263,107 @@ class MdCache(Layer):
         self._epoch += 1
         return self._epoch
 
-    def _end(self, epoch: int, iatt: Iatt | None) -> None:
+    def _end(self, epoch: int, *iatts: Iatt | None) -> None:
         """Store a change's resulting attributes unless something else moved meanwhile."""
-        if iatt is not None:
-            if epoch == self._epoch:
-                self._put_iatt(iatt, self._clock())
-            else:
-                self._drop_attrs(iatt.gfid)
+        now = self._clock()
+        for iatt in iatts:
+            if iatt is not None:
+                if epoch == self._epoch:
+                    self._put_iatt(iatt, now)
+                else:
+                    self._drop_attrs(iatt.gfid)
         self._epoch += 1
 
-    async def _new_entry(self, pgfid: bytes, name: bytes, call: Any) -> Iatt:
+    async def _new_entry(self, pgfid: bytes, name: bytes, call: Any) -> EntryReply:
+        """Run an op that makes ``name``; keep its inode, its name and the parent's
+        attributes after it (without them the parent's are dropped)."""
         self._drop_name(pgfid, name, removal=False)
         epoch = self._begin()
-        iatt: Iatt | None = None
+        reply: EntryReply | None = None
         try:
-            iatt = await call
-            return iatt
+            reply = await call
+            return reply
         finally:
             self._drop_name(pgfid, name, removal=False)
-            if iatt is not None and epoch == self._epoch:
-                self._put_name(pgfid, name, iatt.gfid, self._clock())
-            self._end(epoch, iatt)
+            if reply is None:
+                self._end(epoch)
+            else:
+                if epoch == self._epoch:
+                    self._put_name(pgfid, name, reply.iatt.gfid, self._clock())
+                self._end(epoch, reply.iatt, _parent(reply.postparent, pgfid))
 
     async def create(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
                      gid: int, flags: int = 0,
-                     xattrop: dict[str, bytes] | None = None) -> Iatt:
+                     xattrop: dict[str, bytes] | None = None) -> EntryReply:
         return await self._new_entry(pgfid, name, self.child.create(
             pgfid, name, gfid, mode, uid, gid, flags, xattrop))
 
     async def mkdir(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
-                    gid: int, xattrop: dict[str, bytes] | None = None) -> Iatt:
+                    gid: int, xattrop: dict[str, bytes] | None = None) -> EntryReply:
         return await self._new_entry(pgfid, name, self.child.mkdir(
             pgfid, name, gfid, mode, uid, gid, xattrop))
 
     async def mknod(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, rdev: int,
-                    uid: int, gid: int, xattrop: dict[str, bytes] | None = None) -> Iatt:
+                    uid: int, gid: int, xattrop: dict[str, bytes] | None = None) -> EntryReply:
         return await self._new_entry(pgfid, name, self.child.mknod(
             pgfid, name, gfid, mode, rdev, uid, gid, xattrop))
 
     async def symlink(self, pgfid: bytes, name: bytes, gfid: bytes, target: bytes, uid: int,
-                      gid: int, xattrop: dict[str, bytes] | None = None) -> Iatt:
+                      gid: int, xattrop: dict[str, bytes] | None = None) -> EntryReply:
         return await self._new_entry(pgfid, name, self.child.symlink(
             pgfid, name, gfid, target, uid, gid, xattrop))
 
     async def link(self, gfid: bytes, pgfid: bytes, name: bytes,
-                   xattrop: dict[str, bytes] | None = None) -> Iatt:
+                   xattrop: dict[str, bytes] | None = None) -> EntryReply:
         self._drop_attrs(gfid)
         return await self._new_entry(pgfid, name, self.child.link(gfid, pgfid, name, xattrop))
 
-    async def _remove(self, pgfid: bytes, name: bytes, call: Any) -> None:
+    async def _remove(self, pgfid: bytes, name: bytes, call: Any) -> Iatt | None:
         self._drop_name(pgfid, name)
         epoch = self._begin()
+        postparent: Iatt | None = None
         try:
-            await call
+            postparent = await call
+            return postparent
         finally:
             self._drop_name(pgfid, name)
-            self._end(epoch, None)
+            self._end(epoch, _parent(postparent, pgfid))
 
     async def unlink(self, pgfid: bytes, name: bytes,
-                     xattrop: dict[str, bytes] | None = None) -> None:
-        await self._remove(pgfid, name, self.child.unlink(pgfid, name, xattrop))
+                     xattrop: dict[str, bytes] | None = None) -> Iatt | None:
+        return await self._remove(pgfid, name, self.child.unlink(pgfid, name, xattrop))
 
     async def rmdir(self, pgfid: bytes, name: bytes,
-                    xattrop: dict[str, bytes] | None = None) -> None:
+                    xattrop: dict[str, bytes] | None = None) -> Iatt | None:
         old = self._names.get((pgfid, name))
-        await self._remove(pgfid, name, self.child.rmdir(pgfid, name, xattrop))
+        postparent = await self._remove(pgfid, name, self.child.rmdir(pgfid, name, xattrop))
         if old is not None:
             self._drop_inode(old[0])
+        return postparent
 
     async def rename(self, old_pgfid: bytes, old_name: bytes, new_pgfid: bytes,
                      new_name: bytes, flags: int = 0,
-                     xattrop: dict[str, bytes] | None = None) -> Iatt:
+                     xattrop: dict[str, bytes] | None = None) -> RenameReply:
         def drop() -> None:
             self._drop_name(old_pgfid, old_name, removal=False)
             self._drop_name(new_pgfid, new_name)
 
         drop()
         epoch = self._begin()
-        iatt: Iatt | None = None
+        reply: RenameReply | None = None
         try:
-            iatt = await self.child.rename(old_pgfid, old_name, new_pgfid, new_name,
-                                           flags, xattrop)
-            return iatt
+            reply = await self.child.rename(old_pgfid, old_name, new_pgfid, new_name,
+                                            flags, xattrop)
+            return reply
         finally:
             drop()
-            if iatt is not None and epoch == self._epoch and not flags & _RENAME_EXCHANGE:
-                self._put_name(new_pgfid, new_name, iatt.gfid, self._clock())
-            self._end(epoch, iatt)
+            if reply is None:
+                self._end(epoch)
+            else:
+                if epoch == self._epoch and not flags & _RENAME_EXCHANGE:
+                    self._put_name(new_pgfid, new_name, reply.iatt.gfid, self._clock())
+                self._end(epoch, reply.iatt, _parent(reply.postoldparent, old_pgfid),
+                          _parent(reply.postnewparent, new_pgfid))
 
     async def _change(self, gfid: bytes, call: Any, xattrs: bool = False) -> Any:
         """Run a change of ``gfid``; store the attributes it returns, if any."""
@@ -458,6 +485,12 @@ class MdCache(Layer):
 
 
 _RENAME_EXCHANGE = 2
+
+
+def _parent(iatt: Iatt | None, pgfid: bytes) -> Iatt | None:
+    """A postparent worth storing: the directory asked about (a layer below that
+    answers with something else is not trusted)."""
+    return iatt if iatt is not None and iatt.gfid == pgfid else None
 
 
 def parse_event(args: dict[str, Any]) -> tuple[list[bytes], list[tuple[bytes, bytes]]]:

@@ -17,13 +17,30 @@ from typing import Any
 
 import trio
 
-from pyglfs.client.layer import CompoundReply, DirEntry, Layer, Lookup, run_each
+from pyglfs.client.layer import (
+    CompoundReply,
+    DirEntry,
+    EntryReply,
+    Layer,
+    Lookup,
+    RenameReply,
+    run_each,
+)
 from pyglfs.client.mdcache import EVENT as INVALIDATION_EVENT
 from pyglfs.rpc.brickops import Iatt
 from pyglfs.rpc.errors import oserror_from_name
 from pyglfs.rpc.reconnect import ReconnectingClient
 
 log = logging.getLogger(__name__)
+
+
+def _iatt_opt(v: Any) -> Iatt | None:
+    return Iatt(*v) if v is not None else None
+
+
+def _entry(r: dict[str, Any]) -> EntryReply:
+    """An entry op's reply; a brick that sends no ``postparent`` gives None."""
+    return EntryReply(Iatt(*r["iatt"]), _iatt_opt(r.get("postparent")))
 
 
 class ProtocolClient(Layer):
@@ -89,60 +106,63 @@ class ProtocolClient(Layer):
 
     async def create(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
                      gid: int, flags: int = 0,
-                     xattrop: dict[str, bytes] | None = None) -> Iatt:
+                     xattrop: dict[str, bytes] | None = None) -> EntryReply:
         r = await self._call_opt("create", pgfid=pgfid, name=name, gfid=gfid, mode=mode,
                                  uid=uid, gid=gid, flags=flags, xattrop=xattrop)
-        return Iatt(*r["iatt"])
+        return _entry(r)
 
     async def create_locked(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int,
                             uid: int, gid: int, flags: int,
                             xattrop: dict[str, bytes] | None, domain: str,
-                            owner: bytes) -> tuple[Iatt, bool]:
+                            owner: bytes) -> tuple[EntryReply, bool]:
         """``create`` that also asks the brick for the new file's whole-file write
         lock in ``domain`` for ``owner``; True when the brick granted it."""
         r = await self._call_opt("create", pgfid=pgfid, name=name, gfid=gfid, mode=mode,
                                  uid=uid, gid=gid, flags=flags, xattrop=xattrop,
                                  lock={"domain": domain, "owner": owner})
-        return Iatt(*r["iatt"]), r.get("locked") is True
+        return _entry(r), r.get("locked") is True
 
     async def mkdir(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
-                    gid: int, xattrop: dict[str, bytes] | None = None) -> Iatt:
+                    gid: int, xattrop: dict[str, bytes] | None = None) -> EntryReply:
         r = await self._call_opt("mkdir", pgfid=pgfid, name=name, gfid=gfid, mode=mode,
                                  uid=uid, gid=gid, xattrop=xattrop)
-        return Iatt(*r["iatt"])
+        return _entry(r)
 
     async def mknod(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, rdev: int,
-                    uid: int, gid: int, xattrop: dict[str, bytes] | None = None) -> Iatt:
+                    uid: int, gid: int, xattrop: dict[str, bytes] | None = None) -> EntryReply:
         r = await self._call_opt("mknod", pgfid=pgfid, name=name, gfid=gfid, mode=mode,
                                  rdev=rdev, uid=uid, gid=gid, xattrop=xattrop)
-        return Iatt(*r["iatt"])
+        return _entry(r)
 
     async def symlink(self, pgfid: bytes, name: bytes, gfid: bytes, target: bytes, uid: int,
-                      gid: int, xattrop: dict[str, bytes] | None = None) -> Iatt:
+                      gid: int, xattrop: dict[str, bytes] | None = None) -> EntryReply:
         r = await self._call_opt("symlink", pgfid=pgfid, name=name, gfid=gfid, target=target,
                                  uid=uid, gid=gid, xattrop=xattrop)
-        return Iatt(*r["iatt"])
+        return _entry(r)
 
     async def link(self, gfid: bytes, pgfid: bytes, name: bytes,
-                   xattrop: dict[str, bytes] | None = None) -> Iatt:
+                   xattrop: dict[str, bytes] | None = None) -> EntryReply:
         r = await self._call_opt("link", gfid=gfid, pgfid=pgfid, name=name, xattrop=xattrop)
-        return Iatt(*r["iatt"])
+        return _entry(r)
 
     async def unlink(self, pgfid: bytes, name: bytes,
-                     xattrop: dict[str, bytes] | None = None) -> None:
-        await self._call_opt("unlink", pgfid=pgfid, name=name, xattrop=xattrop)
+                     xattrop: dict[str, bytes] | None = None) -> Iatt | None:
+        r = await self._call_opt("unlink", pgfid=pgfid, name=name, xattrop=xattrop)
+        return _iatt_opt(r.get("postparent"))
 
     async def rmdir(self, pgfid: bytes, name: bytes,
-                    xattrop: dict[str, bytes] | None = None) -> None:
-        await self._call_opt("rmdir", pgfid=pgfid, name=name, xattrop=xattrop)
+                    xattrop: dict[str, bytes] | None = None) -> Iatt | None:
+        r = await self._call_opt("rmdir", pgfid=pgfid, name=name, xattrop=xattrop)
+        return _iatt_opt(r.get("postparent"))
 
     async def rename(self, old_pgfid: bytes, old_name: bytes, new_pgfid: bytes,
                      new_name: bytes, flags: int = 0,
-                     xattrop: dict[str, bytes] | None = None) -> Iatt:
+                     xattrop: dict[str, bytes] | None = None) -> RenameReply:
         r = await self._call_opt("rename", old_pgfid=old_pgfid, old_name=old_name,
                                  new_pgfid=new_pgfid, new_name=new_name, flags=flags,
                                  xattrop=xattrop)
-        return Iatt(*r["iatt"])
+        return RenameReply(Iatt(*r["iatt"]), _iatt_opt(r.get("postoldparent")),
+                           _iatt_opt(r.get("postnewparent")))
 
     async def readdir(self, gfid: bytes, cookie: int, count: int,
                       plus: bool = False) -> tuple[list[DirEntry], bool]:

@@ -81,8 +81,8 @@ class EntryOps(BridgeBase):
         self.check_name(name)
         pgfid = self.inodes.gfid(parent_inode)
         mode, uid, gid = await self.new_owner(parent_inode, pgfid, stat.S_IFDIR | mode, ctx)
-        iatt = await self.layer.mkdir(pgfid, name, new_gfid(), mode, uid, gid)
-        return self.entry(iatt)
+        reply = await self.layer.mkdir(pgfid, name, new_gfid(), mode, uid, gid)
+        return self.entry(reply.iatt)
 
     @fuse_handler
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
@@ -91,8 +91,8 @@ class EntryOps(BridgeBase):
         self.check_name(name)
         pgfid = self.inodes.gfid(parent_inode)
         mode, uid, gid = await self.new_owner(parent_inode, pgfid, mode, ctx)
-        iatt = await self.layer.mknod(pgfid, name, new_gfid(), mode, rdev, uid, gid)
-        return self.entry(iatt)
+        reply = await self.layer.mknod(pgfid, name, new_gfid(), mode, rdev, uid, gid)
+        return self.entry(reply.iatt)
 
     @fuse_handler
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
@@ -101,8 +101,8 @@ class EntryOps(BridgeBase):
         self.check_name(name)
         pgfid = self.inodes.gfid(parent_inode)
         _, uid, gid = await self.new_owner(parent_inode, pgfid, stat.S_IFLNK | 0o777, ctx)
-        iatt = await self.layer.symlink(pgfid, name, new_gfid(), target, uid, gid)
-        return self.entry(iatt)
+        reply = await self.layer.symlink(pgfid, name, new_gfid(), target, uid, gid)
+        return self.entry(reply.iatt)
 
     @fuse_handler
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
@@ -111,8 +111,8 @@ class EntryOps(BridgeBase):
         self.check_name(new_name)
         gfid = self.inodes.gfid(inode)
         pgfid = self.inodes.gfid(new_parent_inode)
-        iatt = await self.layer.link(gfid, pgfid, new_name)
-        return self.entry(iatt)
+        reply = await self.layer.link(gfid, pgfid, new_name)
+        return self.entry(reply.iatt)
 
     @fuse_handler
     async def unlink(self, parent_inode: int, name: bytes,

@@ -68,8 +68,8 @@ class FileOps(BridgeBase):
         pgfid = self.inodes.gfid(parent_inode)
         mode, uid, gid = await self.new_owner(parent_inode, pgfid, stat.S_IFREG | mode, ctx)
         try:
-            iatt = await self.layer.create(pgfid, name, new_gfid(), mode, uid, gid,
-                                           flags & ~(os.O_TRUNC | os.O_NOCTTY))
+            iatt = (await self.layer.create(pgfid, name, new_gfid(), mode, uid, gid,
+                                            flags & ~(os.O_TRUNC | os.O_NOCTTY))).iatt
         except OSError as e:
             if e.errno != errno.EEXIST or flags & os.O_EXCL:
                 raise

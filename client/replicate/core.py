@@ -29,11 +29,13 @@ import errno
 import logging
 import os
 import uuid
+from collections.abc import Callable
+from operator import attrgetter
 from typing import Any, cast
 
 import trio
 
-from pyglfs.client.layer import Layer
+from pyglfs.client.layer import EntryReply, Layer, RenameReply
 from pyglfs.client.protocol import ProtocolClient
 from pyglfs.client.replicate import changelog
 from pyglfs.client.replicate.changelog import DATA, ENTRY, METADATA
@@ -56,6 +58,13 @@ log = logging.getLogger(__name__)
 
 _D, _M, _E = 1 << DATA, 1 << METADATA, 1 << ENTRY
 _OPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_TRUNC
+_postparent = attrgetter("postparent")
+_postoldparent = attrgetter("postoldparent")
+_postnewparent = attrgetter("postnewparent")
+
+
+def _same(iatt: Iatt | None) -> Iatt | None:
+    return iatt
 
 
 class Replicate(ReadOps):
@@ -227,15 +236,34 @@ class Replicate(ReadOps):
             gfid, _M, [META_SPAN], lambda c, x: c.removexattr(gfid, name, x), xattrop)
 
     # -- entry changes ------------------------------------------------------
+    def _parent_result(self, pgfid: bytes, out: Outcome, pick: Callable[[Any], Iatt | None],
+                       ) -> Iatt | None:
+        """A directory's attributes after an entry change, as reported by the brick
+        a stat of it would read (so a cache above holds what stat would answer);
+        None when that brick did not take the change or the directory is unknown."""
+        info = self.inodes.get(pgfid)
+        if info is None:
+            return None
+        i = info.read_child
+        if i < 0 or i not in out.ok:
+            order = self.inodes.order(pgfid, info, DATA, self._up(), also=METADATA)
+            i = order[0] if order else -1
+            if i not in out.ok:
+                return None
+        return pick(out.results[i])
+
+    def _entry_reply(self, pgfid: bytes, gfid: bytes, out: Outcome) -> EntryReply:
+        r: EntryReply = self._result(gfid, out)
+        return EntryReply(r.iatt, self._parent_result(pgfid, out, _postparent))
+
     async def _new_inode(self, pgfid: bytes, gfid: bytes, new_kinds: Any, call: Any,
-                         xattrop: dict[str, bytes] | None) -> Iatt:
+                         xattrop: dict[str, bytes] | None) -> EntryReply:
         out = await self.writer.entry_op([pgfid], call, gfid, new_kinds, xattrop)
-        iatt: Iatt = self._result(gfid, out)
-        return iatt
+        return self._entry_reply(pgfid, gfid, out)
 
     async def create(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
                      gid: int, flags: int = 0,
-                     xattrop: dict[str, bytes] | None = None) -> Iatt:
+                     xattrop: dict[str, bytes] | None = None) -> EntryReply:
         """Create (and count as open) a file with the caller's gfid.
 
         Opened for writing, the new inode's lock is taken in the same round trip
@@ -248,35 +276,35 @@ class Replicate(ReadOps):
         if self.locks.delay > 0 and flags & os.O_ACCMODE != os.O_RDONLY:
             st = self.locks.hold_new(gfid) if self._lock_on_create else None
             if st is not None:
-                iatt = await self._create_locked(st, pgfid, name, gfid, mode, uid, gid, flags,
-                                                 xattrop)
+                reply = await self._create_locked(st, pgfid, name, gfid, mode, uid, gid,
+                                                  flags, xattrop)
             else:
                 # In the background: the create does not wait for the lock's reply,
                 # and a first write waits for it only if it is still on its way.
                 self.locks.prefetch_soon(gfid)
                 try:
-                    iatt = await self._new_inode(pgfid, gfid, _D | _M, call, xattrop)
+                    reply = await self._new_inode(pgfid, gfid, _D | _M, call, xattrop)
                 except BaseException:
                     self.locks.want_release(gfid)
                     raise
         else:
-            iatt = await self._new_inode(pgfid, gfid, _D | _M, call, xattrop)
+            reply = await self._new_inode(pgfid, gfid, _D | _M, call, xattrop)
         self.opens[gfid] = self.opens.get(gfid, 0) + 1
-        return iatt
+        return reply
 
     async def _create_locked(self, st: LockState, pgfid: bytes, name: bytes, gfid: bytes,
                              mode: int, uid: int, gid: int, flags: int,
-                             xattrop: dict[str, bytes] | None) -> Iatt:
+                             xattrop: dict[str, bytes] | None) -> EntryReply:
         got = 0
         domain, owner = self.locks.domain, self.owner
 
-        async def call(c: Layer, x: dict[str, bytes] | None) -> Iatt:
+        async def call(c: Layer, x: dict[str, bytes] | None) -> EntryReply:
             nonlocal got
-            iatt, locked = await cast(ProtocolClient, c).create_locked(
+            reply, locked = await cast(ProtocolClient, c).create_locked(
                 pgfid, name, gfid, mode, uid, gid, flags, x, domain, owner)
             if locked:
                 got |= 1 << self._index(c)
-            return iatt
+            return reply
 
         try:
             out = await self.writer.entry_op([pgfid], call, gfid, _D | _M, xattrop)
@@ -285,54 +313,55 @@ class Replicate(ReadOps):
             self.locks.not_granted(st, self.locks.up_mask())
             raise
         self.locks.granted(st, got, _mask(out.ok))
-        iatt: Iatt = self._result(gfid, out)
-        return iatt
+        return self._entry_reply(pgfid, gfid, out)
 
     async def mkdir(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
-                    gid: int, xattrop: dict[str, bytes] | None = None) -> Iatt:
+                    gid: int, xattrop: dict[str, bytes] | None = None) -> EntryReply:
         return await self._new_inode(
             pgfid, gfid, _M | _E,
             lambda c, x: c.mkdir(pgfid, name, gfid, mode, uid, gid, x), xattrop)
 
     async def mknod(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, rdev: int,
-                    uid: int, gid: int, xattrop: dict[str, bytes] | None = None) -> Iatt:
+                    uid: int, gid: int, xattrop: dict[str, bytes] | None = None) -> EntryReply:
         return await self._new_inode(
             pgfid, gfid, _D | _M,
             lambda c, x: c.mknod(pgfid, name, gfid, mode, rdev, uid, gid, x), xattrop)
 
     async def symlink(self, pgfid: bytes, name: bytes, gfid: bytes, target: bytes, uid: int,
-                      gid: int, xattrop: dict[str, bytes] | None = None) -> Iatt:
+                      gid: int, xattrop: dict[str, bytes] | None = None) -> EntryReply:
         return await self._new_inode(
             pgfid, gfid, _D | _M,
             lambda c, x: c.symlink(pgfid, name, gfid, target, uid, gid, x), xattrop)
 
     async def link(self, gfid: bytes, pgfid: bytes, name: bytes,
-                   xattrop: dict[str, bytes] | None = None) -> Iatt:
+                   xattrop: dict[str, bytes] | None = None) -> EntryReply:
         out = await self.writer.entry_op(
             [pgfid], lambda c, x: c.link(gfid, pgfid, name, x), extra=xattrop)
         self.inodes.blame(gfid, _M, out.bad)
-        iatt: Iatt = self._result(gfid, out)
-        return iatt
+        return self._entry_reply(pgfid, gfid, out)
 
     async def unlink(self, pgfid: bytes, name: bytes,
-                     xattrop: dict[str, bytes] | None = None) -> None:
-        await self.writer.entry_op(
+                     xattrop: dict[str, bytes] | None = None) -> Iatt | None:
+        out = await self.writer.entry_op(
             [pgfid], lambda c, x: c.unlink(pgfid, name, x), extra=xattrop)
+        return self._parent_result(pgfid, out, _same)
 
     async def rmdir(self, pgfid: bytes, name: bytes,
-                    xattrop: dict[str, bytes] | None = None) -> None:
-        await self.writer.entry_op(
+                    xattrop: dict[str, bytes] | None = None) -> Iatt | None:
+        out = await self.writer.entry_op(
             [pgfid], lambda c, x: c.rmdir(pgfid, name, x), extra=xattrop)
+        return self._parent_result(pgfid, out, _same)
 
     async def rename(self, old_pgfid: bytes, old_name: bytes, new_pgfid: bytes,
                      new_name: bytes, flags: int = 0,
-                     xattrop: dict[str, bytes] | None = None) -> Iatt:
+                     xattrop: dict[str, bytes] | None = None) -> RenameReply:
         out = await self.writer.entry_op(
             [old_pgfid, new_pgfid],
             lambda c, x: c.rename(old_pgfid, old_name, new_pgfid, new_name, flags, x),
             extra=xattrop)
-        iatt: Iatt = out.first()
-        return iatt
+        r: RenameReply = out.first()
+        return RenameReply(r.iatt, self._parent_result(old_pgfid, out, _postoldparent),
+                           self._parent_result(new_pgfid, out, _postnewparent))
 
     # -- open files ---------------------------------------------------------
     async def open(self, gfid: bytes, flags: int) -> Iatt:

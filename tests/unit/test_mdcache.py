@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from pyglfs.client.layer import DirEntry, Layer, Lookup
+from pyglfs.client.layer import DirEntry, EntryReply, Layer, Lookup, RenameReply
 from pyglfs.client.mdcache import EVENT, MdCache
 from pyglfs.rpc.brickops import ROOT_GFID, Iatt
 
@@ -28,10 +28,18 @@ class Fake(Layer):
     def __init__(self) -> None:
         super().__init__("fake")
         self.names: dict[tuple[bytes, bytes], bytes] = {(ROOT_GFID, b"f"): F_GFID}
-        self.iatts: dict[bytes, Iatt] = {F_GFID: iatt(F_GFID)}
+        self.iatts: dict[bytes, Iatt] = {F_GFID: iatt(F_GFID),
+                                         ROOT_GFID: iatt(ROOT_GFID, mode=0o40755, nlink=2),
+                                         D_GFID: iatt(D_GFID, mode=0o40755, nlink=2)}
         self.xattrs: dict[bytes, dict[str, bytes]] = {F_GFID: {"user.a": b"1"}}
         self.calls: list[str] = []
         self.gate: trio.Event | None = None
+
+    def _touch(self, pgfid: bytes) -> Iatt:
+        """The directory's attributes after an entry change in it (mtime moves on)."""
+        old = self.iatts[pgfid]
+        self.iatts[pgfid] = old._replace(mtime_ns=old.mtime_ns + 1)
+        return self.iatts[pgfid]
 
     async def _maybe_wait(self) -> None:
         if self.gate is not None:
@@ -54,11 +62,12 @@ class Fake(Layer):
         return self.iatts[gfid]
 
     async def create(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
-                     gid: int, flags: int = 0, xattrop: Any = None) -> Iatt:
+                     gid: int, flags: int = 0, xattrop: Any = None) -> EntryReply:
         self.calls.append("create")
+        await self._maybe_wait()
         self.names[(pgfid, name)] = gfid
         self.iatts[gfid] = iatt(gfid, mode=mode)
-        return self.iatts[gfid]
+        return EntryReply(self.iatts[gfid], self._touch(pgfid))
 
     async def write(self, gfid: bytes, offset: int, data: bytes, xattrop: Any = None) -> Iatt:
         self.calls.append("write")
@@ -73,23 +82,25 @@ class Fake(Layer):
             self.iatts[gfid] = old._replace(mode=old.mode & ~0o7777 | kw["mode"])
         return self.iatts[gfid]
 
-    async def link(self, gfid: bytes, pgfid: bytes, name: bytes, xattrop: Any = None) -> Iatt:
+    async def link(self, gfid: bytes, pgfid: bytes, name: bytes,
+                   xattrop: Any = None) -> EntryReply:
         self.calls.append("link")
         self.names[(pgfid, name)] = gfid
         self.iatts[gfid] = self.iatts[gfid]._replace(nlink=self.iatts[gfid].nlink + 1)
-        return self.iatts[gfid]
+        return EntryReply(self.iatts[gfid], self._touch(pgfid))
 
-    async def unlink(self, pgfid: bytes, name: bytes, xattrop: Any = None) -> None:
+    async def unlink(self, pgfid: bytes, name: bytes, xattrop: Any = None) -> Iatt | None:
         self.calls.append("unlink")
         gfid = self.names.pop((pgfid, name))
         self.iatts[gfid] = self.iatts[gfid]._replace(nlink=self.iatts[gfid].nlink - 1)
+        return self._touch(pgfid)
 
     async def rename(self, old_pgfid: bytes, old_name: bytes, new_pgfid: bytes,
-                     new_name: bytes, flags: int = 0, xattrop: Any = None) -> Iatt:
+                     new_name: bytes, flags: int = 0, xattrop: Any = None) -> RenameReply:
         self.calls.append("rename")
         gfid = self.names.pop((old_pgfid, old_name))
         self.names[(new_pgfid, new_name)] = gfid
-        return self.iatts[gfid]
+        return RenameReply(self.iatts[gfid], self._touch(old_pgfid), self._touch(new_pgfid))
 
     async def getxattr(self, gfid: bytes, name: str) -> bytes:
         self.calls.append("getxattr")
@@ -266,6 +277,65 @@ async def test_stat_always_asks_below_and_refreshes_lookups() -> None:
     assert (await mdc.stat(F_GFID)).size == 9
     assert (await mdc.lookup(ROOT_GFID, b"f")).iatt.size == 9
     assert fake.calls == ["lookup", "stat"]
+
+
+async def test_parent_stat_after_entry_changes_is_answered_from_the_cache() -> None:
+    mdc, fake, _ = make()
+    await mdc.create(ROOT_GFID, b"g", G_GFID, 0o100600, 0, 0)
+    assert await mdc.stat(ROOT_GFID) == fake.iatts[ROOT_GFID]
+    await mdc.rename(ROOT_GFID, b"g", D_GFID, b"h")
+    assert await mdc.stat(ROOT_GFID) == fake.iatts[ROOT_GFID]
+    assert await mdc.stat(D_GFID) == fake.iatts[D_GFID]
+    assert (await mdc.unlink(D_GFID, b"h")) == fake.iatts[D_GFID]
+    assert (await mdc.stat(D_GFID)).mtime_ns == 4
+    assert fake.calls == ["create", "rename", "unlink"]
+    assert mdc.hits == 4
+    await mdc.stat(F_GFID)  # a file's stat still asks below
+    assert fake.calls[-1] == "stat"
+
+
+async def test_parent_attributes_expire_without_invalidation() -> None:
+    mdc, fake, clock = make(timeout=1.0)
+    await mdc.create(ROOT_GFID, b"g", G_GFID, 0o100600, 0, 0)
+    await mdc.stat(ROOT_GFID)
+    assert fake.calls == ["create"]
+    clock.now += 1.5
+    await mdc.stat(ROOT_GFID)
+    assert fake.calls == ["create", "stat"]
+
+
+async def test_postparent_racing_an_invalidation_is_not_stored() -> None:
+    mdc, fake, _ = make()
+    await mdc.stat(ROOT_GFID)
+    fake.gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(mdc.create, ROOT_GFID, b"g", G_GFID, 0o100600, 0, 0)
+        await trio.testing.wait_all_tasks_blocked()
+        mdc.on_event(fake, EVENT, {"entries": [[ROOT_GFID, b"x"]]})
+        fake.gate.set()
+    fake.gate = None
+    assert (await mdc.stat(ROOT_GFID)).mtime_ns == 3
+    assert fake.calls == ["stat", "create", "stat"]
+
+
+async def test_unknown_or_foreign_postparent_drops_the_parent() -> None:
+    mdc, fake, _ = make()
+    await mdc.stat(ROOT_GFID)
+    await mdc.stat(ROOT_GFID)
+    assert fake.calls == ["stat"]
+    real_create = fake.create
+    answer: list[Iatt | None] = []
+
+    async def create(*args: Any) -> EntryReply:
+        reply = await real_create(*args)
+        return reply._replace(postparent=answer[-1])
+
+    fake.create = create  # type: ignore[method-assign]
+    for n, postparent in enumerate([None, fake.iatts[D_GFID]]):
+        answer.append(postparent)
+        await mdc.create(ROOT_GFID, b"g%d" % n, bytes([n]) * 16, 0o100600, 0, 0)
+        assert await mdc.stat(ROOT_GFID) == fake.iatts[ROOT_GFID]
+        assert fake.calls[-1] == "stat"
 
 
 async def test_brick_going_down_empties_the_cache() -> None:
