@@ -28,6 +28,19 @@ Contracts:
   owner), ``fallocate``, an ``open`` with O_TRUNC. Lookups and readdirplus do
   not wait; the sizes they return are raised to cover queued writes, so the
   kernel never shrinks a file it has just written.
+- Setattr-behind: a setattr of a regular file open here that sets only
+  permission bits, owner or explicit times (no size, no "now" times, no
+  xattrop, no set-id bit before or after: a chown clears those) is queued
+  after the file's queued writes and answered at once with the attributes it
+  will give (ctime: now). Queued setattrs of an inode merge into one for the
+  layer below (tar's utimens, fchown and fchmod of a file become one), sent
+  at the next write, flush, fsync or release of the inode, by anything that
+  waits for its queued writes, at ``settle``, or ``SETATTR_DELAY`` after it
+  was queued. Writes made after it wait for it; its failure is reported as a
+  queued write's is. Lookups, readdirplus and ``stat`` show the queued
+  attributes (``stat`` answers them without asking below: the kernel asks
+  before every chown). The attributes come from the replies to create, open,
+  writes, stats and setattrs of the open inode, kept until its last release.
 - Errors a brick's disk gives (ENOSPC, EIO) show at close or fsync, as with
   GlusterFS; writes past ``SYNC_BEYOND`` are not queued, so a file size limit
   (EFBIG) fails the write itself.
@@ -53,12 +66,13 @@ import errno
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
-from pyglfs.client.layer import DirEntry, Layer, Lookup
+from pyglfs.client.layer import DirEntry, EntryReply, Layer, Lookup
 from pyglfs.rpc.brickops import Iatt
 
 log = logging.getLogger(__name__)
@@ -71,6 +85,10 @@ _OFF_MAX = (1 << 63) - 1
 SYNC_BEYOND = 1 << 40
 """Writes ending past this go through at once, so that a brick filesystem's file
 size limit (ext4: 16 TiB) fails the write that hits it, not a later close."""
+SETATTR_DELAY = 0.05
+"""Longest a queued setattr of an inode waits for more to merge with (a flush or
+release usually sends it sooner), so other mounts see it soon."""
+_SETID = stat.S_ISUID | stat.S_ISGID
 
 
 class _Write:
@@ -96,6 +114,30 @@ class _Inode:
         self.flush_wanted = False
 
 
+class _Setattr(_Write):
+    """Queued setattrs of one gfid, merged into ``fields``; spans every offset, so
+    writes made after it wait for it. ``go`` sends it before ``SETATTR_DELAY``."""
+
+    __slots__ = ("fields", "go", "sent", "ctime_ns")
+
+    def __init__(self) -> None:
+        super().__init__(0, _OFF_MAX, 0)
+        self.fields: dict[str, int] = {}
+        self.go = trio.Event()
+        self.sent = False
+        self.ctime_ns = 0
+
+
+class _Open:
+    """A gfid open here: its opens, and its attributes as the bricks last answered."""
+
+    __slots__ = ("count", "iatt")
+
+    def __init__(self, iatt: Iatt) -> None:
+        self.count = 1
+        self.iatt = iatt
+
+
 class WriteBehind(Layer):
     """Write-behind over ``child`` (see the module docstring)."""
 
@@ -112,6 +154,7 @@ class WriteBehind(Layer):
         if group is not None:
             group.append(self)
         self.inodes: dict[bytes, _Inode] = {}
+        self.opened: dict[bytes, _Open] = {}
         self.nbytes = 0
         self._freed = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -155,6 +198,8 @@ class WriteBehind(Layer):
         self.inodes.clear()
 
     async def settle(self) -> None:
+        for gfid in list(self.inodes):
+            self._kick(gfid)
         for ino in list(self.inodes.values()):
             for w in list(ino.queued):
                 await w.done.wait()
@@ -173,6 +218,7 @@ class WriteBehind(Layer):
             await self._drain(gfid)
             return await self.child.write(gfid, offset, data, xattrop)
         self._check_writable()
+        self._kick(gfid)
         ino = self.inodes.get(gfid)
         if ino is None:
             ino = self.inodes[gfid] = _Inode()
@@ -187,7 +233,7 @@ class WriteBehind(Layer):
         ino.nbytes += n
         self.nbytes += n
         self._nursery.start_soon(self._send, gfid, ino, w, offset, data, deps)
-        return _covering(gfid, ino.last, w.end)
+        return _covering(gfid, self._known(gfid) or ino.last, w.end)
 
     async def write_through(self, gfid: bytes, offset: int, data: bytes) -> Iatt:
         """Write now, after the queued writes it overlaps (O_DIRECT, O_SYNC opens)."""
@@ -209,6 +255,7 @@ class WriteBehind(Layer):
             for d in deps:
                 await d.wait()
             ino.last = await self.child.write(gfid, offset, data)
+            self._learn(ino.last, grown=True)
             sent = True
         except OSError as e:
             log.warning("write-behind: write of %d bytes at %d to gfid=%s failed: %s",
@@ -226,15 +273,18 @@ class WriteBehind(Layer):
                 log.error("write-behind: write of %d bytes at %d to gfid=%s cancelled "
                           "before it reached the bricks", w.nbytes, offset, gfid.hex())
                 ino.error = OSError(errno.EIO, "write cancelled")
-            try:
-                # The flush a flush-behind close left for the last queued write:
-                # the write stays queued meanwhile, so release and settle wait
-                # for the flush too.
-                while ino.flush_wanted and len(ino.queued) == 1:
-                    ino.flush_wanted = False
-                    await self._flush_behind(gfid)
-            finally:
-                self._retire(gfid, ino, w)
+            await self._finish(gfid, ino, w)
+
+    async def _finish(self, gfid: bytes, ino: _Inode, w: _Write) -> None:
+        try:
+            # The flush a flush-behind close left for the last queued write:
+            # the write stays queued meanwhile, so release and settle wait
+            # for the flush too.
+            while ino.flush_wanted and len(ino.queued) == 1:
+                ino.flush_wanted = False
+                await self._flush_behind(gfid)
+        finally:
+            self._retire(gfid, ino, w)
 
     def _retire(self, gfid: bytes, ino: _Inode, w: _Write) -> None:
         ino.queued.remove(w)
@@ -268,7 +318,8 @@ class WriteBehind(Layer):
 
     async def _drain(self, gfid: bytes, start: int = 0, end: int = _OFF_MAX) -> None:
         """Wait for the writes to ``gfid`` queued now (here or in the group) that
-        overlap [start, end)."""
+        overlap [start, end), and its queued setattrs."""
+        self._kick(gfid)
         for m in self._members():
             for w in [q for q in m._queued(gfid) if q.start < end and start < q.end]:
                 await w.done.wait()
@@ -282,6 +333,7 @@ class WriteBehind(Layer):
                 raise err
 
     async def flush(self, gfid: bytes) -> None:
+        self._kick(gfid)
         if self.flush_behind and self._flush_later(gfid):
             return
         await self._drain(gfid)
@@ -297,8 +349,7 @@ class WriteBehind(Layer):
         ino = self.inodes.get(gfid)
         if ino is None or not ino.queued or self._nursery is None or not self.child.is_up:
             return False
-        if self.group is not None and len(self.group) > 1 and any(
-                m._queued(gfid) for m in self.group if m is not self):
+        if self._queued_elsewhere(gfid):
             return False
         ino.flush_wanted = True
         return True
@@ -318,7 +369,111 @@ class WriteBehind(Layer):
                           gfid.hex(), ino.error)
                 ino.error = None
                 m._forget_if_idle(gfid, ino)
+        self._closed(gfid)
         await self.child.release(gfid)
+
+    # -- setattr-behind -------------------------------------------------------------
+    async def create(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
+                     gid: int, flags: int = 0,
+                     xattrop: dict[str, bytes] | None = None) -> EntryReply:
+        r = await self.child.create(pgfid, name, gfid, mode, uid, gid, flags, xattrop)
+        self._opened(r.iatt)
+        return r
+
+    def _opened(self, iatt: Iatt) -> None:
+        o = self.opened.get(iatt.gfid)
+        if o is None:
+            self.opened[iatt.gfid] = _Open(iatt)
+        else:
+            o.count += 1
+            o.iatt = iatt
+
+    def _closed(self, gfid: bytes) -> None:
+        o = self.opened.get(gfid)
+        if o is not None:
+            o.count -= 1
+            if o.count <= 0:
+                del self.opened[gfid]
+
+    def _learn(self, iatt: Iatt, grown: bool = False) -> None:
+        """Keep ``iatt`` for an open gfid; ``grown``: from a write, which may be
+        answered after a later one (writes never shrink a file)."""
+        o = self.opened.get(iatt.gfid)
+        if o is not None:
+            o.iatt = iatt if not grown else iatt._replace(size=max(iatt.size, o.iatt.size))
+
+    def _known(self, gfid: bytes) -> Iatt | None:
+        """What a stat will answer once the queued writes and setattrs of ``gfid``
+        are in, if it is open here."""
+        o = self.opened.get(gfid)
+        return self._cover(o.iatt) if o is not None else None
+
+    def _queued_elsewhere(self, gfid: bytes) -> bool:
+        return self.group is not None and len(self.group) > 1 and any(
+            m._queued(gfid) for m in self.group if m is not self)
+
+    def _kick(self, gfid: bytes) -> None:
+        """Send the queued setattrs of ``gfid`` (here and in the group) without
+        waiting for more to merge with."""
+        for m in self._members():
+            for w in m._queued(gfid):
+                if isinstance(w, _Setattr):
+                    w.go.set()
+
+    def _setattr_later(self, gfid: bytes, change: dict[str, int]) -> Iatt | None:
+        """Queue ``change`` (mode, owner, explicit times) and answer the attributes it
+        will give; None when it must go through now."""
+        o = self.opened.get(gfid)
+        if (o is None or self._nursery is None or not stat.S_ISREG(o.iatt.mode)
+                or change.get("mode", 0) & _SETID or self._queued_elsewhere(gfid)):
+            return None
+        if self._cover(o.iatt).mode & _SETID:
+            return None
+        try:
+            self._check_writable()
+        except OSError:
+            return None
+        ino = self.inodes.get(gfid)
+        if ino is None:
+            ino = self.inodes[gfid] = _Inode()
+        s = ino.queued[-1] if ino.queued else None
+        if not isinstance(s, _Setattr) or s.sent:
+            s = _Setattr()
+            deps = [q.done for q in ino.queued]
+            ino.queued.append(s)
+            self._nursery.start_soon(self._send_setattr, gfid, ino, s, deps)
+        s.fields.update(change)
+        s.ctime_ns = time.time_ns()
+        return self._cover(o.iatt)
+
+    async def _send_setattr(self, gfid: bytes, ino: _Inode, s: _Setattr,
+                            deps: list[trio.Event]) -> None:
+        sent = False
+        try:
+            with trio.move_on_after(SETATTR_DELAY):
+                await s.go.wait()
+            for d in deps:
+                await d.wait()
+            s.sent = True
+            f = s.fields
+            self._learn(await self.child.setattr(
+                gfid, mode=f.get("mode"), uid=f.get("uid"), gid=f.get("gid"),
+                atime_ns=f.get("atime_ns"), mtime_ns=f.get("mtime_ns")))
+            sent = True
+        except OSError as e:
+            log.warning("write-behind: setattr %s of gfid=%s failed: %s", s.fields, gfid.hex(), e)
+            if ino.error is None:
+                ino.error = e
+        except Exception:
+            log.exception("write-behind: setattr of gfid=%s failed unexpectedly", gfid.hex())
+            if ino.error is None:
+                ino.error = OSError(errno.EIO, "setattr failed")
+        finally:
+            if not sent and ino.error is None:
+                log.error("write-behind: setattr %s of gfid=%s cancelled before it reached "
+                          "the bricks", s.fields, gfid.hex())
+                ino.error = OSError(errno.EIO, "setattr cancelled")
+            await self._finish(gfid, ino, s)
 
     # -- what waits for queued writes -------------------------------------------
     async def read(self, gfid: bytes, offset: int, size: int) -> bytes:
@@ -326,18 +481,39 @@ class WriteBehind(Layer):
         return await self.child.read(gfid, offset, size)
 
     async def stat(self, gfid: bytes) -> Iatt:
+        """The bricks' answer after the queued writes; while a setattr of an open
+        inode is queued, what it will give, without asking below (the kernel's
+        GETATTR that precedes every chown would otherwise send it at once)."""
+        ino = self.inodes.get(gfid)
+        if ino is not None and any(isinstance(w, _Setattr) for w in ino.queued):
+            known = self._known(gfid)
+            if known is not None:
+                return known
         await self._drain(gfid)
-        return await self.child.stat(gfid)
+        iatt = await self.child.stat(gfid)
+        self._learn(iatt)
+        return iatt
 
     async def setattr(self, gfid: bytes, *, mode: int | None = None, uid: int | None = None,
                       gid: int | None = None, size: int | None = None,
                       atime_ns: int | None = None, mtime_ns: int | None = None,
                       atime_now: bool = False, mtime_now: bool = False,
                       xattrop: dict[str, bytes] | None = None) -> Iatt:
+        """Queued and answered at once when it can be (setattr-behind, see the
+        module docstring); else sent after the inode's queued writes."""
+        if size is None and xattrop is None and not (atime_now or mtime_now):
+            change = {k: v for k, v in (("mode", mode), ("uid", uid), ("gid", gid),
+                                        ("atime_ns", atime_ns), ("mtime_ns", mtime_ns))
+                      if v is not None}
+            queued = self._setattr_later(gfid, change) if change else None
+            if queued is not None:
+                return queued
         await self._drain(gfid)
-        return await self.child.setattr(
+        iatt = await self.child.setattr(
             gfid, mode=mode, uid=uid, gid=gid, size=size, atime_ns=atime_ns,
             mtime_ns=mtime_ns, atime_now=atime_now, mtime_now=mtime_now, xattrop=xattrop)
+        self._learn(iatt)
+        return iatt
 
     async def fallocate(self, gfid: bytes, mode: int, offset: int, length: int,
                         xattrop: dict[str, bytes] | None = None) -> Iatt:
@@ -347,14 +523,18 @@ class WriteBehind(Layer):
     async def open(self, gfid: bytes, flags: int) -> Iatt:
         if flags & os.O_TRUNC:
             await self._drain(gfid)
-        return await self.child.open(gfid, flags)
+        iatt = await self.child.open(gfid, flags)
+        self._opened(iatt)
+        return iatt
 
     # -- answers that carry sizes -------------------------------------------------
     def _any_queued(self) -> bool:
         return any(m.inodes for m in self._members())
 
     def _cover(self, iatt: Iatt) -> Iatt:
-        end = max((w.end for m in self._members() for w in m._queued(iatt.gfid)), default=0)
+        queued = [w for m in self._members() for w in m._queued(iatt.gfid)]
+        end = max((w.end for w in queued if not isinstance(w, _Setattr)), default=0)
+        iatt = _with_setattrs(iatt, queued)
         return iatt._replace(size=end) if end > iatt.size else iatt
 
     async def lookup(self, pgfid: bytes, name: bytes) -> Lookup:
@@ -392,6 +572,21 @@ def _writable_check(layer: Layer) -> Callable[[], Any] | None:
         else:
             return None
     return None
+
+
+def _with_setattrs(iatt: Iatt, queued: list[_Write]) -> Iatt:
+    """``iatt`` as the queued setattrs among ``queued`` will leave it."""
+    for s in queued:
+        if isinstance(s, _Setattr):
+            f = s.fields
+            mode = f.get("mode")
+            iatt = iatt._replace(
+                mode=iatt.mode if mode is None else iatt.mode & ~0o7777 | mode & 0o7777,
+                uid=f.get("uid", iatt.uid), gid=f.get("gid", iatt.gid),
+                atime_ns=f.get("atime_ns", iatt.atime_ns),
+                mtime_ns=f.get("mtime_ns", iatt.mtime_ns),
+                ctime_ns=max(iatt.ctime_ns, s.ctime_ns))
+    return iatt
 
 
 def _covering(gfid: bytes, last: Iatt | None, end: int) -> Iatt:
