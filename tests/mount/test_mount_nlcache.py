@@ -28,20 +28,25 @@ PROMPT = 1.0 + 3.0
 
 def with_caches(volume: Volume, path: Path,
                 ports: dict[str, tuple[str, int]] | None = None) -> Path:
-    """``volume``'s volfile with nl-cache and md-cache under its top, as the
-    generator places them; ``ports`` points protocol clients elsewhere."""
+    """``volume``'s volfile with nl-cache (unless it has one) and md-cache under
+    its top, as the generator places them; ``ports`` points protocol clients
+    elsewhere."""
     g = parse_file(volume.volfile)
     if ports:
         g = with_options(g, {name: {"remote-host": h, "remote-port": str(p)}
                              for name, (h, p) in ports.items()})
     top = g.top
     inval = {"cache-invalidation": "on"}
-    nlc = Xlator(f"{top.name}-nl-cache", "performance/nl-cache",
-                 inval | {"nl-cache-timeout": "600"}, list(top.subvolumes))
+    below = list(top.subvolumes)
+    xls = [x for x in g if x.name != top.name]
+    if not g.by_type("performance/nl-cache"):
+        below = [Xlator(f"{top.name}-nl-cache", "performance/nl-cache",
+                        inval | {"nl-cache-timeout": "600"}, below)]
+        xls += below
     mdc = Xlator(f"{top.name}-md-cache", "performance/md-cache",
-                 inval | {"md-cache-timeout": "600"}, [nlc])
+                 inval | {"md-cache-timeout": "600"}, below)
     new_top = Xlator(top.name, top.type, dict(top.options), [mdc])
-    xls = [x for x in g if x.name != top.name] + [nlc, mdc, new_top]
+    xls += [mdc, new_top]
     path.write_text(generate(Graph.from_xlators(xls)))
     return path
 
