@@ -255,8 +255,11 @@ class EagerLocks:
     def done(self, st: LockState) -> None:
         st.users -= 1
         st.last_used = trio.current_time()
-        if not st.users and (st.release_wanted or self.delay <= 0):
-            self._start_release(st)
+        if not st.users:
+            if st.release_wanted or self.delay <= 0:
+                self._start_release(st)
+            elif st.closed:
+                self._queue_closed(st)
 
     def _new_hold(self, table: dict[bytes, LockState], key: bytes, entry: bool) -> LockState:
         st = LockState(key, entry, self.n)
@@ -373,12 +376,17 @@ class EagerLocks:
                 or self._nursery is None or self.close_delay <= 0):
             return False
         st.closed = closed
+        self._queue_closed(st)
+        return True
+
+    def _queue_closed(self, st: LockState) -> None:
+        """Give back ``st``, a closed file's idle lock, with the next batch; a
+        user that takes it meanwhile puts it back here when done."""
         if not self._closing:
             self._closing_wake.set()
-        self._closing[key] = st
+        self._closing[st.key] = st
         if len(self._closing) >= CLOSE_BATCH_MAX:
             self._closing_full.set()
-        return True
 
     async def _serve_closing(self) -> None:
         """Give back the locks of closed files in batches (see ``close_soon``)."""

@@ -126,6 +126,40 @@ async def test_closed_files_locks_go_back_together(tmp_path: Path) -> None:
         assert seen[0][-1] == "compound:xattrop+inodelk+release"
 
 
+async def test_a_change_after_close_uses_the_lock_still_held(tmp_path: Path) -> None:
+    """As tar does: write, close, then set the file's times and mode."""
+    async with open_replica(tmp_path, post_op_delay=30.0) as env:
+        rep = env.rep
+        rep.locks.close_delay = 30.0
+        await small_file(rep, b"first")
+        seen = count_requests(env, rep)
+        f = await small_file(rep, b"f")
+        await rep.setattr(f, mode=0o600, mtime_ns=10**18)
+        assert f in rep.locks._closing  # back in the queue once unused
+        await rep.settle()
+        for calls in seen:
+            assert calls[:3] == ["create", "write", "setattr"], calls
+            assert "compound:xattrop+inodelk+release" in calls[3:] or any(
+                c.startswith("compound:xattrop+inodelk+release+") for c in calls[3:]), calls
+        for b in env.bricks:
+            assert xattr(b.root / "f", AFR_DIRTY) == ZERO
+            assert (b.root / "f").stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_closed_files_lock_in_use_when_its_batch_goes_follows_soon(
+        tmp_path: Path) -> None:
+    async with open_replica(tmp_path, post_op_delay=30.0) as env:
+        rep = env.rep
+        f = await small_file(rep, b"f")
+        st = await rep.locks.acquire(f, entry=False)
+        await wait_for(lambda: f not in rep.locks._closing, 5, "batch gone without it")
+        assert f in rep.locks.inode
+        rep.locks.done(st)
+        await given_back(rep, f)  # not after the 30 s post-op delay
+        for b in env.bricks:
+            assert xattr(b.root / "f", AFR_DIRTY) == ZERO
+
+
 async def test_a_file_still_open_keeps_its_lock_until_the_last_release(tmp_path: Path) -> None:
     async with open_replica(tmp_path, post_op_delay=30.0) as env:
         rep = env.rep
