@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
+import pytest
 from helpers.replica import open_replica, wait_for
 
+from pyglfs.brickd.store import BrickStore
 from pyglfs.rpc.brickops import ROOT_GFID, Iatt
 
 
@@ -66,4 +69,31 @@ async def test_unknown_parent_or_brick_down(tmp_path: Path) -> None:
         st = await rep.stat(d)
         assert info.read_child == 1 - down
         same_dir(r.postparent, st)
+        await rep.settle()
+
+
+async def test_a_brick_without_postparent_answers_unknown(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An older brick's replies lack the parent's attributes: None, not an error."""
+    for op in ("mkdir", "unlink", "rename"):
+        real = getattr(BrickStore, op)
+
+        async def old_reply(self: BrickStore, *args: Any, _real: Any = real,
+                            **kw: Any) -> dict[str, Any]:
+            r = await _real(self, *args, **kw)
+            return {k: v for k, v in r.items() if not k.startswith("post")}
+
+        monkeypatch.setattr(BrickStore, op, old_reply)
+    async with open_replica(tmp_path) as env:
+        rep = env.rep
+        await rep.stat(ROOT_GFID)
+        d = g()
+        r = await rep.mkdir(ROOT_GFID, b"d", d, 0o755, 0, 0)
+        assert r.iatt.gfid == d and r.postparent is None
+        f = g()
+        await rep.create(ROOT_GFID, b"f", f, 0o644, 0, 0)
+        await rep.release(f)
+        mv = await rep.rename(ROOT_GFID, b"f", d, b"f")
+        assert mv.iatt.gfid == f and mv.postoldparent is None and mv.postnewparent is None
+        assert await rep.unlink(d, b"f") is None
         await rep.settle()
