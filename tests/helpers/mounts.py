@@ -88,6 +88,20 @@ def wait_for(cond: object, timeout: float, interval: float = 0.02) -> bool:
         time.sleep(interval)
 
 
+def files_hold(paths: list[Path], want: bytes, timeout: float = 10.0) -> bool:
+    """Poll until every file of ``paths`` (one file as each brick stores it) holds
+    ``want``: with flush-behind (on by default) close(2) returns before the
+    bricks have the data, a round trip later."""
+
+    def held() -> bool:
+        try:
+            return all(p.read_bytes() == want for p in paths)
+        except FileNotFoundError:
+            return False
+
+    return wait_for(held, timeout)
+
+
 @dataclass
 class Volume:
     """Bricks started for one volume and the client volfile that reaches them."""

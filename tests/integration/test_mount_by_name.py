@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from helpers.mounts import Mount, fuse_skip_reason, is_mounted, mount_entry, mount_env
+from helpers.mounts import Mount, files_hold, fuse_skip_reason, is_mounted, mount_entry, mount_env
 from helpers.net import free_port
 from helpers.procs import stop_pids
 from test_mgmt_volumes import VolNode
@@ -126,8 +126,7 @@ def test_mount_by_name_writes_to_both_bricks(pool: Pool, mounts: list[Mount],
     assert entry is not None and entry["fstype"] == "fuse.pyglfs"
     assert entry["source"] == "127.0.0.2:/gvol0"
     (m.mountpoint / "hello.txt").write_bytes(b"by name\n")
-    for brick in pool.bricks:
-        assert (brick / "hello.txt").read_bytes() == b"by name\n"
+    assert files_hold([brick / "hello.txt" for brick in pool.bricks], b"by name\n")
     assert f"getspec from 127.0.0.2:{pool.port}" in m.log_text()
 
 
@@ -141,7 +140,7 @@ def test_backup_volfile_server_when_the_first_is_down(pool: Pool, mounts: list[M
     assert mount_entry(m.mountpoint)["source"] == f"{DOWN}:/gvol0"  # type: ignore[index]
     assert f"getspec from 127.0.0.3:{pool.port}" in m.log_text()
     (m.mountpoint / "via-backup").write_bytes(b"b")
-    assert all((b / "via-backup").read_bytes() == b"b" for b in pool.bricks)
+    assert files_hold([b / "via-backup" for b in pool.bricks], b"b")
 
 
 def _refused(args: list[str], mnt: Path) -> str:
@@ -239,9 +238,9 @@ def test_subdirectory_mount(pool: Pool, mounts: list[Mount], tmp_path: Path) -> 
     (mnt / "made-inside").write_bytes(b"in")
     (mnt / "d").mkdir()
     (mnt / "d" / "f").write_bytes(b"deep")
+    assert files_hold([brick / "app" / "data" / "made-inside" for brick in pool.bricks], b"in")
+    assert files_hold([brick / "app" / "data" / "d" / "f" for brick in pool.bricks], b"deep")
     for brick in pool.bricks:
-        assert (brick / "app" / "data" / "made-inside").read_bytes() == b"in"
-        assert (brick / "app" / "data" / "d" / "f").read_bytes() == b"deep"
         assert not (brick / "made-inside").exists()
     assert not (mnt / "outside").exists() and not (mnt / "app").exists()
     # ".." of the mount's root is the directory the mount sits in, not /app.
@@ -312,7 +311,7 @@ def test_mount_t_by_name_and_umount(pool: Pool, mounts: list[Mount], tmp_path: P
     assert entry is not None and (entry["fstype"], entry["source"]) == (
         "fuse.pyglfs", "127.0.0.2:/gvol0")
     (mnt / "via-mount-t").write_bytes(b"t")
-    assert all((b / "via-mount-t").read_bytes() == b"t" for b in pool.bricks)
+    assert files_hold([b / "via-mount-t" for b in pool.bricks], b"t")
     r = _mount8(["umount", str(mnt)])
     assert r.returncode == 0, r.stderr
     assert not is_mounted(mnt)
@@ -338,4 +337,4 @@ def test_fstab_line_with_backup_server(pool: Pool, mounts: list[Mount], tmp_path
     assert mount_entry(mnt)["source"] == f"{DOWN}:/gvol0"  # type: ignore[index]
     assert f"getspec from 127.0.0.3:{pool.port}" in log.read_text()
     (mnt / "via-fstab").write_bytes(b"f")
-    assert all((b / "via-fstab").read_bytes() == b"f" for b in pool.bricks)
+    assert files_hold([b / "via-fstab" for b in pool.bricks], b"f")

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.mounts import Mount, mount_entry
+from helpers.mounts import Mount, files_hold, mount_entry
 from helpers.procs import pid_alive
 from test_mgmt_pool import wait_for
 from test_mgmt_volumes import VolNode
@@ -115,7 +115,7 @@ def test_volume_set_switches_a_live_mount(spool: Pool, mounts: list[Mount],
         assert time.monotonic() - t0 < 15
     finally:
         os.kill(first, signal.SIGCONT)
-    assert (spool.bricks[1] / "while-down").read_bytes() == b"quorum none\n"
+    assert files_hold([spool.bricks[1] / "while-down"], b"quorum none\n")
     assert "generation 4" not in m.log_text()
     r = spool.a.cli("volume", "reset", "gvol0", "all")
     assert r.returncode == 0, r.stderr
