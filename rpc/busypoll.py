@@ -13,6 +13,17 @@ a busy machine the time spun is taken from others, the peer included), and backs
 off when it does not pay (a peer that takes longer than the budget, or a server
 running in the same thread): after ``n`` fruitless polls in a row the next
 ``2**n`` chances (at most ``MAX_SKIP``) are skipped.
+
+The budget fits what is awaited. A caller may name what it waits for (an op name,
+say) and report how long each polled wait took; the next poll for the same key
+then lasts a little past the recent typical wait (its moving average), up to
+``bound``, and a wait expected to last longer than ``bound`` is not polled at all:
+a 4 KiB read that a brick answers in 300 us is caught by polling, an fsync of 5 ms
+is slept through, and neither burns a fixed budget in vain. Only polled waits
+teach (a wait slept through also pays the wake-up that polling saves, and would
+keep a key from being polled ever again), and an expectation beyond ``bound``
+fades by ``FORGET`` each time it stops a poll, so a key is tried again after a
+stretch of slow waits (a busy minute of the machine) has passed.
 """
 
 from __future__ import annotations
@@ -30,6 +41,11 @@ except (ImportError, AttributeError):  # pragma: no cover - depends on trio's in
     _RUN_CONTEXT = None
 
 DEFAULT_BUDGET = 100e-6
+MAX_BUDGET = 500e-6
+FIT_SLACK = 50e-6
+FIT_FACTOR = 1.5
+LEARN_WEIGHT = 0.125
+FORGET = 0.9
 MAX_SKIP = 256
 YIELD_EVERY = 1e-3
 LOAD_CHECK_EVERY = 0.02
@@ -82,37 +98,79 @@ def nothing_else_runnable() -> bool:
         return False
 
 
+def fitted_budget(expected: float | None, base: float, bound: float) -> float:
+    """How long to poll for something expected ``expected`` seconds after the
+    poll starts (None: not known yet).
+
+    Unknown: ``base``. Expected within ``bound``: a margin past it
+    (``FIT_FACTOR`` times plus ``FIT_SLACK``), never less than ``base`` nor more
+    than ``bound``. Expected later than ``bound``: 0, sleep instead. A ``base``
+    of 0 disables polling whatever is expected.
+    """
+    if not base:
+        return 0.0
+    if expected is None:
+        return base
+    if expected > bound:
+        return 0.0
+    fit = expected * FIT_FACTOR + FIT_SLACK
+    return bound if fit > bound else max(fit, base)
+
+
 class BusyPoll:
     """When to poll and for how long; one per connection.
 
-    ``budget`` is the longest one poll may last, in seconds (0 disables polling).
-    A caller asks ``should_poll()``, polls until ``perf_counter() >= deadline()``
-    at most, and reports with ``record(got_it)``. ``must_yield()`` tells a caller
-    that skipped the event loop through successful polls for ``YIELD_EVERY``
-    seconds to yield once, so other tasks and I/O are not starved (it does not
-    know about yields in between; an extra one a millisecond costs little).
+    ``budget`` is how long a poll for an unknown key lasts, in seconds (0
+    disables polling); ``bound`` the longest any poll may last once waits have
+    been learnt (see ``fitted_budget``). A caller asks ``should_poll(key)``,
+    polls until ``perf_counter() >= deadline(key)`` at most, reports with
+    ``record(got_it)``, and tells how long the polled wait took with
+    ``learn(key, seconds)``. ``must_yield()`` tells a caller that skipped the event loop
+    through successful polls for ``YIELD_EVERY`` seconds to yield once, so other
+    tasks and I/O are not starved (it does not know about yields in between; an
+    extra one a millisecond costs little).
     """
 
-    __slots__ = ("budget", "_fails", "_skip", "_yielded_at", "polls", "hits")
+    __slots__ = ("budget", "bound", "expect", "_fails", "_skip", "_yielded_at", "polls", "hits")
 
-    def __init__(self, budget: float = DEFAULT_BUDGET) -> None:
+    def __init__(self, budget: float = DEFAULT_BUDGET, bound: float = MAX_BUDGET) -> None:
         self.budget = budget
+        self.bound = max(bound, budget)
+        self.expect: dict[object, float] = {}
         self._fails = 0
         self._skip = 0
         self._yielded_at = perf_counter()
         self.polls = 0
         self.hits = 0
 
-    def should_poll(self) -> bool:
+    def budget_for(self, key: object = None) -> float:
+        """The poll budget for ``key`` from what was learnt (no load checks)."""
+        return fitted_budget(self.expect.get(key), self.budget, self.bound)
+
+    def should_poll(self, key: object = None) -> bool:
         if not self.budget:
             return False
         if self._skip:
             self._skip -= 1
             return False
+        expect = self.expect.get(key)
+        if expect is not None and expect > self.bound:
+            self.expect[key] = expect * FORGET
+            return False
         return nothing_else_runnable() and machine_has_room()
 
-    def deadline(self) -> float:
-        return perf_counter() + self.budget
+    def deadline(self, key: object = None) -> float:
+        return perf_counter() + self.budget_for(key)
+
+    def learn(self, key: object, seconds: float) -> None:
+        """One polled wait for ``key`` took ``seconds`` (got by the poll or slept
+        through after it). Long waits count as a few bounds, so one idle pause
+        is soon forgotten. Keys come from a small fixed set (op names)."""
+        cap = 4 * self.bound
+        if seconds > cap:
+            seconds = cap
+        old = self.expect.get(key)
+        self.expect[key] = seconds if old is None else old + (seconds - old) * LEARN_WEIGHT
 
     def record(self, got_it: bool) -> None:
         self.polls += 1

@@ -8,9 +8,11 @@ later calls fail the same way at once; the owner learns of it from ``wait_closed
 
 A call that is the only one in flight, in a process with nothing else to run, on a
 machine with a CPU to spare, polls its socket for the reply for a short while
-(``busy_poll``, see busypoll.py) before it sleeps: on a machine whose idle CPUs are slow to wake, that is most of a
-loopback round trip. The connection yields to the event loop at least once a
-millisecond even when every reply comes that way.
+(``busy_poll``, see busypoll.py) before it sleeps: on a machine whose idle CPUs are
+slow to wake, that is most of a loopback round trip. How long it polls fits the op:
+each lone call's round trip is learnt per op, and an op whose replies take longer
+than the poll bound (an fsync) sleeps at once. The connection yields to the event
+loop at least once a millisecond even when every reply comes that way.
 
 Liveness: when nothing has been received for ``ping_interval`` seconds the watchdog
 sends a ping, which the server's rpc layer answers even while handlers are busy.
@@ -34,7 +36,7 @@ from outcome import Value
 from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, reschedule, wait_task_rescheduled
 
 from pyglfs.rpc import messages
-from pyglfs.rpc.busypoll import DEFAULT_BUDGET, BusyPoll
+from pyglfs.rpc.busypoll import DEFAULT_BUDGET, BusyPoll, perf_counter
 from pyglfs.rpc.errors import ProtocolError, oserror_from_name, transport_error
 from pyglfs.rpc.framing import DEFAULT_MAX_FRAME, FrameReader, FrameWriter
 from pyglfs.rpc.handshake import client_handshake
@@ -54,12 +56,14 @@ _TIMED_OUT: dict[str, Any] = {}
 
 
 class _Call:
-    __slots__ = ("task", "reply", "deadline")
+    __slots__ = ("task", "reply", "deadline", "op", "sent")
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, op: str) -> None:
         self.task: Task | None = None
         self.reply: dict[str, Any] | None = None
         self.deadline = deadline
+        self.op = op
+        self.sent = perf_counter()
 
 
 class PendingReply:
@@ -194,7 +198,7 @@ class RpcConnection:
         self._next_id = rid + 1
         # Deadlines are enforced by the watchdog, which saves a cancel scope per call.
         deadline = trio.current_time() + (self.call_timeout if timeout is None else timeout)
-        c = _Call(deadline)
+        c = _Call(deadline, op)
         self._writer.put(messages.request(rid, op, args))
         self._pending[rid] = c
         if deadline < self._next_deadline:
@@ -207,10 +211,12 @@ class RpcConnection:
         """The reply of ``c`` once it has come; the caller drops the entry on error."""
         reply = c.reply
         pending = self._pending
-        if reply is None and len(pending) == 1 and self.busy_poll.should_poll():
+        poll = self.busy_poll
+        polled = reply is None and len(pending) == 1 and poll.should_poll(c.op)
+        if polled:
             reply = self._poll_reply(c)
             if reply is not None:
-                if self.busy_poll.must_yield():
+                if poll.must_yield():
                     await trio.lowlevel.checkpoint()
                 else:
                     await trio.lowlevel.checkpoint_if_cancelled()
@@ -223,6 +229,8 @@ class RpcConnection:
                 return Abort.SUCCEEDED
 
             reply = await wait_task_rescheduled(abort)
+        if polled:
+            poll.learn(c.op, perf_counter() - c.sent)
         return reply
 
     def _outcome(self, reply: dict[str, Any], op: str, timeout: float | None) -> Any:
@@ -245,7 +253,7 @@ class RpcConnection:
         """Busy-poll the socket for ``c``'s reply (see busypoll.py); delivers
         whatever else comes meanwhile."""
         poll = self.busy_poll
-        deadline = poll.deadline()
+        deadline = poll.deadline(c.op)
         try:
             while c.reply is None:
                 msgs = self._reader.poll(deadline)
@@ -441,8 +449,10 @@ async def connect_stream(
 
     Raises HandshakeRefused with the server's reason, or OSError (ENOTCONN,
     ETIMEDOUT) when the server cannot be reached or does not answer the hello
-    within ``connect_timeout``. ``busy_poll`` is the longest a lone call polls for
-    its reply before it sleeps, in seconds (0: never; only over TCP).
+    within ``connect_timeout``. ``busy_poll`` is how long a lone call of an op not
+    seen yet polls for its reply before it sleeps, in seconds (0: never; only over
+    TCP); later calls fit it to the op's recent round trips, up to
+    ``busypoll.MAX_BUDGET``.
     """
     transport = fast_transport(stream)
     peer = peer or peer_name(transport)

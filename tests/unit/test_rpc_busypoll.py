@@ -27,7 +27,14 @@ import trio
 from helpers.procs import stop_pids
 
 from pyglfs.rpc import busypoll, messages
-from pyglfs.rpc.busypoll import MAX_SKIP, BusyPoll, MachineLoad, nothing_else_runnable
+from pyglfs.rpc.busypoll import (
+    MAX_BUDGET,
+    MAX_SKIP,
+    BusyPoll,
+    MachineLoad,
+    fitted_budget,
+    nothing_else_runnable,
+)
 from pyglfs.rpc.connection import RpcConnection, open_rpc_connection
 from pyglfs.rpc.framing import encode_frame
 from pyglfs.rpc.server import serve_rpc
@@ -204,6 +211,74 @@ async def test_backoff_after_fruitless_polls_and_reset_after_a_hit() -> None:
     assert poll.should_poll() and poll.should_poll()
 
 
+def test_fitted_budget_covers_the_expected_wait_within_the_bound() -> None:
+    base, bound = 100e-6, 500e-6
+    assert fitted_budget(None, base, bound) == base
+    assert fitted_budget(None, 0.0, bound) == 0.0
+    assert fitted_budget(50e-6, 0.0, bound) == 0.0
+    # a little past the expected wait, never below the base nor above the bound
+    assert 200e-6 < fitted_budget(200e-6, base, bound) <= bound
+    assert fitted_budget(10e-6, base, bound) == base
+    assert fitted_budget(400e-6, base, bound) == bound
+    assert fitted_budget(bound, base, bound) == bound
+    # a reply expected later than the bound is slept for
+    assert fitted_budget(bound * 1.01, base, bound) == 0.0
+    assert fitted_budget(5e-3, base, bound) == 0.0
+
+
+def test_learnt_waits_fit_each_key_and_an_idle_pause_is_soon_forgotten() -> None:
+    poll = BusyPoll(100e-6)
+    assert poll.bound == MAX_BUDGET
+    assert poll.budget_for("read") == 100e-6
+    for _ in range(30):
+        poll.learn("read", 300e-6)
+        poll.learn("fsync", 5e-3)
+    assert poll.expect["read"] == pytest.approx(300e-6)
+    assert 300e-6 < poll.budget_for("read") <= MAX_BUDGET
+    assert poll.budget_for("fsync") == 0.0
+    assert poll.budget_for("stat") == 100e-6  # nothing learnt: the base
+    poll.learn("read", 30.0)  # one long idle pause counts as a few bounds only
+    assert poll.budget_for("read") == 0.0
+    for _ in range(8):
+        poll.learn("read", 300e-6)
+    assert poll.budget_for("read") > 300e-6
+    assert BusyPoll(0.0).budget_for("read") == 0.0
+    assert BusyPoll(0.05).bound == 0.05
+
+
+async def test_a_call_whose_replies_come_late_sleeps_at_once() -> None:
+    def reply(msg: dict[str, Any]) -> list[Any]:
+        if msg["op"] == "slow":
+            time.sleep(3 * MAX_BUDGET)
+        return _ok(msg)
+
+    async with threaded_peer(reply, budget=100e-6) as conn:
+        poll = conn.busy_poll
+        for i in range(10):  # the reader task may take the first replies while it starts
+            assert await conn.call("slow", {"i": i}) == {"i": i}
+            if "slow" in poll.expect:
+                break
+        assert poll.expect["slow"] > 2 * MAX_BUDGET
+        polls = poll.polls
+        for i in range(5):
+            assert await conn.call("slow", {"i": i}) == {"i": i}
+        assert poll.polls == polls
+        assert poll.expect["slow"] > MAX_BUDGET, "fades only while it stops polls"
+        assert poll.budget_for("echo") == 100e-6
+
+
+async def test_a_key_expected_beyond_the_bound_is_tried_again_later() -> None:
+    poll = BusyPoll(100e-6)
+    for _ in range(30):
+        poll.learn("fsync", 5e-3)
+    assert poll.expect["fsync"] == pytest.approx(4 * MAX_BUDGET)
+    answers = [poll.should_poll("fsync") for _ in range(40)]
+    assert not answers[0] and any(answers)
+    declined = answers.index(True)
+    assert 5 < declined < 30
+    assert poll.budget_for("fsync") > 0
+
+
 def test_must_yield_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [100.0]
     monkeypatch.setattr(busypoll, "perf_counter", lambda: now[0])
@@ -285,6 +360,7 @@ async def test_server_polls_for_the_next_request_of_a_lone_client() -> None:
         poll = svc.connections[0].busy_poll
     assert len(times) > 20
     assert poll.hits >= len(times) // 2
+    assert poll.expect[None] < BUDGET, "the pauses between requests are learnt"
 
 
 async def test_server_does_not_poll_with_a_zero_budget() -> None:
