@@ -59,9 +59,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from pyglfs.client.layer import DirEntry, Layer, Lookup
+from pyglfs.client.layer import DirEntry, EntryReply, Layer, Lookup, RenameReply
 from pyglfs.client.mdcache import EVENT, parse_event
-from pyglfs.rpc.brickops import NAME_MAX
+from pyglfs.rpc.brickops import NAME_MAX, Iatt
 
 log = logging.getLogger(__name__)
 
@@ -368,12 +368,12 @@ class NlCache(Layer):
 
     async def create(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
                      gid: int, flags: int = 0,
-                     xattrop: dict[str, bytes] | None = None) -> Any:
+                     xattrop: dict[str, bytes] | None = None) -> EntryReply:
         return await self._made(pgfid, name, self.child.create(
             pgfid, name, gfid, mode, uid, gid, flags, xattrop))
 
     async def mkdir(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
-                    gid: int, xattrop: dict[str, bytes] | None = None) -> Any:
+                    gid: int, xattrop: dict[str, bytes] | None = None) -> EntryReply:
         """A directory this client made is complete and empty, unless an
         invalidation of it arrived while it was being made."""
         w = self._watch(gfid, None)
@@ -387,30 +387,30 @@ class NlCache(Layer):
         return result
 
     async def mknod(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, rdev: int,
-                    uid: int, gid: int, xattrop: dict[str, bytes] | None = None) -> Any:
+                    uid: int, gid: int, xattrop: dict[str, bytes] | None = None) -> EntryReply:
         return await self._made(pgfid, name, self.child.mknod(
             pgfid, name, gfid, mode, rdev, uid, gid, xattrop))
 
     async def symlink(self, pgfid: bytes, name: bytes, gfid: bytes, target: bytes, uid: int,
-                      gid: int, xattrop: dict[str, bytes] | None = None) -> Any:
+                      gid: int, xattrop: dict[str, bytes] | None = None) -> EntryReply:
         return await self._made(pgfid, name, self.child.symlink(
             pgfid, name, gfid, target, uid, gid, xattrop))
 
     async def link(self, gfid: bytes, pgfid: bytes, name: bytes,
-                   xattrop: dict[str, bytes] | None = None) -> Any:
+                   xattrop: dict[str, bytes] | None = None) -> EntryReply:
         return await self._made(pgfid, name, self.child.link(gfid, pgfid, name, xattrop))
 
     async def unlink(self, pgfid: bytes, name: bytes,
-                     xattrop: dict[str, bytes] | None = None) -> Any:
+                     xattrop: dict[str, bytes] | None = None) -> Iatt | None:
         return await self._removed(pgfid, name, self.child.unlink(pgfid, name, xattrop))
 
     async def rmdir(self, pgfid: bytes, name: bytes,
-                    xattrop: dict[str, bytes] | None = None) -> Any:
+                    xattrop: dict[str, bytes] | None = None) -> Iatt | None:
         return await self._removed(pgfid, name, self.child.rmdir(pgfid, name, xattrop))
 
     async def rename(self, old_pgfid: bytes, old_name: bytes, new_pgfid: bytes,
                      new_name: bytes, flags: int = 0,
-                     xattrop: dict[str, bytes] | None = None) -> Any:
+                     xattrop: dict[str, bytes] | None = None) -> RenameReply:
         """The new name exists afterwards; the old one is gone unless the two
         were exchanged. A failed rename drops both directories."""
         w = self._watch(old_pgfid, old_name)

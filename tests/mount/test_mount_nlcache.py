@@ -6,18 +6,15 @@ files created in a directory this mount made cost no lookup on the bricks
 from __future__ import annotations
 
 import os
-import struct
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
+from helpers.countproxy import CountingProxy
 from helpers.mounts import Mount, Volume, mount_volume, mounted_volume, wait_for
 
-from pyglfs.rpc.framing import decode_body
 from pyglfs.volfiles.generator import generate, with_options
 from pyglfs.volfiles.model import Graph, Xlator
 from pyglfs.volfiles.parser import parse_file
@@ -109,51 +106,6 @@ def test_a_directory_made_here_sees_names_made_elsewhere(nl_mounts: tuple[Path, 
     assert (bd / "x").read_bytes() == b"again"
 
 
-class CountingProxy:
-    """Forwards one brick's connections and counts the ops of the requests
-    that go through (frames: 4-byte big-endian length, msgpack body), and the
-    names looked up."""
-
-    def __init__(self, host: str, target: tuple[str, int]) -> None:
-        self.host = host
-        self.target = target
-        self.port = 0
-        self.ops: Counter[str] = Counter()
-        self.looked_up: list[bytes] = []
-
-    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host=self.host)
-        self.port = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
-
-    async def _handle(self, client: trio.SocketStream) -> None:
-        server = await trio.open_tcp_stream(*self.target)
-        async with client, server, trio.open_nursery() as nursery:
-            nursery.start_soon(self._pump, client, server, True, nursery.cancel_scope)
-            nursery.start_soon(self._pump, server, client, False, nursery.cancel_scope)
-
-    async def _pump(self, src: trio.SocketStream, dst: trio.SocketStream, count: bool,
-                    scope: trio.CancelScope) -> None:
-        buf = bytearray()
-        try:
-            while data := await src.receive_some(1 << 16):
-                if count:
-                    buf += data
-                    while len(buf) >= 4 and len(buf) >= 4 + (n := struct.unpack_from(">I", buf)[0]):
-                        msg = decode_body(bytes(buf[4:4 + n]))
-                        del buf[:4 + n]
-                        if isinstance(msg, dict) and isinstance(msg.get("op"), str):
-                            self.ops[msg["op"]] += 1
-                            if msg["op"] == "lookup":
-                                self.looked_up.append(msg["args"]["name"])
-                await dst.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        scope.cancel()
-
-
 async def test_files_made_in_a_directory_made_here_cost_no_lookup(
         volume: Volume, tmp_path: Path) -> None:
     g = parse_file(volume.volfile)
@@ -163,7 +115,7 @@ async def test_files_made_in_a_directory_made_here_cost_no_lookup(
                for c in clients]
 
     def looked_up() -> list[list[bytes]]:
-        return [list(p.looked_up) for p in proxies]
+        return [[args["name"] for op, args in p.requests if op == "lookup"] for p in proxies]
 
     def work(root: Path) -> dict[str, list[list[bytes]]]:
         d = root / f"count-{uuid.uuid4().hex[:8]}"
