@@ -129,13 +129,15 @@ class _Setattr(_Write):
 
 
 class _Open:
-    """A gfid open here: its opens, and its attributes as the bricks last answered."""
+    """A gfid open here: its opens, its attributes as the bricks last answered, and
+    whether an open appends (its writes' offsets come from the bricks' size)."""
 
-    __slots__ = ("count", "iatt")
+    __slots__ = ("count", "iatt", "append")
 
     def __init__(self, iatt: Iatt) -> None:
         self.count = 1
         self.iatt = iatt
+        self.append = False
 
 
 class WriteBehind(Layer):
@@ -377,16 +379,18 @@ class WriteBehind(Layer):
                      gid: int, flags: int = 0,
                      xattrop: dict[str, bytes] | None = None) -> EntryReply:
         r = await self.child.create(pgfid, name, gfid, mode, uid, gid, flags, xattrop)
-        self._opened(r.iatt)
+        self._opened(r.iatt, flags)
         return r
 
-    def _opened(self, iatt: Iatt) -> None:
+    def _opened(self, iatt: Iatt, flags: int) -> None:
         o = self.opened.get(iatt.gfid)
         if o is None:
-            self.opened[iatt.gfid] = _Open(iatt)
+            o = self.opened[iatt.gfid] = _Open(iatt)
         else:
             o.count += 1
             o.iatt = iatt
+        if flags & os.O_APPEND:
+            o.append = True
 
     def _closed(self, gfid: bytes) -> None:
         o = self.opened.get(gfid)
@@ -427,7 +431,8 @@ class WriteBehind(Layer):
         if (o is None or self._nursery is None or not stat.S_ISREG(o.iatt.mode)
                 or change.get("mode", 0) & _SETID or self._queued_elsewhere(gfid)):
             return None
-        if self._cover(o.iatt).mode & _SETID:
+        shown = self._cover(o.iatt)
+        if shown.mode & _SETID:
             return None
         try:
             self._check_writable()
@@ -444,7 +449,7 @@ class WriteBehind(Layer):
             self._nursery.start_soon(self._send_setattr, gfid, ino, s, deps)
         s.fields.update(change)
         s.ctime_ns = time.time_ns()
-        return self._cover(o.iatt)
+        return _with_fields(shown, change, s.ctime_ns)
 
     async def _send_setattr(self, gfid: bytes, ino: _Inode, s: _Setattr,
                             deps: list[trio.Event]) -> None:
@@ -483,12 +488,14 @@ class WriteBehind(Layer):
     async def stat(self, gfid: bytes) -> Iatt:
         """The bricks' answer after the queued writes; while a setattr of an open
         inode is queued, what it will give, without asking below (the kernel's
-        GETATTR that precedes every chown would otherwise send it at once)."""
+        GETATTR that precedes every chown would otherwise send it at once), unless
+        an open appends (the bricks' size is its next offset, other mounts'
+        appends included)."""
+        o = self.opened.get(gfid)
         ino = self.inodes.get(gfid)
-        if ino is not None and any(isinstance(w, _Setattr) for w in ino.queued):
-            known = self._known(gfid)
-            if known is not None:
-                return known
+        if (o is not None and not o.append and ino is not None
+                and any(isinstance(w, _Setattr) for w in ino.queued)):
+            return self._cover(o.iatt)
         await self._drain(gfid)
         iatt = await self.child.stat(gfid)
         self._learn(iatt)
@@ -524,7 +531,7 @@ class WriteBehind(Layer):
         if flags & os.O_TRUNC:
             await self._drain(gfid)
         iatt = await self.child.open(gfid, flags)
-        self._opened(iatt)
+        self._opened(iatt, flags)
         return iatt
 
     # -- answers that carry sizes -------------------------------------------------
@@ -578,15 +585,17 @@ def _with_setattrs(iatt: Iatt, queued: list[_Write]) -> Iatt:
     """``iatt`` as the queued setattrs among ``queued`` will leave it."""
     for s in queued:
         if isinstance(s, _Setattr):
-            f = s.fields
-            mode = f.get("mode")
-            iatt = iatt._replace(
-                mode=iatt.mode if mode is None else iatt.mode & ~0o7777 | mode & 0o7777,
-                uid=f.get("uid", iatt.uid), gid=f.get("gid", iatt.gid),
-                atime_ns=f.get("atime_ns", iatt.atime_ns),
-                mtime_ns=f.get("mtime_ns", iatt.mtime_ns),
-                ctime_ns=max(iatt.ctime_ns, s.ctime_ns))
+            iatt = _with_fields(iatt, s.fields, s.ctime_ns)
     return iatt
+
+
+def _with_fields(iatt: Iatt, f: dict[str, int], ctime_ns: int) -> Iatt:
+    mode = f.get("mode")
+    return iatt._replace(
+        mode=iatt.mode if mode is None else iatt.mode & ~0o7777 | mode & 0o7777,
+        uid=f.get("uid", iatt.uid), gid=f.get("gid", iatt.gid),
+        atime_ns=f.get("atime_ns", iatt.atime_ns), mtime_ns=f.get("mtime_ns", iatt.mtime_ns),
+        ctime_ns=max(iatt.ctime_ns, ctime_ns))
 
 
 def _covering(gfid: bytes, last: Iatt | None, end: int) -> Iatt:

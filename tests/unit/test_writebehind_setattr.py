@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import stat
 from collections.abc import AsyncIterator
 from typing import Any
@@ -364,3 +365,18 @@ async def test_lookups_and_stat_show_queued_attributes(
         s = await layer.stat(G)
         assert fake.ops()[-1] == "stat"
         assert (s.mode, s.uid, s.gid, s.size) == (stat.S_IFREG | 0o604, 12, 34, 5)
+
+
+async def test_stat_of_a_file_open_for_appending_asks_below(
+        wb: Any, autojump_clock: trio.testing.MockClock) -> None:
+    """An O_APPEND write's offset is the size stat gives: it must be the bricks'
+    (another mount may have appended), queued setattr or not."""
+    layer, fake = wb
+    with trio.fail_after(5):
+        await _create(layer)
+        await layer.open(G, os.O_WRONLY | os.O_APPEND)
+        await layer.setattr(G, mode=0o640)
+        fake.iatts[G] = fake.iatts[G]._replace(size=99)  # appended elsewhere
+        s = await layer.stat(G)
+        assert fake.ops() == ["create", "open", "setattr", "stat"]
+        assert (s.size, s.mode) == (99, stat.S_IFREG | 0o640)
