@@ -76,6 +76,10 @@ class Fake(Layer):
                       gid: int, xattrop: Any = None) -> Any:
         return await self._make(pgfid, name, gfid)
 
+    async def mknod(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, rdev: int,
+                    uid: int, gid: int, xattrop: Any = None) -> Any:
+        return await self._make(pgfid, name, gfid)
+
     async def link(self, gfid: bytes, pgfid: bytes, name: bytes, xattrop: Any = None) -> Any:
         return await self._make(pgfid, name, gfid)
 
@@ -93,6 +97,8 @@ class Fake(Layer):
         if self.fail is not None:
             raise self.fail
         gfid = self.names.pop((old_pgfid, old_name))
+        if flags & 2:
+            self.names[(old_pgfid, old_name)] = self.names[(new_pgfid, new_name)]
         self.names[(new_pgfid, new_name)] = gfid
         return None
 
@@ -168,14 +174,15 @@ async def test_a_directory_made_here_answers_every_lookup_of_a_new_name() -> Non
     assert not await exists(nlc, D_GFID, b"other")
     assert fake.lookups == [b"f3"]
     await nlc.symlink(D_GFID, b"s", E_GFID, b"f1", 0, 0)
+    await nlc.mknod(D_GFID, b"p", b"\x66" * 16, 0o10644, 0, 0, 0)
     await nlc.link(b"\x01" * 16, D_GFID, b"l")
     await nlc.rename(D_GFID, b"f4", D_GFID, b"g4")
     await nlc.unlink(D_GFID, b"f5")
-    for name in (b"s", b"l", b"g4"):
+    for name in (b"s", b"p", b"l", b"g4"):
         assert await exists(nlc, D_GFID, name)
     for name in (b"f4", b"f5"):
         assert not await exists(nlc, D_GFID, name)
-    assert fake.lookups == [b"f3", b"s", b"l", b"g4"]
+    assert fake.lookups == [b"f3", b"s", b"p", b"l", b"g4"]
     assert nlc.stats()["complete"] == 1
 
 
@@ -460,3 +467,19 @@ end-volume
     off = built("off", "option nl-cache-limit 1MB")
     assert not off.invalidation and off.timeout == 1 and off.limit == 1 << 20
     assert built("on", "option nl-cache-timeout 5").timeout == 5
+
+
+async def test_renames_between_directories() -> None:
+    nlc, fake, _ = make()
+    await nlc.mkdir(ROOT_GFID, b"d", D_GFID, 0o40755, 0, 0)
+    await nlc.mkdir(ROOT_GFID, b"e", E_GFID, 0o40755, 0, 0)
+    await nlc.create(D_GFID, b"a", b"\x0a" * 16, 0o100644, 0, 0)
+    await nlc.create(E_GFID, b"b", b"\x0b" * 16, 0o100644, 0, 0)
+    await nlc.rename(D_GFID, b"a", E_GFID, b"a2")
+    assert not await exists(nlc, D_GFID, b"a")
+    assert await exists(nlc, E_GFID, b"a2")
+    await nlc.rename(E_GFID, b"a2", E_GFID, b"b", 2)  # RENAME_EXCHANGE: both stay
+    assert await exists(nlc, E_GFID, b"a2") and await exists(nlc, E_GFID, b"b")
+    await nlc.rmdir(ROOT_GFID, b"d")
+    assert not await exists(nlc, ROOT_GFID, b"d")
+    assert fake.lookups == [b"a2", b"a2", b"b"]
