@@ -91,6 +91,9 @@ class Fake(Layer):
             raise OSError(errno.ENOENT, "no such name")
         return None
 
+    async def rmdir(self, pgfid: bytes, name: bytes, xattrop: Any = None) -> Any:
+        return await self.unlink(pgfid, name)
+
     async def rename(self, old_pgfid: bytes, old_name: bytes, new_pgfid: bytes,
                      new_name: bytes, flags: int = 0, xattrop: Any = None) -> Any:
         await self._wait()
