@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.mounts import fuse_skip_reason, mount_entry, wait_for
+from helpers.mounts import files_hold, fuse_skip_reason, mount_entry, wait_for
 from helpers.procs import pid_alive, stop_pids
 
 REPO = Path(__file__).resolve().parents[2]
@@ -157,8 +157,7 @@ def test_demo_start_twice_survives_a_dead_daemon_and_stops_clean(demo: Demo) -> 
     os.kill(pids[NODES[0]], signal.SIGKILL)
     assert wait_for(lambda: not pid_alive(pids[NODES[0]]), 10)
     (mnt / "during.txt").write_text("written while pyglfsd was down\n")
-    for b in (b1, b2):
-        assert (b / "during.txt").read_text() == "written while pyglfsd was down\n"
+    assert files_hold([b / "during.txt" for b in (b1, b2)], b"written while pyglfsd was down\n")
     r = demo.run("start")
     assert r.returncode == 0, r.stdout + r.stderr
     now = demo.daemon_pids()
