@@ -14,7 +14,7 @@ from typing import Any
 
 import trio
 from helpers.countproxy import CountingProxy
-from helpers.mounts import Volume, mount_volume, mounted_volume, wait_for
+from helpers.mounts import Volume, mount_volume, mounted_volume, start_volume, wait_for
 from test_mount_mdcache import with_md_cache
 
 from pyglfs.rpc.brickops import GFID_XATTR
@@ -52,6 +52,16 @@ def _entry_changes(d: Path) -> None:
 
 
 async def test_entry_changes_send_no_stat_of_the_parent(volume: Volume, tmp_path: Path) -> None:
+    # Bricks of its own, of the same kind: another client's changes would
+    # invalidate (and so drop) what md-cache holds while an entry change is under way.
+    own = await trio.to_thread.run_sync(start_volume, tmp_path, volume.volfile.stem)
+    try:
+        await _count_parent_stats(own, tmp_path)
+    finally:
+        await trio.to_thread.run_sync(own.stop)
+
+
+async def _count_parent_stats(volume: Volume, tmp_path: Path) -> None:
     graph = parse_file(volume.volfile)
     proxies = [CountingProxy("127.0.0.1", (xl.opt("remote-host") or "",
                                            int(xl.opt("remote-port") or 0)))
