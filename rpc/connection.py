@@ -10,9 +10,12 @@ A call that is the only one in flight, in a process with nothing else to run, on
 machine with a CPU to spare, polls its socket for the reply for a short while
 (``busy_poll``, see busypoll.py) before it sleeps: on a machine whose idle CPUs are
 slow to wake, that is most of a loopback round trip. How long it polls fits the op:
-each lone call's round trip is learnt per op, and an op whose replies take longer
-than the poll bound (an fsync) sleeps at once. The connection yields to the event
-loop at least once a millisecond even when every reply comes that way.
+each polled call's round trip is learnt per op, and an op whose replies take longer
+than the poll bound (an fsync) sleeps at once. Only a call that is the only one in
+flight in the whole process (a read) polls longer than the base budget: the calls
+of a fan-out (one op to several bricks at once) would spin on a CPU that the
+servers working for them need. A call yields to the event loop once before it
+polls, so the calls of a fan-out are all sent first.
 
 Liveness: when nothing has been received for ``ping_interval`` seconds the watchdog
 sends a ping, which the server's rpc layer answers even while handlers are busy.
@@ -36,7 +39,7 @@ from outcome import Value
 from trio.lowlevel import Abort, RaiseCancelT, Task, current_task, reschedule, wait_task_rescheduled
 
 from pyglfs.rpc import messages
-from pyglfs.rpc.busypoll import DEFAULT_BUDGET, BusyPoll, perf_counter
+from pyglfs.rpc.busypoll import DEFAULT_BUDGET, BusyPoll, nothing_else_runnable, perf_counter
 from pyglfs.rpc.errors import ProtocolError, oserror_from_name, transport_error
 from pyglfs.rpc.framing import DEFAULT_MAX_FRAME, FrameReader, FrameWriter
 from pyglfs.rpc.handshake import client_handshake
@@ -52,6 +55,7 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 EventCallback = Callable[[str, dict[str, Any]], None]
 
 _LOST: dict[str, Any] = {}
+_open: set[RpcConnection] = set()
 _TIMED_OUT: dict[str, Any] = {}
 
 
@@ -148,6 +152,7 @@ class RpcConnection:
         self._next_deadline = math.inf
         self._bg_nursery: trio.Nursery | None = None
         self.busy_poll = BusyPoll(busy_poll if reader.can_poll else 0.0)
+        _open.add(self)
 
     def __repr__(self) -> str:
         return f"<RpcConnection {self.peer}>"
@@ -214,12 +219,16 @@ class RpcConnection:
         poll = self.busy_poll
         polled = reply is None and len(pending) == 1 and poll.should_poll(c.op)
         if polled:
-            reply = self._poll_reply(c)
-            if reply is not None:
-                if poll.must_yield():
-                    await trio.lowlevel.checkpoint()
-                else:
-                    await trio.lowlevel.checkpoint_if_cancelled()
+            # Tasks started together with this one (a fan-out's) run in the same
+            # batch of the scheduler, unseen by should_poll: let them send their
+            # calls before the poll holds the loop. This also yields to everything
+            # else once per polled call.
+            await trio.lowlevel.checkpoint()
+            reply = c.reply
+            polled = reply is None and nothing_else_runnable()
+            if polled:
+                budget = poll.budget_for(c.op) if calls_in_flight() == 1 else poll.budget
+                reply = self._poll_reply(c, budget)
         if reply is None:
             c.task = current_task()
 
@@ -249,11 +258,11 @@ class RpcConnection:
         msg = reply.get("msg")
         raise oserror_from_name(reply["errno"], msg if type(msg) is str else "")
 
-    def _poll_reply(self, c: _Call) -> dict[str, Any] | None:
-        """Busy-poll the socket for ``c``'s reply (see busypoll.py); delivers
-        whatever else comes meanwhile."""
+    def _poll_reply(self, c: _Call, budget: float) -> dict[str, Any] | None:
+        """Busy-poll the socket for ``c``'s reply for at most ``budget`` seconds
+        (see busypoll.py); delivers whatever else comes meanwhile."""
         poll = self.busy_poll
-        deadline = poll.deadline(c.op)
+        deadline = perf_counter() + budget
         try:
             while c.reply is None:
                 msgs = self._reader.poll(deadline)
@@ -286,6 +295,7 @@ class RpcConnection:
         if self.close_reason is not None:
             return
         self.close_reason = reason
+        _open.discard(self)
         pending = self._pending
         self._pending = {}
         for c in pending.values():
@@ -425,6 +435,11 @@ class RpcConnection:
             elif c.deadline < earliest:
                 earliest = c.deadline
         self._next_deadline = earliest
+
+
+def calls_in_flight() -> int:
+    """Calls awaiting a reply on all open connections of this process."""
+    return sum(len(conn._pending) for conn in _open)
 
 
 @asynccontextmanager

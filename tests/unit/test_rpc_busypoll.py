@@ -35,7 +35,7 @@ from pyglfs.rpc.busypoll import (
     fitted_budget,
     nothing_else_runnable,
 )
-from pyglfs.rpc.connection import RpcConnection, open_rpc_connection
+from pyglfs.rpc.connection import RpcConnection, calls_in_flight, open_rpc_connection
 from pyglfs.rpc.framing import encode_frame
 from pyglfs.rpc.server import serve_rpc
 from pyglfs.rpc.testing import EchoService
@@ -108,8 +108,13 @@ async def threaded_peer(
             yield conn
 
 
+def _ok_later(msg: dict[str, Any]) -> list[Any]:
+    time.sleep(0.0005)  # later than the yield before a poll, as a peer process is
+    return _ok(msg)
+
+
 async def test_lone_call_gets_its_reply_by_polling() -> None:
-    async with threaded_peer() as conn:
+    async with threaded_peer(_ok_later) as conn:
         for i in range(20):
             assert await conn.call("echo", {"i": i}) == {"i": i}
         # The reader task may take the first replies while it starts up.
@@ -139,6 +144,7 @@ async def test_event_and_other_frames_during_a_poll_are_delivered() -> None:
     events: list[tuple[str, dict[str, Any]]] = []
 
     def reply(msg: dict[str, Any]) -> list[Any]:
+        time.sleep(0.0005)
         return [{"event": "inval", "args": {"n": msg["id"]}}, {"pong": 7},
                 {"id": msg["id"], "ok": 1}]
 
@@ -277,6 +283,51 @@ async def test_a_key_expected_beyond_the_bound_is_tried_again_later() -> None:
     declined = answers.index(True)
     assert 5 < declined < 30
     assert poll.budget_for("fsync") > 0
+
+
+async def test_only_a_call_alone_in_the_process_polls_longer_than_the_base(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    base = 100e-6
+    polls: list[tuple[int, float]] = []
+    received: list[float] = []
+    real_poll = RpcConnection._poll_reply
+
+    def poll_reply(self: RpcConnection, c: Any, budget: float) -> Any:
+        polls.append((calls_in_flight(), budget))
+        return real_poll(self, c, budget)
+
+    monkeypatch.setattr(RpcConnection, "_poll_reply", poll_reply)
+
+    def reply(msg: dict[str, Any]) -> list[Any]:
+        received.append(time.monotonic())
+        time.sleep(0.02)
+        return _ok(msg)
+
+    async with threaded_peer(reply, budget=base) as one, \
+            threaded_peer(reply, budget=base) as two:
+        for conn in (one, two):
+            conn.busy_poll.bound = 0.05  # a loaded test machine answers late
+            for _ in range(10):
+                await conn.call("read", {})
+                if "read" in conn.busy_poll.expect:
+                    break
+            assert conn.busy_poll.budget_for("read") > base
+        polls.clear()
+        for _ in range(10):  # past the back-off of the first, fruitless polls
+            await one.call("read", {})
+            if polls:
+                break
+        assert polls and polls[-1][0] == 1 and polls[-1][1] > base
+        for _ in range(5):
+            polls.clear()
+            received.clear()
+            one.busy_poll._skip = two.busy_poll._skip = 0  # no back-off: both may poll
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(one.call, "read", {})
+                nursery.start_soon(two.call, "read", {})
+            # no call held the loop while the other had still to be sent
+            assert all(p == (2, base) for p in polls), polls
+            assert len(received) == 2 and abs(received[1] - received[0]) < 0.015
 
 
 def test_must_yield_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
