@@ -228,10 +228,11 @@ def test_with_ports_rewrites_examples() -> None:
 def test_example_matches_generator_layout() -> None:
     s = VolumeSpec("gvol0", VID, 2, [BrickSpec("127.0.0.2", 49750, "/bricks/b1"),
                                      BrickSpec("127.0.0.3", 49751, "/bricks/b2")],
-                   {"cluster.quorum-type": "none", "performance.stat-prefetch": "off"})
+                   {"cluster.quorum-type": "none", "performance.stat-prefetch": "off",
+                    "performance.nl-cache": "off"})
     assert parse_file(EXAMPLES / "replica2.vol") == client_graph(s)
     one = VolumeSpec("single", VID, 1, [BrickSpec("127.0.0.2", 49750, "/bricks/single")],
-                     {"performance.stat-prefetch": "off"})
+                     {"performance.stat-prefetch": "off", "performance.nl-cache": "off"})
     assert parse_file(EXAMPLES / "single.vol") == client_graph(one)
 
 

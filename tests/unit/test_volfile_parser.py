@@ -191,6 +191,4 @@ def test_examples_parse() -> None:
     assert len(single.by_type("protocol/client")) == 1
     assert not single.by_type("cluster/replicate")
     (wb,) = single.by_type("performance/write-behind")
-    (nlc,) = single.by_type("performance/nl-cache")
-    assert single.top.subvolumes == [nlc] and nlc.subvolumes == [wb]
-    assert wb.subvolumes == single.by_type("protocol/client")
+    assert single.top.subvolumes == [wb] and wb.subvolumes == single.by_type("protocol/client")
