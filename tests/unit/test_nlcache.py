@@ -486,3 +486,43 @@ async def test_renames_between_directories() -> None:
     await nlc.rmdir(ROOT_GFID, b"d")
     assert not await exists(nlc, ROOT_GFID, b"d")
     assert fake.lookups == [b"a2", b"a2", b"b"]
+
+
+async def test_every_entry_change_elsewhere_reaches_the_cache(tmp_path: Any) -> None:
+    """Over real bricks: each way another client can make or remove a name
+    (create, mkdir, mknod, symlink, link, rename, unlink) reaches this client as
+    an invalidation naming the entry, from each brick (brickd/upcall.py), and
+    the name is then seen although this client's directory was complete."""
+    from helpers.replica import open_replica, wait_for
+
+    from pyglfs.client.fuse.inodes import new_gfid
+
+    async with open_replica(tmp_path, post_op_delay=0.0) as env:
+        a = env.rep
+        b = NlCache("b", await env.new_client(post_op_delay=0.0), timeout=600,
+                    invalidation=True)
+        top = Top(b)
+
+        def told(name: bytes) -> int:
+            """Events naming ``name`` in d: one from each brick."""
+            return sum(1 for e in top.events if [D_GFID, name] in e.get("entries", ()))
+        file_gfid = new_gfid()
+        await a.create(ROOT_GFID, b"src", file_gfid, 0o100644, 0, 0)
+        await b.mkdir(ROOT_GFID, b"d", D_GFID, 0o40755, 0, 0)
+        makers = {
+            b"c": lambda n: a.create(D_GFID, n, new_gfid(), 0o100644, 0, 0),
+            b"m": lambda n: a.mkdir(D_GFID, n, new_gfid(), 0o40755, 0, 0),
+            b"p": lambda n: a.mknod(D_GFID, n, new_gfid(), 0o10644, 0, 0, 0),
+            b"s": lambda n: a.symlink(D_GFID, n, new_gfid(), b"src", 0, 0),
+            b"l": lambda n: a.link(file_gfid, D_GFID, n),
+            b"r": lambda n: a.rename(ROOT_GFID, b"src", D_GFID, n),
+        }
+        for name, make_it in makers.items():
+            assert not await exists(b, D_GFID, name)
+            await make_it(name)
+            await wait_for(lambda n=name: told(n) == 2, 5, f"{name!r} told by both bricks")
+            assert await exists(b, D_GFID, name)
+        await a.unlink(D_GFID, b"c")
+        assert await exists(b, D_GFID, b"l")
+        await wait_for(lambda: told(b"c") == 4, 5, "unlink told by both bricks")
+        assert not await exists(b, D_GFID, b"c")
