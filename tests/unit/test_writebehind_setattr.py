@@ -380,3 +380,38 @@ async def test_stat_of_a_file_open_for_appending_asks_below(
         s = await layer.stat(G)
         assert fake.ops() == ["create", "open", "setattr", "stat"]
         assert (s.size, s.mode) == (99, stat.S_IFREG | 0o640)
+
+
+async def test_a_setattr_cancelled_by_a_stopped_layer_is_an_eio(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            layer, fake = await _layer(nursery)
+            await _create(layer)
+            with caplog.at_level(logging.ERROR, logger="pyglfs.client.writebehind"):
+                await layer.setattr(G, mode=0o640)
+                nursery.cancel_scope.cancel()
+        assert _setattrs(fake) == []
+        assert any("cancelled" in r.getMessage() for r in caplog.records)
+        with pytest.raises(OSError) as e:
+            await layer.flush(G)
+        assert e.value.errno == errno.EIO
+
+
+async def test_a_group_member_holding_writes_of_the_inode_makes_setattr_go_through() -> None:
+    group: list[WriteBehind] = []
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            old, old_fake = await _layer(nursery, group=group)
+            new, new_fake = await _layer(nursery, group=group)
+            await _create(old)
+            await _create(new)
+            old_fake.gate = trio.Event()
+            await old.write(G, 0, b"queued in the old graph")
+            async with trio.open_nursery() as inner:
+                inner.start_soon(lambda: new.setattr(G, mode=0o640))
+                await trio.testing.wait_all_tasks_blocked()
+                assert _setattrs(new_fake) == []  # waits for the old graph's write
+                old_fake.gate.set()
+            assert _setattrs(new_fake) == [{"mode": 0o640}]
+            nursery.cancel_scope.cancel()
