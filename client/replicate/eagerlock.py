@@ -166,12 +166,14 @@ class EagerLocks:
                 while True:
                     await trio.sleep(max(self.entry_delay / 2, 0.05))
                     now = trio.current_time()
+                    idle = []
                     for table, delay in ((self.inode, self.delay),
                                          (self.entry, self.entry_delay)):
-                        for st in list(table.values()):
+                        for st in table.values():
                             if (st.state == HELD and not st.users
                                     and now - st.last_used >= delay):
-                                self._start_release(st)
+                                idle.append(st)
+                    self._release_together(idle)
             finally:
                 self._nursery = None
 
@@ -344,6 +346,13 @@ class EagerLocks:
         st.state = RELEASING
         self._spawn(self._release, st)
 
+    def _release_together(self, states: list[LockState]) -> None:
+        """Give back ``states`` (HELD, unused) in the same requests."""
+        for st in states:
+            st.state = RELEASING
+        if states:
+            self._spawn(self._release_many, states)
+
     async def _release(self, st: LockState) -> None:
         await self._release_many([st])
 
@@ -509,9 +518,15 @@ class EagerLocks:
         self.want_release(key, True)
 
     def release_all(self) -> None:
+        idle = []
         for table in (self.inode, self.entry):
-            for st in list(table.values()):
-                self.want_release(st.key, st.entry)
+            for st in table.values():
+                if st.state == HELD and not st.users:
+                    st.release_wanted = True
+                    idle.append(st)
+                elif st.state in (ACQUIRING, HELD):
+                    st.release_wanted = True
+        self._release_together(idle)
 
     def child_down(self, i: int) -> None:
         """Brick i dropped our connection, and with it our locks and opens there."""
