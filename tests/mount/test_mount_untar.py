@@ -20,8 +20,10 @@ from typing import Any
 
 import pytest
 from helpers.mounts import Volume, wait_for
+from mountdiff import assert_same
 
-pytestmark = pytest.mark.skipif(shutil.which("tar") is None, reason="tar is missing")
+RW_CREAT = os.O_RDWR | os.O_CREAT
+T1, T2 = 1_000_000_000_123_456_789, 1_200_000_000_987_654_321
 
 # (path, mode, uid, gid, size); directories end with "/".
 TREE: list[tuple[str, int, int, int, int]] = [
@@ -84,6 +86,7 @@ def _untar(archive: Path, dest: Path) -> None:
                    check=True, timeout=60, capture_output=True)
 
 
+@pytest.mark.skipif(shutil.which("tar") is None, reason="tar is missing")
 def test_untar_keeps_modes_owners_times_and_data(pair: Any, volume: Volume,
                                                  tmp_path: Path) -> None:
     src = tmp_path / "src"
@@ -109,3 +112,54 @@ def test_untar_keeps_modes_owners_times_and_data(pair: Any, volume: Volume,
         snap = _snapshot(b)
         diff = {k: (snap.get(k), want[k]) for k in want if snap.get(k) != want[k]}
         assert ok and not diff, f"brick {b}: {diff}"
+
+
+def test_attribute_changes_on_an_open_file_match_local_disk(pair: Any) -> None:
+    """Queued and merged setattrs between writes, set-id bits (which go through,
+    and which a chown clears), reads and truncates of the open file."""
+    out = assert_same(pair.local, pair.mount, [
+        ("open", "f", "a", RW_CREAT, 0o600),
+        ("write", "f", b"hello"),
+        ("utime", "a", (T1, T2)),
+        ("chown", "a", 1000, 1000),
+        ("fchmod", "f", 0o640),
+        ("fstat", "f", True),
+        ("stat", "a", True),
+        ("pread", "f", 5, 0),
+        ("pwrite", "f", b"XY", 1),
+        ("fstat", "f"),
+        ("ftruncate", "f", 2),
+        ("utime", "a", (T2, T1)),
+        ("stat", "a", True),
+        ("fchmod", "f", 0o4755),
+        ("chown", "a", 0, 0),
+        ("stat", "a"),
+        ("close", "f"),
+        ("stat", "a", True),
+        ("read_file", "a"),
+    ])
+    assert out[5][1]["perm"] == oct(0o640) and out[5][1]["uid"] == 1000
+    assert out[5][1]["mtime_ns"] == T2
+    assert out[15][1]["perm"] == oct(0o755)  # the chown cleared S_ISUID
+    assert out[17][1]["mtime_ns"] == T1
+
+
+def test_owner_changes_as_a_user_with_queued_writes(pair: Any) -> None:
+    """The kernel checks permissions against the attributes the queued setattrs
+    answered: the owner may chmod and set times, not give the file away."""
+    out = assert_same(pair.local, pair.mount, [
+        ("open", "f", "u", RW_CREAT, 0o644),
+        ("write", "f", b"data"),
+        ("fchmod", "f", 0o600),
+        ("utime", "u", (T1, T1)),
+        ("chown", "u", 0, 0),
+        ("fstat", "f", True),
+        ("close", "f"),
+        ("stat", "u", True),
+        ("chmod", "u", 0o400),
+        ("open", "g", "u", os.O_WRONLY),
+        ("stat", "u", True),
+    ], uid=1000, gid=1000)
+    assert out[4] == ("err", "EPERM")
+    assert out[7][1]["perm"] == oct(0o600) and out[7][1]["mtime_ns"] == T1
+    assert out[9] == ("err", "EACCES") and out[10][1]["perm"] == oct(0o400)
