@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.mounts import Volume, wait_for
+from helpers.mounts import Volume, mounted_volume, wait_for
 from mountdiff import assert_same
 
 RW_CREAT = os.O_RDWR | os.O_CREAT
@@ -86,32 +86,50 @@ def _untar(archive: Path, dest: Path) -> None:
                    check=True, timeout=60, capture_output=True)
 
 
-@pytest.mark.skipif(shutil.which("tar") is None, reason="tar is missing")
-def test_untar_keeps_modes_owners_times_and_data(pair: Any, volume: Volume,
-                                                 tmp_path: Path) -> None:
+def _check_untar(tmp_path: Path, local: Path, dest: Path, on_bricks: list[Path]) -> None:
+    """Extract the tree's tar into ``local`` and ``dest`` (on the mount, ``on_bricks``
+    on each brick): every inode the same through the mount and, soon, on the bricks."""
     src = tmp_path / "src"
     _make_source(src)
     archive = tmp_path / "t.tar"
     subprocess.run(["tar", "--numeric-owner", "-cf", str(archive), "-C", str(src), "."],
                    check=True, timeout=60, capture_output=True)
-    _untar(archive, pair.local)
-    want = _snapshot(pair.local)
+    _untar(archive, local)
+    want = _snapshot(local)
     assert len(want) == len(TREE) + 3
     assert want["d1/sub/f7"][1:4] == ("0o4755", 1234, 4321)  # set-id bits go through
 
-    _untar(archive, pair.mount)
-    got = _snapshot(pair.mount)
+    _untar(archive, dest)
+    got = _snapshot(dest)
     assert got.keys() == want.keys()
     diff = {k: (got[k], want[k]) for k in want if got[k] != want[k]}
     assert not diff, f"through the mount: {diff}"
 
     # The last setattrs may still be on their way to the bricks when tar exits.
-    on_bricks = [b.brick / pair.mount.name for b in volume.bricks]
     ok = wait_for(lambda: all(_snapshot(b) == want for b in on_bricks), 15.0, 0.1)
     for b in on_bricks:
         snap = _snapshot(b)
         diff = {k: (snap.get(k), want[k]) for k in want if snap.get(k) != want[k]}
         assert ok and not diff, f"brick {b}: {diff}"
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="tar is missing")
+def test_untar_keeps_modes_owners_times_and_data(pair: Any, volume: Volume,
+                                                 tmp_path: Path) -> None:
+    _check_untar(tmp_path, pair.local, pair.mount,
+                 [b.brick / pair.mount.name for b in volume.bricks])
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="tar is missing")
+def test_untar_through_the_kernels_writeback_cache(volume: Volume, tmp_path: Path) -> None:
+    """With ``kernel-writeback-cache=yes`` the data reaches the mount from the page
+    cache, around the setattrs: the times must still be tar's."""
+    local = tmp_path / "local"
+    local.mkdir()
+    with mounted_volume(volume.volfile, tmp_path / "mnt", "kernel-writeback-cache=yes") as m:
+        dest = m.mountpoint / f"wb-{tmp_path.name}"
+        dest.mkdir()
+        _check_untar(tmp_path, local, dest, [b.brick / dest.name for b in volume.bricks])
 
 
 def test_attribute_changes_on_an_open_file_match_local_disk(pair: Any) -> None:
