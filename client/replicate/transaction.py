@@ -15,9 +15,11 @@ One change (``Writer.inode_op`` / ``Writer.entry_op``):
 
 Round trips (each to all bricks in parallel) in the common case, one client
 alone in a directory: create a file for writing 1 (its lock rides along, see
-``Replicate.create``), write 1, flush 1, release 1; the post-op and unlock (2)
-run in the background after the flush. The directory's entry lock and its
-dirty mark cost 1 + 2 once per burst of entry changes, not per change.
+``Replicate.create``), write 1, flush 0, release 0: the bricks' release, the
+post-op and the unlock go in the background as one ``compound`` request per
+brick, shared by the files closed within ``eagerlock.CLOSE_BATCH_DELAY``. The
+directory's entry lock and its dirty mark cost 1 + 1 once per burst of entry
+changes, not per change.
 
 When every brick fails, the caller gets the error (the same errno from all of
 them gives that errno). A change that lands only on bricks that are not a
