@@ -180,8 +180,9 @@ VOLUME_OPTIONS: dict[str, VolumeOption] = _opts(
     ("performance.write-behind-window-size", _WB, "cache-size", _size, "4MB",
      "bytes of writes queued per file"),
     ("performance.flush-behind", _WB, "flush-behind", _bool, "on",
-     "return from flush before writes land (pyglfs never does: close waits "
-     "for the bricks)"),
+     "close returns before the file's queued writes reach the bricks (a write "
+     "that already failed is still reported by close; fsync waits; later "
+     "failures are logged)"),
     ("performance.read-ahead", _RA, None, _bool, "off", "read-ahead translator"),
     ("performance.read-ahead-page-count", _RA, "page-count", _int(1, 16), "4",
      "pages read ahead"),
