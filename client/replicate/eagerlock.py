@@ -442,9 +442,11 @@ class EagerLocks:
 
     async def _send(self, i: int, ops: Ops) -> None:
         """``ops`` to brick i in as few requests as the brick takes. A part that
-        fails is logged and left out, the rest sent again; when the brick's
-        answer is lost, post-ops are not sent again (twice would take the marks
-        back twice), unlocks and releases are (twice does no harm)."""
+        fails is logged and left out, the rest sent again. When the brick's
+        answer is lost, only the unlocks are sent again (twice does no harm); a
+        post-op twice would take the marks back twice, a release twice could
+        drop another open of this client (a missed one stays counted until
+        this connection ends)."""
         child = self.children[i]
         while ops:
             chunk, ops = ops[:COMPOUND_MAX], ops[COMPOUND_MAX:]
@@ -460,7 +462,7 @@ class EagerLocks:
                     return
                 log.debug("give-back on brick %s: %s; unlocking anyway", i, e)
                 for op in chunk:
-                    if op[0] != "xattrop":
+                    if op[0] in ("inodelk", "entrylk"):
                         _, again = await run_each(child, [op])
                         if again is not None:
                             log.debug("%s of %s on brick %s: %s", op[0],

@@ -267,3 +267,34 @@ async def test_bricks_without_compound_get_separate_requests(
         for b in env.bricks:
             assert xattr(b.root / "second", AFR_DIRTY) == ZERO
             assert index_dir(b.root) == set()
+
+
+async def test_a_lost_answer_sends_the_unlock_again_not_the_post_op(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, post_op_delay=30.0) as env:
+        rep = env.rep
+        f = g()
+        await rep.create(ROOT_GFID, b"f", f, 0o644, 0, 0, os.O_WRONLY)
+        await rep.write(f, 0, b"data")
+        seen = count_requests(env, rep)
+        pc = env.brick_client(rep, 1)
+        counted = pc.rpc.call
+
+        async def timed_out(op: str, args: dict[str, Any], *,
+                            timeout: float | None = None) -> Any:
+            if op == "compound":  # never reaches the brick, as if its answer were lost
+                seen[1].append("compound:" + "+".join(o for o, _ in args["ops"]))
+                raise OSError(errno.ETIMEDOUT, "injected")
+            return await counted(op, args, timeout=timeout)
+
+        pc.rpc.call = timed_out  # type: ignore[method-assign]
+        await rep.release(f)
+        await given_back(rep, f)
+        assert seen[0] == ["compound:xattrop+inodelk+release"]
+        assert seen[1] == ["compound:xattrop+inodelk+release", "inodelk"]
+        assert xattr(env.bricks[0].root / "f", AFR_DIRTY) == ZERO
+        assert decode(xattr(env.bricks[1].root / "f", AFR_DIRTY))[0] > 0  # heal will look
+        other = await env.new_client(post_op_delay=0.0)
+        with trio.fail_after(5):
+            pc1 = env.brick_client(other, 1)
+            await pc1.inodelk(f, rep.name, "wr", 0, 0, b"other", False)
+            await pc1.inodelk(f, rep.name, "un", 0, 0, b"other", False)
