@@ -47,6 +47,13 @@ log = logging.getLogger(__name__)
 SETTLE_TIMEOUT = 1.0
 UNMOUNT_SETTLE_TIMEOUT = 5.0
 READAHEAD_KB = 1024
+# pyfuse3 workers kept waiting for requests. With its default of 1, a request
+# that arrives while the others wait on bricks (the RELEASE of one file under
+# the CREATE of the next) spawns a worker that ends as soon as it is idle: a
+# task spawned and torn down for most created files. Idle workers cost nothing
+# per request: one waits on /dev/fuse, the rest on pyfuse3's read lock.
+FUSE_MIN_TASKS = 8
+FUSE_MAX_TASKS = 99
 
 
 def _bricks(layer: Layer) -> list[str]:
@@ -126,7 +133,7 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
                 watcher = VolfileWatcher(plan.servers, plan.volume, client_id,
                                          switch.apply_volfile)
                 nursery.start_soon(watcher.serve)
-            await pyfuse3.main()
+            await pyfuse3.main(FUSE_MIN_TASKS, FUSE_MAX_TASKS)
         finally:
             # No kernel notification may run once the session is gone.
             kernel_inval.stop()
