@@ -148,6 +148,11 @@ class BusyPoll:
         return fitted_budget(self.expect.get(key), self.budget, self.bound)
 
     def should_poll(self, key: object = None) -> bool:
+        return self.may_poll(key) and nothing_else_runnable()
+
+    def may_poll(self, key: object = None) -> bool:
+        """``should_poll`` but for the run queue, which a caller that is about
+        to yield once checks after its yield (``nothing_else_runnable``)."""
         if not self.budget:
             return False
         if self._skip:
@@ -157,7 +162,7 @@ class BusyPoll:
         if expect is not None and expect > self.bound:
             self.expect[key] = expect * FORGET
             return False
-        return nothing_else_runnable() and machine_has_room()
+        return machine_has_room()
 
     def deadline(self, key: object = None) -> float:
         return perf_counter() + self.budget_for(key)

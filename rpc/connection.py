@@ -217,12 +217,12 @@ class RpcConnection:
         reply = c.reply
         pending = self._pending
         poll = self.busy_poll
-        polled = reply is None and len(pending) == 1 and poll.should_poll(c.op)
+        polled = reply is None and len(pending) == 1 and poll.may_poll(c.op)
         if polled:
-            # Tasks started together with this one (a fan-out's) run in the same
-            # batch of the scheduler, unseen by should_poll: let them send their
-            # calls before the poll holds the loop. This also yields to everything
-            # else once per polled call.
+            # Yield first: tasks started together with this one (a fan-out's) run
+            # in the same batch of the scheduler, unseen in its run queue, and
+            # must send their calls before the poll holds the loop; tasks woken
+            # just now (pyfuse3's next reader taking its lock) go back to sleep.
             await trio.lowlevel.checkpoint()
             reply = c.reply
             polled = reply is None and nothing_else_runnable()

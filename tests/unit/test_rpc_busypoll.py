@@ -24,6 +24,7 @@ from typing import Any
 import msgpack
 import pytest
 import trio
+import trio.testing
 from helpers.procs import stop_pids
 
 from pyglfs.rpc import busypoll, messages
@@ -138,6 +139,34 @@ async def test_no_polling_while_other_tasks_are_runnable() -> None:
             assert not nothing_else_runnable()
             assert await conn.call("echo", {"x": 1}) == {"x": 1}
         assert conn.busy_poll.polls == before
+
+
+async def test_a_task_woken_just_before_the_call_does_not_stop_its_poll() -> None:
+    # As pyfuse3's next reader, woken when the current one releases the read lock,
+    # takes the lock and goes back to wait while the request is being handled.
+    lock = trio.Lock()
+    parked = trio.Event()
+
+    async def next_reader() -> None:
+        async with lock:
+            await parked.wait()
+
+    async with threaded_peer(_ok_later) as conn:
+        await conn.call("echo", {})
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                await lock.acquire()
+                nursery.start_soon(next_reader)
+                await trio.testing.wait_all_tasks_blocked()
+                conn.busy_poll._skip = 0  # no back-off from earlier calls
+                polls = conn.busy_poll.polls
+                lock.release()
+                assert not nothing_else_runnable()
+                assert await conn.call("echo", {"x": 1}) == {"x": 1}
+                assert conn.busy_poll.polls == polls + 1
+                parked.set()
+                await trio.testing.wait_all_tasks_blocked()
+                parked = trio.Event()
 
 
 async def test_event_and_other_frames_during_a_poll_are_delivered() -> None:
