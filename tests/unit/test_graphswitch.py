@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 import pytest
@@ -168,3 +169,51 @@ async def test_a_graph_that_cannot_be_used_leaves_the_old_one_serving(
     assert sw.generation == 1 and b.tops[0].running
     await sw.stat(G)
     assert b.tops[0].calls == [("stat", G)]
+
+
+class CountingPassThrough(Layer):
+    """A layer that forwards ``stat`` itself (does more than the default), and
+    notes which function awaited it."""
+
+    def __init__(self, name: str, children: list[Layer]) -> None:
+        super().__init__(name, children)
+        self.callers: list[str] = []
+
+    async def stat(self, gfid: bytes) -> Iatt:
+        caller = sys._getframe(1)
+        self.callers.append(caller.f_code.co_qualname)
+        return await self.child.stat(gfid)
+
+
+async def test_ops_skip_layers_that_only_forward_them() -> None:
+    leaf = FakeTop("leaf")
+    counting = CountingPassThrough("counting", [leaf])
+    top = Layer("io-stats", [Layer("plain", [counting])])
+    gen = Generation(1, parse(volfile("10")), top)
+    assert gen.target("stat").__self__ is counting  # type: ignore[attr-defined]
+    assert gen.target("open").__self__ is leaf  # type: ignore[attr-defined]
+    switch = GraphSwitch(gen, lambda graph, n: FakeTop("unused"))
+    assert await switch.stat(G) == iatt(G)
+    # Awaited by the switch itself, not through the two plain layers above.
+    assert counting.callers == ["_forward.<locals>.forward"]
+    assert leaf.calls == [("stat", G)]
+    await switch.open(G, os.O_RDONLY)
+    await switch.release(G)
+    assert leaf.calls[1:] == [("open", G), ("release", G)]
+    assert gen.inflight == 0 and not gen.opens
+
+
+async def test_an_op_replaced_on_a_layer_instance_is_not_skipped() -> None:
+    leaf = FakeTop("leaf")
+    middle = Layer("plain", [leaf])
+    seen: list[bytes] = []
+
+    async def stat(gfid: bytes) -> Iatt:
+        seen.append(gfid)
+        return await leaf.stat(gfid)
+
+    middle.stat = stat  # type: ignore[method-assign]
+    gen = Generation(1, parse(volfile("10")), Layer("io-stats", [middle]))
+    switch = GraphSwitch(gen, lambda graph, n: FakeTop("unused"))
+    await switch.stat(G)
+    assert seen == [G] and leaf.calls == [("stat", G)]
