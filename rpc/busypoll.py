@@ -169,9 +169,9 @@ class BusyPoll:
 
     def learn(self, key: object, seconds: float) -> None:
         """One polled wait for ``key`` took ``seconds`` (got by the poll or slept
-        through after it). Long waits count as a few bounds, so one idle pause
-        is soon forgotten. Keys come from a small fixed set (op names)."""
-        cap = 4 * self.bound
+        through after it). Long waits count as two bounds: a rare slow one
+        (a disk hiccup, an idle pause) moves the average a little only. Keys come from a small fixed set (op names)."""
+        cap = 2 * self.bound
         if seconds > cap:
             seconds = cap
         old = self.expect.get(key)

@@ -272,7 +272,10 @@ def test_learnt_waits_fit_each_key_and_an_idle_pause_is_soon_forgotten() -> None
     assert 300e-6 < poll.budget_for("read") <= MAX_BUDGET
     assert poll.budget_for("fsync") == 0.0
     assert poll.budget_for("stat") == 100e-6  # nothing learnt: the base
-    poll.learn("read", 30.0)  # one long idle pause counts as a few bounds only
+    poll.learn("read", 30.0)  # one long idle pause counts as two bounds only
+    assert poll.budget_for("read") > poll.expect["read"] > 300e-6
+    for _ in range(2):
+        poll.learn("read", 30.0)
     assert poll.budget_for("read") == 0.0
     for _ in range(8):
         poll.learn("read", 300e-6)
@@ -293,7 +296,7 @@ async def test_a_call_whose_replies_come_late_sleeps_at_once() -> None:
             assert await conn.call("slow", {"i": i}) == {"i": i}
             if "slow" in poll.expect:
                 break
-        assert poll.expect["slow"] > 2 * MAX_BUDGET
+        assert poll.expect["slow"] > MAX_BUDGET
         polls = poll.polls
         for i in range(5):
             assert await conn.call("slow", {"i": i}) == {"i": i}
@@ -306,7 +309,7 @@ async def test_a_key_expected_beyond_the_bound_is_tried_again_later() -> None:
     poll = BusyPoll(100e-6)
     for _ in range(30):
         poll.learn("fsync", 5e-3)
-    assert poll.expect["fsync"] == pytest.approx(4 * MAX_BUDGET)
+    assert poll.expect["fsync"] == pytest.approx(2 * MAX_BUDGET)
     answers = [poll.should_poll("fsync") for _ in range(40)]
     assert not answers[0] and any(answers)
     declined = answers.index(True)
