@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 import trio
@@ -88,12 +89,15 @@ class ProtocolClient(Layer):
         if self.parent is not None:
             self.parent.on_event(self, name, args)
 
-    async def _call(self, op: str, args: dict[str, Any]) -> Any:
-        return await self.rpc.call(op, args, timeout=self.call_timeout)
+    # Plain functions handing back the connection's call: each brick request
+    # passes through no coroutine of its own here.
+    def _call(self, op: str, args: dict[str, Any]) -> Coroutine[Any, Any, Any]:
+        return self.rpc.call(op, args, timeout=self.call_timeout)
 
-    async def _call_opt(self, op: str, **args: Any) -> Any:
+    def _call_opt(self, op: str, **args: Any) -> Coroutine[Any, Any, Any]:
         """Send ``op`` leaving out arguments that are None (optional on the wire)."""
-        return await self._call(op, {k: v for k, v in args.items() if v is not None})
+        return self.rpc.call(op, {k: v for k, v in args.items() if v is not None},
+                             timeout=self.call_timeout)
 
     # -- entry operations -------------------------------------------------
     async def lookup(self, pgfid: bytes, name: bytes) -> Lookup:
