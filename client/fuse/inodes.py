@@ -10,7 +10,10 @@ reference (lookup, create, mkdir, mknod, symlink, link, every readdirplus entry
 that ``readdir_reply`` accepted) adds one; ``forget`` subtracts what the kernel
 says it dropped. An entry goes when its count reaches 0, so this table is as big
 as what the kernel caches, not as what was ever seen. The root is never counted
-and never goes.
+and never goes. Nearly every count is 1 (the kernel keeps the inode it got), so
+only counts above 1 take a second entry: what the kernel holds varies with its
+memory pressure, and the client's memory follows it (~90 bytes per inode plus
+the gfid).
 
 A subdirectory mount gives the table that directory's gfid as ``root_gfid``: it
 is inode 1, whatever its own number would be. The volume's real root is then
@@ -50,6 +53,7 @@ class InodeTable:
     def __init__(self, root_gfid: bytes = ROOT_GFID) -> None:
         self.root_gfid = root_gfid
         self._gfids: dict[int, bytes] = {ROOT_INODE: root_gfid}
+        # counts above 1 only: an inode in _gfids and not here has count 1
         self._counts: dict[int, int] = {}
         self._dirs: dict[int, tuple[int, int]] = {}
 
@@ -82,32 +86,32 @@ class InodeTable:
         """Count one more kernel reference to ``ino`` (already checked by ``ino``)."""
         if ino == ROOT_INODE:
             return
-        count = self._counts.get(ino)
-        if count is None:
+        if ino not in self._gfids:
             self._gfids[ino] = gfid
-            self._counts[ino] = 1
         else:
-            self._counts[ino] = count + 1
+            self._counts[ino] = self._counts.get(ino, 1) + 1
 
     def forget(self, ino: int, nlookup: int) -> None:
         """Drop ``nlookup`` kernel references; never raises."""
-        count = self._counts.get(ino)
-        if count is None:
+        if ino == ROOT_INODE or ino not in self._gfids:
             if ino != ROOT_INODE:
                 log.debug("forget of unknown inode %d", ino)
             return
-        count -= nlookup
-        if count > 0:
+        count = self._counts.pop(ino, 1) - nlookup
+        if count > 1:
             self._counts[ino] = count
+            return
+        if count == 1:
             return
         if count < 0:
             log.warning("forget of inode %d below zero (%d)", ino, count)
-        del self._counts[ino]
         del self._gfids[ino]
         self._dirs.pop(ino, None)
 
     def lookup_count(self, ino: int) -> int:
-        return self._counts.get(ino, 0)
+        if ino == ROOT_INODE or ino not in self._gfids:
+            return 0
+        return self._counts.get(ino, 1)
 
     # -- what a create needs to know of its parent --------------------------
     def note_attrs(self, ino: int, mode: int, gid: int) -> None:
