@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import math
 import os
 import struct
 import threading
@@ -44,6 +45,8 @@ pytestmark = [pytest.mark.mount, pytest.mark.skipif(_skip is not None, reason=_s
 
 MIB = 1 << 20
 NO_CACHE = "attribute-timeout=0,entry-timeout=0"
+# Seconds after which a closed file's queued write and post-op are surely done.
+SETTLED = 1.0
 
 
 # -- the volume and its bricks ------------------------------------------------------
@@ -276,26 +279,36 @@ def test_second_brick_killed_during_2000_creates(replica: Volume, tmp_path: Path
         d = m.mountpoint / "many"
         os.mkdir(d)
 
+        closed_at = [math.inf] * n
+
         def create(k: int) -> None:
             fd = os.open(d / names[k], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 assert os.write(fd, _content(k)) == 4096
             finally:
                 os.close(fd)
+                closed_at[k] = time.monotonic()
 
         w = Worker(n, create)
         t0 = time.monotonic()
         w.start()
-        before, after = kill_when(vol, 1, w, n // 3)
+        # Some files must have settled before the kill for the check below.
+        wait_for(lambda: time.monotonic() - t0 > SETTLED + 0.5 or w.done >= n // 2, 30)
+        _, after = kill_when(vol, 1, w, n // 3)
+        killed = time.monotonic()
         w.wait(120)
         elapsed = time.monotonic() - t0
-        # Files 0..before-1 were closed before the kill, files after+1.. were
-        # started after brick 1 was reaped; those between were in flight, and
-        # the kill may have cut any of their create, write or flush on brick 1.
+        # With flush-behind a close returns before the file's write reaches the
+        # bricks, and its post-op follows within the give-back delay: files
+        # 0..before-1 were closed SETTLED seconds before the kill, so both bricks
+        # had all of them. Files after+1.. were started after brick 1 was
+        # reaped; those between were in flight, and the kill may have cut any of
+        # their create, write or post-op on brick 1.
+        before = sum(1 for t in closed_at if t < killed - SETTLED)
         in_flight = range(before, after + 1)
-        assert after + 1 < n
+        assert 0 < before and after + 1 < n
         print(f"{n} files in {elapsed:.1f}s, brick 1 killed after {before} "
-              f"(in flight: {list(in_flight)})")
+              f"(in flight: {before}..{after})")
 
         gfids = [gfid_of(d0 / name) for name in names]
         assert len(set(gfids)) == n
@@ -305,7 +318,7 @@ def test_second_brick_killed_during_2000_creates(replica: Volume, tmp_path: Path
         index = heal_index(vol.bricks[0].brick)
         assert dgfid in index
         assert counters(d0, afr_xattr(vol.name, 1))[2] > 0
-        assert index.isdisjoint(gfids[:before]), "files made before the kill are blamed"
+        assert index.isdisjoint(gfids[:before]), "files settled before the kill are blamed"
         assert set(gfids[after + 1:]) <= index, "files made after the kill are not blamed"
         # A file in flight at the kill is blamed exactly when its change may
         # have missed brick 1; unblamed, its copy there must be whole.
