@@ -7,14 +7,16 @@ pyglfs (replica 2, both bricks on the local disk) and, where installed, GlusterF
 
 Run as root (to drop caches and mount). It prints one table: each figure, its
 ratio to the local disk and to the passthrough, and the goals of the FUSE
-client issue checked as PASS/MISS. Work happens under /var/tmp/pyglfs-bench (a
-local disk, not tmpfs), removed at the end unless ``--keep``. Targets that
+client issue checked as PASS/MISS. Work happens in a new /var/tmp/pyglfs-bench-*
+(a local disk, not tmpfs; ``--workdir`` names another, locked for the run so
+two runs never share bricks or a mount point), removed at the end unless ``--keep``. Targets that
 cannot run here are skipped with one line saying why.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -22,6 +24,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -41,7 +44,7 @@ from workloads import METRICS, WORKLOADS, Config, Dropper, Run  # noqa: E402
 
 ALL_TARGETS = ("local", "passthrough", "pyglfs", "glusterfs")
 DEFAULT_TARGETS = "local,passthrough,pyglfs,glusterfs"
-WORKDIR = Path("/var/tmp/pyglfs-bench")
+WORKDIR_BASE = Path("/var/tmp")
 
 
 @dataclass(frozen=True)
@@ -195,8 +198,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--fio-runtime", type=int, help="seconds per fio job (default 20)")
     ap.add_argument("--tree-files", type=int, help="files in the untar tree (default 3000)")
     ap.add_argument("--rss-files", type=int, help="files for the memory figure (default 100000)")
-    ap.add_argument("--workdir", type=Path, default=WORKDIR,
-                    help=f"on the local disk (default {WORKDIR})")
+    ap.add_argument("--workdir", type=Path,
+                    help=f"on the local disk (default: a new pyglfs-bench-* in {WORKDIR_BASE}); "
+                         "two runs never share one")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--no-drop-caches", action="store_true",
@@ -259,8 +263,16 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     signal.signal(signal.SIGINT, _exit_on_signal)
     cfg = config(args)
-    work: Path = args.workdir
+    work: Path = args.workdir or Path(tempfile.mkdtemp(prefix="pyglfs-bench-",
+                                                       dir=WORKDIR_BASE))
     work.mkdir(parents=True, exist_ok=True)
+    lock = open(work / ".fs_bench.lock", "w")  # noqa: SIM115 (held for the whole run)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"fs_bench: {work} is in use by another fs_bench run: "
+              "give this one its own --workdir", file=sys.stderr)
+        return 1
     drop = Dropper(enabled=not args.no_drop_caches)
     results: dict[str, dict[str, float]] = {}
     notes: list[str] = []
