@@ -72,7 +72,36 @@ class _Inode:
         self.xt = 0.0
 
 
-class MdCache(Layer):
+class CoherentCache(Layer):
+    """Base of the client caches that the bricks' invalidation events keep
+    coherent: an event drops what it names; ``{"all": True}``, or a brick
+    coming or going (what it pushed meanwhile is lost), drops everything."""
+
+    def clear(self) -> None:
+        raise NotImplementedError
+
+    def invalidate(self, gfids: list[bytes], entries: list[tuple[bytes, bytes]]) -> None:
+        raise NotImplementedError
+
+    def on_event(self, child: Layer, name: str, args: dict[str, Any]) -> None:
+        if name == EVENT:
+            if args.get("all") is True:
+                log.debug("%s: invalidation of everything", self.name)
+                self.clear()
+            else:
+                self.invalidate(*parse_event(args))
+        super().on_event(child, name, args)
+
+    def child_up(self, child: Layer) -> None:
+        self.clear()
+        super().child_up(child)
+
+    def child_down(self, child: Layer, reason: str) -> None:
+        self.clear()
+        super().child_down(child, reason)
+
+
+class MdCache(CoherentCache):
     """Caches lookups, xattrs and readdirplus attributes of its one child (see
     the module doc); ``stats()`` counts hits and misses."""
 
@@ -189,27 +218,8 @@ class MdCache(Layer):
             self._drop_inode(gfid)
         for pgfid, name in entries:
             self._drop_name(pgfid, name)
-
-    def on_event(self, child: Layer, name: str, args: dict[str, Any]) -> None:
-        if name == EVENT and args.get("all") is True:
-            log.debug("md-cache %s: invalidation of everything", self.name)
-            self.clear()
-        elif name == EVENT:
-            gfids, entries = parse_event(args)
-            log.debug("md-cache %s: invalidation of %d inodes, %d names", self.name,
-                      len(gfids), len(entries))
-            self.invalidate(gfids, entries)
-            if self.kernel_hook is not None:
-                self.kernel_hook(gfids, entries)
-        super().on_event(child, name, args)
-
-    def child_up(self, child: Layer) -> None:
-        self.clear()
-        super().child_up(child)
-
-    def child_down(self, child: Layer, reason: str) -> None:
-        self.clear()
-        super().child_down(child, reason)
+        if self.kernel_hook is not None:
+            self.kernel_hook(gfids, entries)
 
     # -- lookups and attributes ----------------------------------------------
     async def lookup(self, pgfid: bytes, name: bytes) -> Lookup:

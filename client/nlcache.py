@@ -60,7 +60,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 from pyglfs.client.layer import DirEntry, EntryReply, Layer, Lookup, RenameReply
-from pyglfs.client.mdcache import EVENT, parse_event
+from pyglfs.client.mdcache import CoherentCache
 from pyglfs.rpc.brickops import NAME_MAX, Iatt
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class _Watch:
         self.stale = False
 
 
-class NlCache(Layer):
+class NlCache(CoherentCache):
     """Answers lookups of absent names from what it learnt (see the module doc);
     ``stats()`` counts hits and misses."""
 
@@ -250,23 +250,6 @@ class NlCache(Layer):
         for pgfid, name in entries:
             self._drop(pgfid)
             self._touch(pgfid, name)
-
-    def on_event(self, child: Layer, name: str, args: dict[str, Any]) -> None:
-        if name == EVENT:
-            if args.get("all") is True:
-                log.debug("nl-cache %s: invalidation of everything", self.name)
-                self.clear()
-            else:
-                self.invalidate(*parse_event(args))
-        super().on_event(child, name, args)
-
-    def child_up(self, child: Layer) -> None:
-        self.clear()
-        super().child_up(child)
-
-    def child_down(self, child: Layer, reason: str) -> None:
-        self.clear()
-        super().child_down(child, reason)
 
     # -- lookups ------------------------------------------------------------------
     async def lookup(self, pgfid: bytes, name: bytes) -> Lookup:

@@ -12,7 +12,8 @@ import trio.testing
 
 from pyglfs.client.graph import build_graph
 from pyglfs.client.layer import DirEntry, Layer, Lookup
-from pyglfs.client.nlcache import EVENT, NAME_COST, NlCache
+from pyglfs.client.mdcache import EVENT
+from pyglfs.client.nlcache import NAME_COST, NlCache
 from pyglfs.rpc.brickops import ROOT_GFID, Iatt
 from pyglfs.volfiles.parser import parse
 
