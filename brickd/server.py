@@ -32,7 +32,8 @@ from pyglfs.brickd.changelog import HealIndex
 from pyglfs.brickd.locks import LockManager
 from pyglfs.brickd.upcall import CHANGING_OPS, Upcall
 from pyglfs.rpc.brickops import OPS, ArgError, validate, validate_compound
-from pyglfs.rpc.errors import HandshakeRefused, errno_name
+from pyglfs.rpc.errors import HandshakeRefused
+from pyglfs.rpc.messages import error_fields
 from pyglfs.rpc.server import ServerConnection, serve_rpc
 
 log = logging.getLogger(__name__)
@@ -175,9 +176,7 @@ class BrickService:
             try:
                 result = await handlers[i](sub, conn)
             except OSError as e:
-                code = e.errno if type(e.errno) is int else errno.EIO
-                return {"results": results,
-                        "error": [i, errno_name(code), e.strerror or str(e)]}
+                return {"results": results, "error": [i, *error_fields(e)]}
             except Exception:
                 log.exception("%r: compound sub-op %d (%s) failed", conn, i, op)
                 return {"results": results, "error": [i, "EIO", "internal error"]}

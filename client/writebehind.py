@@ -67,7 +67,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -93,12 +93,16 @@ _SETID = stat.S_ISUID | stat.S_ISGID
 
 class _Write:
     __slots__ = ("start", "end", "nbytes", "done")
+    kind = "write"
 
     def __init__(self, start: int, end: int, nbytes: int) -> None:
         self.start = start
         self.end = end
         self.nbytes = nbytes
         self.done = trio.Event()
+
+    def describe(self) -> str:
+        return f"write of {self.nbytes} bytes at {self.start}"
 
 
 class _Inode:
@@ -119,6 +123,7 @@ class _Setattr(_Write):
     writes made after it wait for it. ``go`` sends it before ``SETATTR_DELAY``."""
 
     __slots__ = ("fields", "go", "sent", "ctime_ns")
+    kind = "setattr"
 
     def __init__(self) -> None:
         super().__init__(0, _OFF_MAX, 0)
@@ -126,6 +131,9 @@ class _Setattr(_Write):
         self.go = trio.Event()
         self.sent = False
         self.ctime_ns = 0
+
+    def describe(self) -> str:
+        return f"setattr {self.fields}"
 
 
 class _Open:
@@ -234,7 +242,8 @@ class WriteBehind(Layer):
         ino.queued.append(w)
         ino.nbytes += n
         self.nbytes += n
-        self._nursery.start_soon(self._send, gfid, ino, w, offset, data, deps)
+        self._nursery.start_soon(self._land, gfid, ino, w, self._send, ino, offset, data,
+                                 deps)
         return _covering(gfid, self._known(gfid) or ino.last, w.end)
 
     async def write_through(self, gfid: bytes, offset: int, data: bytes) -> Iatt:
@@ -250,32 +259,37 @@ class WriteBehind(Layer):
         if check is not None:
             check()
 
-    async def _send(self, gfid: bytes, ino: _Inode, w: _Write, offset: int, data: bytes,
-                    deps: list[trio.Event]) -> None:
+    async def _land(self, gfid: bytes, ino: _Inode, w: _Write,
+                    send: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run ``send(gfid, *args)`` for the queued change ``w``. A failure, or a
+        cancel before the bricks had it (a retired graph whose settle timed out),
+        is kept for the next write, flush or fsync of the inode."""
         sent = False
         try:
-            for d in deps:
-                await d.wait()
-            ino.last = await self.child.write(gfid, offset, data)
-            self._learn(ino.last, grown=True)
+            await send(gfid, *args)
             sent = True
         except OSError as e:
-            log.warning("write-behind: write of %d bytes at %d to gfid=%s failed: %s",
-                        w.nbytes, offset, gfid.hex(), e)
+            log.warning("write-behind: %s to gfid=%s failed: %s", w.describe(), gfid.hex(), e)
             if ino.error is None:
                 ino.error = e
         except Exception:
-            log.exception("write-behind: write to gfid=%s failed unexpectedly", gfid.hex())
+            log.exception("write-behind: %s to gfid=%s failed unexpectedly",
+                          w.describe(), gfid.hex())
             if ino.error is None:
-                ino.error = OSError(errno.EIO, "write failed")
+                ino.error = OSError(errno.EIO, f"{w.kind} failed")
         finally:
             if not sent and ino.error is None:
-                # Cancelled: the layer was stopped (a retired graph whose settle
-                # timed out) before the bricks had the write.
-                log.error("write-behind: write of %d bytes at %d to gfid=%s cancelled "
-                          "before it reached the bricks", w.nbytes, offset, gfid.hex())
-                ino.error = OSError(errno.EIO, "write cancelled")
+                log.error("write-behind: %s to gfid=%s cancelled before it reached "
+                          "the bricks", w.describe(), gfid.hex())
+                ino.error = OSError(errno.EIO, f"{w.kind} cancelled")
             await self._finish(gfid, ino, w)
+
+    async def _send(self, gfid: bytes, ino: _Inode, offset: int, data: bytes,
+                    deps: list[trio.Event]) -> None:
+        for d in deps:
+            await d.wait()
+        ino.last = await self.child.write(gfid, offset, data)
+        self._learn(ino.last, grown=True)
 
     async def _finish(self, gfid: bytes, ino: _Inode, w: _Write) -> None:
         try:
@@ -446,39 +460,21 @@ class WriteBehind(Layer):
             s = _Setattr()
             deps = [q.done for q in ino.queued]
             ino.queued.append(s)
-            self._nursery.start_soon(self._send_setattr, gfid, ino, s, deps)
+            self._nursery.start_soon(self._land, gfid, ino, s, self._send_setattr, s, deps)
         s.fields.update(change)
         s.ctime_ns = time.time_ns()
         return _with_fields(shown, change, s.ctime_ns)
 
-    async def _send_setattr(self, gfid: bytes, ino: _Inode, s: _Setattr,
-                            deps: list[trio.Event]) -> None:
-        sent = False
-        try:
-            with trio.move_on_after(SETATTR_DELAY):
-                await s.go.wait()
-            for d in deps:
-                await d.wait()
-            s.sent = True
-            f = s.fields
-            self._learn(await self.child.setattr(
-                gfid, mode=f.get("mode"), uid=f.get("uid"), gid=f.get("gid"),
-                atime_ns=f.get("atime_ns"), mtime_ns=f.get("mtime_ns")))
-            sent = True
-        except OSError as e:
-            log.warning("write-behind: setattr %s of gfid=%s failed: %s", s.fields, gfid.hex(), e)
-            if ino.error is None:
-                ino.error = e
-        except Exception:
-            log.exception("write-behind: setattr of gfid=%s failed unexpectedly", gfid.hex())
-            if ino.error is None:
-                ino.error = OSError(errno.EIO, "setattr failed")
-        finally:
-            if not sent and ino.error is None:
-                log.error("write-behind: setattr %s of gfid=%s cancelled before it reached "
-                          "the bricks", s.fields, gfid.hex())
-                ino.error = OSError(errno.EIO, "setattr cancelled")
-            await self._finish(gfid, ino, s)
+    async def _send_setattr(self, gfid: bytes, s: _Setattr, deps: list[trio.Event]) -> None:
+        with trio.move_on_after(SETATTR_DELAY):
+            await s.go.wait()
+        for d in deps:
+            await d.wait()
+        s.sent = True
+        f = s.fields
+        self._learn(await self.child.setattr(
+            gfid, mode=f.get("mode"), uid=f.get("uid"), gid=f.get("gid"),
+            atime_ns=f.get("atime_ns"), mtime_ns=f.get("mtime_ns")))
 
     # -- what waits for queued writes -------------------------------------------
     async def read(self, gfid: bytes, offset: int, size: int) -> bytes:

@@ -42,9 +42,15 @@ def reply_ok(rid: int, result: Any) -> dict[str, Any]:
     return {"id": rid, "ok": result}
 
 
-def reply_error(rid: int, exc: OSError) -> dict[str, Any]:
+def error_fields(exc: OSError) -> tuple[str, str]:
+    """The errno name and message an OSError travels as (EIO when it has no errno)."""
     code = exc.errno if type(exc.errno) is int else _errno.EIO
-    return {"id": rid, "errno": errno_name(code), "msg": exc.strerror or str(exc)}
+    return errno_name(code), exc.strerror or str(exc)
+
+
+def reply_error(rid: int, exc: OSError) -> dict[str, Any]:
+    name, msg = error_fields(exc)
+    return {"id": rid, "errno": name, "msg": msg}
 
 
 def reply_errno(rid: int, name: str, msg: str) -> dict[str, Any]:
