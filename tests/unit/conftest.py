@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.brickstore import VOL
 
 from pyglfs.brickd.store import BrickStore
-
-VOL = str(uuid.uuid4())
 
 
 @pytest.fixture

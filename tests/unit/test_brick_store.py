@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.brickstore import VOL
 
 from pyglfs.brickd.layout import BrickRefused
 from pyglfs.brickd.names import handle_rel
@@ -17,8 +18,6 @@ from pyglfs.brickd.store import BrickStore, open_store
 from pyglfs.rpc.brickops import GFID_XATTR, IATT_FIELDS, ROOT_GFID, VOLUME_ID_XATTR
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="trusted.* xattrs need root")
-
-from conftest import VOL  # noqa: E402
 
 F = {name: i for i, name in enumerate(IATT_FIELDS)}
 
