@@ -95,10 +95,15 @@ class MgmtService:
             "txn_commit": self._txn("commit"),
             "txn_unlock": self._txn("unlock"),
         }
+        self._on_disconnect: list[Callable[[ServerConnection], None]] = []
 
     def register(self, op: str, handler: Handler) -> None:
         """Add an op, or replace one (the volume slice adds its own)."""
         self._ops[op] = handler
+
+    def on_disconnect(self, fn: Callable[[ServerConnection], None]) -> None:
+        """Have ``fn(conn)`` called when a connection ends, whoever ended it."""
+        self._on_disconnect.append(fn)
 
     def handler(self, op: str) -> Handler:
         """The current handler of ``op`` (to wrap it); KeyError if there is none."""
@@ -120,7 +125,11 @@ class MgmtService:
         return await fn(args, conn)
 
     def disconnected(self, conn: ServerConnection) -> None:
-        pass
+        for fn in self._on_disconnect:
+            try:
+                fn(conn)
+            except Exception:
+                log.exception("%r: a disconnect hook failed", conn)
 
     # -- transactions -----------------------------------------------------
     def participants(self) -> list[Participant]:

@@ -10,9 +10,9 @@ fetches the volfile again and decides for itself whether its graph changed;
 the event carries no volfile, so a missed or repeated event costs one fetch and
 never leaves a client on a stale graph once it reconnects and refetches.
 
-Subscriptions live as long as their connection: the set holds connections
-weakly, and a connection that is closed, or that does not take an event within
-``SEND_TIMEOUT``, is dropped (and closed, so its client reconnects and fetches).
+Subscriptions live as long as their connection: they are dropped when it ends
+(the service's disconnect hook), and a connection that does not take an event
+within ``SEND_TIMEOUT`` is closed (so its client reconnects and fetches).
 
 The volume store calls ``changed`` from the worker thread that writes the file;
 it only schedules the push on the daemon's trio loop.
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import weakref
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -44,13 +43,15 @@ class VolfileWatch:
     """The connections watching each volume's client volfile on this node."""
 
     def __init__(self) -> None:
-        self._subs: dict[str, weakref.WeakSet[ServerConnection]] = {}
+        self._subs: dict[str, set[ServerConnection]] = {}
         self._pending: set[str] = set()
         self._wake = trio.Event()
         self._token: trio.lowlevel.TrioToken | None = None
 
     def subscribe(self, volume: str, conn: ServerConnection) -> None:
-        subs = self._subs.setdefault(volume, weakref.WeakSet())
+        if conn.closed:
+            return
+        subs = self._subs.setdefault(volume, set())
         if conn not in subs:
             log.debug("%r watches the volfile of %s", conn, volume)
         subs.add(conn)
@@ -59,15 +60,22 @@ class VolfileWatch:
         subs = self._subs.get(volume)
         if subs is not None:
             subs.discard(conn)
+            if not subs:
+                del self._subs[volume]
+
+    def disconnected(self, conn: ServerConnection) -> None:
+        """``conn`` ended: it watches nothing any more."""
+        for volume in [v for v, subs in self._subs.items() if conn in subs]:
+            log.debug("%r left; no longer watches the volfile of %s", conn, volume)
+            self.unsubscribe(volume, conn)
 
     def watchers(self, volume: str) -> list[ServerConnection]:
-        """The live connections watching ``volume`` (closed ones are dropped here)."""
-        subs = self._subs.get(volume)
-        if subs is None:
-            return []
-        for conn in [c for c in subs if c.closed]:
-            subs.discard(conn)
-        return list(subs)
+        """The open connections watching ``volume``."""
+        return [c for c in self._subs.get(volume, ()) if not c.closed]
+
+    def held(self, volume: str) -> int:
+        """How many subscriptions to ``volume`` this daemon holds (closed ones included)."""
+        return len(self._subs.get(volume, ()))
 
     def changed(self, volume: str) -> None:
         """The client volfile of ``volume`` changed or went away. Thread-safe; a
@@ -141,5 +149,6 @@ def install_volfile_watch(service: MgmtService, store: VolumeStore) -> VolfileWa
             raise
 
     service.register("getspec", getspec)
+    service.on_disconnect(watch.disconnected)
     store.on_client_volfile = watch.changed
     return watch

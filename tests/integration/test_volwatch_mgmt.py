@@ -83,9 +83,11 @@ async def test_closed_watchers_drop_out_and_bad_watch_is_refused(node: Running) 
     with pytest.raises(OSError) as ei:
         await conn.call("getspec", {"volume": "gvol0", "watch": "yes"}, timeout=10)
     assert ei.value.strerror == "invalid arguments: watch"
+    assert d.volwatch.held("gvol0") == 1
     await cm.__aexit__(None, None, None)
+    # The subscription goes with the connection, not at the next event.
     with trio.fail_after(5):
-        while d.volwatch.watchers("gvol0"):
+        while d.volwatch.held("gvol0"):
             await trio.sleep(0.01)
     # A change with only a dead watcher left is no error for the daemon.
     await call(d, "volume_set", {"volume": "gvol0", "key": "network.ping-timeout",
