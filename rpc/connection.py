@@ -17,6 +17,12 @@ of a fan-out (one op to several bricks at once) would spin on a CPU that the
 servers working for them need. A call yields to the event loop once before it
 polls, so the calls of a fan-out are all sent first.
 
+Split calls: a task that sends one request to several connections (replicate's
+fan-out to its bricks) need not spawn a task per connection. It runs each call's
+coroutine with ``start_split`` until the request is out (the call then pauses,
+yielding ``SENT`` to it, not to trio), then finishes them in turn with
+``finish_split``: the requests all leave before any reply is awaited.
+
 Liveness: when nothing has been received for ``ping_interval`` seconds the watchdog
 sends a ping, which the server's rpc layer answers even while handlers are busy.
 If calls or a ping are outstanding and nothing at all has been received for
@@ -30,9 +36,10 @@ import errno
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Callable
+import types
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from outcome import Value
@@ -57,6 +64,55 @@ EventCallback = Callable[[str, dict[str, Any]], None]
 _LOST: dict[str, Any] = {}
 _open: set[RpcConnection] = set()
 _TIMED_OUT: dict[str, Any] = {}
+T = TypeVar("T")
+
+SENT = object()
+"""What a split call yields to ``start_split`` once its request is out."""
+_split = False
+
+
+@types.coroutine
+def _yield_sent() -> Generator[Any, Any, None]:
+    yield SENT
+
+
+@types.coroutine
+def start_split(coro: Coroutine[Any, Any, T]) -> Generator[Any, Any, tuple[bool, T | None]]:
+    """Run the coroutine ``coro`` (not started yet) in this task until the first
+    ``RpcConnection.call`` it makes has sent its request.
+
+    Returns (True, None) with ``coro`` paused right after that send: finish it
+    with ``await finish_split(coro)``, or ``coro.close()`` to abandon the call
+    (its reply is then dropped). Returns (False, value) when ``coro`` ended
+    first (a call that failed at once: a connection down), and raises what it
+    raised. Whatever ``coro`` awaits before its request is out (a send held
+    back by a full socket) is awaited here, in order.
+    """
+    global _split
+    value: Any = None
+    exc: BaseException | None = None
+    while True:
+        _split = True
+        try:
+            y = coro.send(value) if exc is None else coro.throw(exc)
+        except StopIteration as stop:
+            return False, stop.value
+        finally:
+            _split = False
+        if y is SENT:
+            return True, None
+        try:
+            value = yield y
+            exc = None
+        except BaseException as e:  # trio delivers Cancelled this way; coro decides
+            value = None
+            exc = e
+
+
+@types.coroutine
+def finish_split(coro: Coroutine[Any, Any, T]) -> Generator[Any, Any, T]:
+    """Await the rest of a coroutine that ``start_split`` left paused."""
+    return (yield from coro)
 
 
 class _Call:
@@ -167,11 +223,16 @@ class RpcConnection:
         Raises OSError with the server's errno, ETIMEDOUT when ``timeout`` (default
         ``call_timeout``) passes first, ENOTCONN when the connection is or goes down.
         """
+        global _split
+        split = _split
+        _split = False
         if self.close_reason is not None:
             raise self._lost_error()
         rid, c = self._send(op, args, timeout)
         try:
             await self._writer.flush()
+            if split:
+                await _yield_sent()
             reply = await self._wait(rid, c)
         except BaseException:
             self._pending.pop(rid, None)

@@ -22,6 +22,7 @@ from pyglfs.client.replicate.eagerlock import EagerLocks
 from pyglfs.client.replicate.fanout import bits, fanout, is_transport, pick_error
 from pyglfs.client.replicate.fanout import mask as _mask
 from pyglfs.client.replicate.readsel import InodeInfo, InodeTable
+from pyglfs.client.replicate.transaction import Writer
 from pyglfs.rpc.brickops import Iatt
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class ReadOps(Layer):
     names: list[str]
     locks: EagerLocks
     inodes: InodeTable
+    writer: Writer
 
     # -- reading ------------------------------------------------------------
     def _up(self) -> int:
@@ -87,7 +89,8 @@ class ReadOps(Layer):
         if not up:
             raise OSError(errno.ENOTCONN, "no brick is connected")
         children = self.children
-        res = await fanout(self.n, up, lambda i: children[i].lookup(pgfid, name))
+        res = await fanout(self.n, up, lambda i: children[i].lookup(pgfid, name),
+                           self.writer.split)
         parent = self.inodes.get(pgfid)
         if parent is not None and parent.bad[ENTRY]:
             self._drop_stale_entry(res, up, parent.bad[ENTRY], pgfid, name)
@@ -116,7 +119,8 @@ class ReadOps(Layer):
         if not up:
             raise OSError(errno.ENOTCONN, "no brick is connected")
         children = self.children
-        res = await fanout(self.n, up, lambda i: children[i].lookup_gfid(gfid))
+        res = await fanout(self.n, up, lambda i: children[i].lookup_gfid(gfid),
+                           self.writer.split)
         return self._merge_lookup(res, up, gfid.hex())
 
     def _merge_lookup(self, res: list[Any], asked: list[int], what: str) -> Lookup:

@@ -36,7 +36,7 @@ from typing import Any
 from pyglfs.client.layer import Layer
 from pyglfs.client.replicate import changelog
 from pyglfs.client.replicate.eagerlock import EagerLocks, LockState, Span
-from pyglfs.client.replicate.fanout import bits, fanout, pick_error
+from pyglfs.client.replicate.fanout import bits, fanout, pick_error, splittable
 from pyglfs.client.replicate.fanout import mask as _mask
 from pyglfs.client.replicate.quorum import Quorum
 from pyglfs.client.replicate.readsel import InodeTable
@@ -76,6 +76,7 @@ class Writer:
         self.quorum = quorum
         self.locks = locks
         self.inodes = inodes
+        self.split = splittable(children)
 
     def check_quorum(self) -> int:
         """The up bricks if they may take a change; else ENOTCONN or EROFS."""
@@ -181,7 +182,8 @@ class Writer:
             xops[i] = xop or None
 
         children = self.children
-        results = await fanout(self.n, targets, lambda i: call(children[i], xops[i]))
+        results = await fanout(self.n, targets, lambda i: call(children[i], xops[i]),
+                               self.split)
         errors = {i: r for i in targets if isinstance(r := results[i], OSError)}
         ok = [i for i in targets if i not in errors]
         if not ok:
@@ -226,7 +228,8 @@ class Writer:
                     xop[self.names[j]] = changelog.delta(jk)
             if not xop:
                 continue
-            res = await fanout(self.n, ok, _xattrop_call(self.children, st.key, xop))
+            res = await fanout(self.n, ok, _xattrop_call(self.children, st.key, xop),
+                               self.split)
             if any(not isinstance(res[i], OSError) for i in ok):
                 for k in changelog.KINDS:
                     if kinds >> k & 1:
@@ -242,7 +245,8 @@ class Writer:
             return
         self.inodes.blame(gfid, kinds, out.bad)
         xop = {self.names[j]: changelog.delta(kinds) for j in bits(out.bad)}
-        res = await fanout(self.n, out.ok, lambda i: self.children[i].xattrop(gfid, xop))
+        res = await fanout(self.n, out.ok, lambda i: self.children[i].xattrop(gfid, xop),
+                           self.split)
         for i in out.ok:
             if isinstance(res[i], OSError):
                 log.error("could not mark new inode %s pending on brick %s: %s",
