@@ -128,8 +128,9 @@ class VolumeStore:
 
     def __init__(self, state_dir: Path | str) -> None:
         self.dir = Path(state_dir) / VOLS_DIR
-        # Called with the volume name when its client volfile changed or went away
-        # (mgmt/volwatch.py); from the writing thread.
+        # Called with the volume name when what getspec serves a mount changed
+        # (see ``save``) or the volume went away (mgmt/volwatch.py); from the
+        # writing thread.
         self.on_client_volfile: Callable[[str], None] | None = None
 
     def vol_dir(self, name: str) -> Path:
@@ -155,8 +156,14 @@ class VolumeStore:
         return vols
 
     def save(self, rec: VolumeRecord) -> None:
-        """Write the record, its auth file and its volfiles."""
+        """Write the record, its auth file and its volfiles.
+
+        ``on_client_volfile`` hears of every change in what a mount's ``getspec``
+        gets: the client volfile's text, and the volume entering or leaving the
+        started state (a mount is served the volfile only while started).
+        """
         d = self.vol_dir(rec.name)
+        was_started = self._started_on_disk(d)
         (d / "bricks").mkdir(mode=0o700, parents=True, exist_ok=True)
         write_json(d / "auth.json", {"username": rec.username, "password": rec.password})
         write_json(d / "info", rec.to_json())
@@ -170,8 +177,17 @@ class VolumeStore:
         write_text(path, text)
         for i in range(len(rec.bricks)):
             write_text(d / "bricks" / f"{i}.vol", brick_volfile(spec, i))
+        changed = changed or was_started != (rec.status == STARTED)
         if changed and self.on_client_volfile is not None:
             self.on_client_volfile(rec.name)
+
+    @staticmethod
+    def _started_on_disk(d: Path) -> bool:
+        try:
+            old = read_json(d / "info")
+        except StateError:
+            return False
+        return type(old) is dict and old.get("status") == STARTED
 
     def delete(self, name: str) -> None:
         d = self.vol_dir(name)

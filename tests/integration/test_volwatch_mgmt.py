@@ -99,3 +99,34 @@ async def test_closed_watchers_drop_out_and_bad_watch_is_refused(node: Running) 
         assert len(d.volwatch.watchers("gvol0")) == 1
     finally:
         await cm.__aexit__(None, None, None)
+
+
+async def test_volume_stop_and_start_notify_watchers(node: Running) -> None:
+    """Stop and start leave the volfile's text alone but change what a mount's
+    getspec gets (refused while stopped); watchers hear of both."""
+    d = node.daemon
+    w = Watcher()
+    cm, conn, _ = await _watch(d, w)
+    mount_cm = open_rpc_connection(d.host, d.peers.port, volume="gvol0", role="client",
+                                   client_id="mount:test")
+    mount = await mount_cm.__aenter__()
+    try:
+        await call(d, "volume_start", {"name": "gvol0"})
+        await w.wait_for(1)
+        volfile = (await mount.call("getspec", {"volume": "gvol0"}, timeout=10))["volfile"]
+        for op in ("volume_stop", "volume_start"):
+            heard = len(w.events)
+            await call(d, op, {"name": "gvol0"})
+            await w.wait_for(heard + 1)
+            assert w.events == [(EVENT, {"volume": "gvol0"})] * len(w.events)
+            if op == "volume_stop":
+                with pytest.raises(OSError) as ei:
+                    await mount.call("getspec", {"volume": "gvol0"}, timeout=10)
+                assert ei.value.strerror == "Volume gvol0 is not started"
+        got = await mount.call("getspec", {"volume": "gvol0"}, timeout=10)
+        assert got["volfile"] == volfile  # the brick kept its port
+    finally:
+        await mount_cm.__aexit__(None, None, None)
+        await cm.__aexit__(None, None, None)
+        if d.volumes.volumes["gvol0"].status == "Started":
+            await call(d, "volume_stop", {"name": "gvol0"})
