@@ -10,7 +10,10 @@ the volfile again and hands the text to ``on_volfile``, which decides whether th
 graph changed. Texts equal to the last one handed over are not passed again.
 
 Nothing here can disturb the mount: a server that is down, refuses, or sends
-garbage is logged and retried; ``on_volfile`` failures are logged.
+garbage is logged and retried; ``on_volfile`` failures are logged. A volume
+that is stopped (getspec refused with ENXIO) is logged once; the graph keeps
+trying its bricks, and the event at start fetches the volfile again (the
+bricks' ports may have moved).
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class VolfileWatcher:
         self.last_text = last_text
         self.server: tuple[str, int] | None = None
         self.fetches = 0
+        self.stopped = False
         self._wake = trio.Event()
         self.rpc = ReconnectingClient(
             *self.servers[0], volume=volume, client_id=client_id, role="client",
@@ -123,10 +127,21 @@ class VolfileWatcher:
         except OSError as exc:
             if exc.errno == errno.ENOTCONN:
                 return None
+            if exc.errno == errno.ENXIO:
+                # Stopped: the bricks are going or gone; the graph reconnects
+                # to them when the volume starts (an event tells us).
+                if not self.stopped:
+                    log.warning("volume %s is stopped (%s): files are out of reach until "
+                                "it is started", self.volume, source)
+                self.stopped = True
+                return None
             log.warning("volfile of %s not fetched from %s: %s; the mount goes on with "
                         "its current graph", self.volume, source, exc.strerror or exc)
             return RETRY_DELAY if exc.errno == errno.ETIMEDOUT else None
         self.fetches += 1
+        if self.stopped:
+            self.stopped = False
+            log.warning("volume %s is started again (%s)", self.volume, source)
         text = reply.get("volfile") if isinstance(reply, dict) else None
         if not isinstance(text, str):
             log.error("getspec of %s from %s: reply without a volfile", self.volume, source)

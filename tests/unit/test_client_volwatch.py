@@ -20,6 +20,7 @@ class FakeMgmt:
         self.text = text
         self.watchers: list[ServerConnection] = []
         self.roles: list[str] = []
+        self.stopped = False
 
     def authenticate(self, hello: dict[str, Any]) -> None:
         self.roles.append(hello["role"])
@@ -29,6 +30,8 @@ class FakeMgmt:
             raise OSError(errno.ENOENT, "Volume does not exist")
         if args.get("watch") is True and conn not in self.watchers:
             self.watchers.append(conn)
+        if self.stopped:
+            raise OSError(errno.ENXIO, "Volume gvol0 is not started")
         return {"volume": "gvol0", "volfile": self.text}
 
     def disconnected(self, conn: ServerConnection) -> None:
@@ -114,4 +117,42 @@ async def test_a_graph_not_up_is_offered_again(nursery: trio.Nursery) -> None:
     await svc.changed("v1")
     await wait_for(lambda: got == ["v1", "v1"])
     assert w.last_text == "v1"
+    w_scope.cancel()
+
+
+async def test_a_stopped_volume_is_waited_for(nursery: trio.Nursery) -> None:
+    """Stopped: the graph is left alone; started again: the volfile is fetched,
+    and a new one (a brick moved) is handed over."""
+    svc = FakeMgmt("v1")
+    port = await nursery.start(serve_rpc, svc, "127.0.0.3", 0)
+    got: list[str] = []
+
+    async def on_volfile(text: str, source: str) -> bool:
+        got.append(text)
+        return True
+
+    w = VolfileWatcher([("127.0.0.3", port)], "gvol0", "mount:test", on_volfile,
+                       last_text="v1")
+    w_scope = trio.CancelScope()
+
+    async def run() -> None:
+        with w_scope:
+            await w.serve()
+
+    nursery.start_soon(run)
+    await wait_for(lambda: w.fetches == 1)
+    svc.stopped = True
+    await svc.changed("v1")
+    await wait_for(lambda: w.stopped)
+    svc.stopped = False
+    await svc.changed("v1")  # started, the bricks on their ports
+    await wait_for(lambda: not w.stopped)
+    assert w.fetches == 2 and got == []
+    svc.stopped = True
+    await svc.changed("v1")
+    await wait_for(lambda: w.stopped)
+    svc.stopped = False
+    await svc.changed("v2")  # started, a brick on a new port
+    await wait_for(lambda: got == ["v2"])
+    assert not w.stopped and w.last_text == "v2"
     w_scope.cancel()
