@@ -4,7 +4,8 @@ Every request is checked against ``rpc.brickops`` before any storage code runs
 (an unknown op is ENOSYS, bad arguments EINVAL). Lock ops go to the in-memory
 :class:`~pyglfs.brickd.locks.LockManager`, ``index_list`` to the heal index,
 everything else to the store method of the same name, with the same argument
-names. A change tells the other clients what it made stale (``upcall``). A
+names. A change tells the other clients what it made stale (``upcall``), and
+that event leaves before the reply to the change. A
 connection's locks and open files belong to it: when it ends, they are
 released, so a client that died cannot wedge the others.
 
@@ -135,6 +136,8 @@ class BrickService:
         result = await handler(args, conn)
         if op in CHANGING_OPS:
             upcall.changed(op, args, result, conn)
+        if upcall.ready:
+            await upcall.deliver()
         return result
 
     def _inline_when(self, op: str, args: dict[str, Any]) -> bool:

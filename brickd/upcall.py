@@ -13,12 +13,18 @@ client drops what it cached of them (``pyglfs.client.mdcache``). When more
 than ``PENDING_MAX`` items wait for one connection, the event carries
 ``"all": true`` instead and the client drops everything.
 
-The event is sent after the change is done, so a client that receives it and
-then asks again sees the change. Events of changes that complete close
-together are merged into one per connection: one sender task per connection
-(in the service's nursery, never inside the request that made the change)
-sends what gathered, and while it waits on a slow reader the next changes
-gather behind it; past ``PENDING_MAX`` items they become ``"all"``.
+The event leaves before the reply to the change: the service calls
+:meth:`Upcall.deliver` after the change and before it answers, and every other
+client whose socket has room gets its event written then, with no task and no
+wait. So by the time the changer hears "done" (and can tell anyone, a process
+that reads through another mount included), the event is already in the other
+clients' sockets: a client that then reads its events before it answers from
+its cache cannot serve what the change made stale. A client that does not keep
+up with its socket gets its events from a sender task instead (one per
+connection, in the service's nursery), never holding up the changer: what
+piles up behind a slow reader is merged into one event, and past
+``PENDING_MAX`` items becomes ``"all"``. Nothing of this runs when no other
+client is connected.
 """
 
 from __future__ import annotations
@@ -89,6 +95,8 @@ class Upcall:
         self._clients: dict[int, ServerConnection] = {}
         self._pending: dict[int, _Pending] = {}
         self._senders: set[int] = set()
+        # Connections with pending items that no sender has claimed yet.
+        self.ready: dict[int, ServerConnection] = {}
         self.sent = 0
 
     def seen(self, conn: ServerConnection) -> None:
@@ -99,10 +107,12 @@ class Upcall:
     def gone(self, conn: ServerConnection) -> None:
         self._clients.pop(conn.conn_id, None)
         self._pending.pop(conn.conn_id, None)
+        self.ready.pop(conn.conn_id, None)
 
     def changed(self, op: str, args: dict[str, Any], result: Any,
                 by: ServerConnection) -> None:
-        """``op`` with ``args`` succeeded for ``by``: queue events for the others."""
+        """``op`` with ``args`` succeeded for ``by``: queue events for the others,
+        to go out at the next :meth:`deliver` (before the reply to ``by``)."""
         if len(self._clients) <= 1 and by.conn_id in self._clients:
             return
         gfids, entries = what_changed(op, args, result)
@@ -121,16 +131,37 @@ class Upcall:
                 pending = self._pending[cid] = _Pending()
             pending.add(gfids, entries)
             if cid not in self._senders:
-                self._senders.add(cid)
+                self.ready[cid] = conn
+
+    async def deliver(self) -> None:
+        """Send the queued events: at once, in the calling task, to every client
+        whose socket has room; through a sender task to the others. Awaits
+        nothing when the sends complete at once (the common case)."""
+        ready = self.ready
+        self.ready = {}
+        senders = self._senders
+        for cid, conn in ready.items():
+            if cid in senders or cid not in self._pending:
+                continue
+            senders.add(cid)
+            if conn.can_send_now():
+                # A send that had to wait after all must not be cut half-way by
+                # the changer's cancellation: that would end the other client's
+                # connection.
+                with trio.CancelScope(shield=True):
+                    await self._send(conn, merge=False)
+            else:
                 self._nursery.start_soon(self._send, conn)
 
-    async def _send(self, conn: ServerConnection) -> None:
-        """One sender per connection: what piles up while a send waits on a
-        slow reader goes out merged in the next event."""
+    async def _send(self, conn: ServerConnection, merge: bool = True) -> None:
+        """Send what is pending for ``conn`` until nothing is; what piles up
+        while a send waits on a slow reader goes out merged in the next event.
+        ``merge`` (a sender task) first lets the changes of this moment gather."""
         cid = conn.conn_id
         try:
-            while not conn.closed:
+            if merge:
                 await trio.lowlevel.checkpoint()
+            while not conn.closed:
                 pending = self._pending.pop(cid, None)
                 if pending is None:
                     return
@@ -139,7 +170,11 @@ class Upcall:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             log.debug("%r: cache-invalidation event not delivered: %r", conn, e)
         finally:
-            self._senders.discard(cid)
+            senders = self._senders
+            senders.discard(cid)
+            if cid in self._pending and not conn.closed:
+                # Queued after the last send but before this sender let go.
+                self.ready[cid] = conn
 
 
 def what_changed(op: str, args: dict[str, Any],

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import select
 import socket
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -39,7 +40,7 @@ from pyglfs.rpc.busypoll import DEFAULT_BUDGET, BusyPoll, perf_counter
 from pyglfs.rpc.errors import FrameTooLarge, ProtocolError
 from pyglfs.rpc.framing import DEFAULT_MAX_FRAME, FrameReader, FrameWriter
 from pyglfs.rpc.handshake import server_handshake
-from pyglfs.rpc.transport import ByteStream, aclose_forcefully, fast_transport
+from pyglfs.rpc.transport import ByteStream, SocketTransport, aclose_forcefully, fast_transport
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +89,14 @@ def peer_name(stream: ByteStream) -> str:
 class ServerConnection:
     """One handshaken client connection, as the service sees it.
 
-    ``hello`` is the client's whole checked hello (``auth`` included).
+    ``hello`` is the client's whole checked hello (``auth`` included); ``sock``
+    the socket under a SocketTransport (for ``can_send_now``), else None.
     """
 
     def __init__(
         self, service: Service, reader: FrameReader, writer: FrameWriter, hello: dict[str, Any],
         peer: str, max_in_flight: int, busy_poll: float = 0.0,
+        sock: socket.socket | None = None,
     ) -> None:
         self.conn_id = next(_conn_ids)
         self.client_id: str = hello["client_id"]
@@ -114,6 +117,8 @@ class ServerConnection:
         self._nursery: trio.Nursery | None = None
         self.closed = False
         self.busy_poll = BusyPoll(busy_poll if reader.can_poll else 0.0)
+        self._out_poll: select.poll | None = None
+        self._sock = sock
 
     def __repr__(self) -> str:
         return f"<ServerConnection {self.conn_id} client={self.client_id} peer={self.peer}>"
@@ -124,6 +129,26 @@ class ServerConnection:
             return
         self._writer.put(messages.event(name, args))
         await self._writer.flush()
+
+    def can_send_now(self) -> bool:
+        """Whether a small event sent now leaves at once, without waiting on the
+        peer: the connection is a socket whose send buffer has room (POLLOUT:
+        TCP then takes a small message whole). False for other transports and
+        for a peer that stopped reading, whose events a task should send."""
+        if self.closed:
+            return False
+        out = self._out_poll
+        if out is None:
+            sock = self._sock
+            if sock is None:
+                return False
+            out = self._out_poll = select.poll()
+            out.register(sock, select.POLLOUT)
+        try:
+            ready = out.poll(0)
+        except (OSError, ValueError):
+            return False
+        return bool(ready) and ready[0][1] == select.POLLOUT
 
     def close(self) -> None:
         """End this connection (its in-flight handlers are cancelled)."""
@@ -277,7 +302,9 @@ async def serve_rpc_stream(
         if done is None or writer.broken is not None:
             return
         hello, pending = done
-        conn = ServerConnection(service, reader, writer, hello, peer, max_in_flight, busy_poll)
+        sock = transport.socket if isinstance(transport, SocketTransport) else None
+        conn = ServerConnection(service, reader, writer, hello, peer, max_in_flight, busy_poll,
+                                sock)
         holder.append(conn)
         log.debug("%r: connected (role=%s volume=%s)", conn, conn.role, conn.volume)
         await conn._serve(pending)

@@ -30,6 +30,9 @@ class Conn:
     async def send_event(self, name: str, args: dict[str, Any]) -> None:
         self.events.append((name, args))
 
+    def can_send_now(self) -> bool:
+        return not self.closed
+
 
 def test_what_changed() -> None:
     assert what_changed("write", {"gfid": G, "offset": 0, "data": b"x"}, {}) == ([G], [])
@@ -53,7 +56,8 @@ async def test_others_hear_merged_events_the_changer_does_not() -> None:
             up.seen(c)
         up.changed("write", {"gfid": G}, {}, me_a)
         up.changed("unlink", {"pgfid": P, "name": b"x"}, {}, me_a)
-        await trio.testing.wait_all_tasks_blocked()
+        assert other.events == []
+        await up.deliver()
         assert me_a.events == me_b.events == heal.events == []
         assert len(other.events) == 1
         name, args = other.events[0]
@@ -61,12 +65,12 @@ async def test_others_hear_merged_events_the_changer_does_not() -> None:
         assert sorted(args["gfids"]) == sorted([G, P]) and args["entries"] == [[P, b"x"]]
         # a change by the heal daemon reaches the mount
         up.changed("setattr", {"gfid": G}, {}, heal)
-        await trio.testing.wait_all_tasks_blocked()
+        await up.deliver()
         assert me_a.events == me_b.events == [(EVENT, {"gfids": [G], "entries": []})]
         assert len(other.events) == 2 and heal.events == []
         up.gone(other)
         up.changed("write", {"gfid": G}, {}, me_a)
-        await trio.testing.wait_all_tasks_blocked()
+        await up.deliver()
         assert len(other.events) == 2
 
 
@@ -79,7 +83,7 @@ async def test_too_many_pending_items_become_all(monkeypatch: Any) -> None:
         up.seen(other)
         for i in range(5):
             up.changed("write", {"gfid": bytes([i]) * 16}, {}, me)
-        await trio.testing.wait_all_tasks_blocked()
+        await up.deliver()
         assert other.events == [(EVENT, {"all": True})]
 
 
@@ -89,7 +93,8 @@ async def test_a_lone_client_costs_nothing() -> None:
         me = Conn("me")
         up.seen(me)
         up.changed("write", {"gfid": G}, {}, me)
-        await trio.testing.wait_all_tasks_blocked()
+        assert not up.ready
+        await up.deliver()
         assert up.sent == 0 and not up._pending
 
 
@@ -102,6 +107,9 @@ class SlowConn(Conn):
         await self.gate.wait()
         self.events.append((name, args))
 
+    def can_send_now(self) -> bool:
+        return False
+
 
 async def test_one_sender_per_connection_behind_a_slow_reader() -> None:
     async with trio.open_nursery() as nursery:
@@ -110,9 +118,12 @@ async def test_one_sender_per_connection_behind_a_slow_reader() -> None:
         up.seen(me)
         up.seen(slow)
         up.changed("write", {"gfid": P}, {}, me)
+        with trio.fail_after(5):
+            await up.deliver()  # hands the slow reader to a task, never waits on it
         await trio.testing.wait_all_tasks_blocked()
         for i in range(50):
             up.changed("write", {"gfid": bytes([i]) * 16}, {}, me)
+            await up.deliver()
             await trio.testing.wait_all_tasks_blocked()
         assert len(up._senders) == 1
         slow.gate.set()
