@@ -201,6 +201,24 @@ class Layer:
                     xattrop: dict[str, bytes] | None = None) -> Iatt:
         return await self.child.write(gfid, offset, data, xattrop)
 
+    async def writev(self, gfid: bytes, writes: list[tuple[int, bytes]],
+                     xattrop: dict[str, bytes] | None = None) -> Iatt:
+        """The ``(offset, data)`` writes of ``writes`` (at least one), applied in
+        order, ``xattrop`` with the first; answers the attributes after the last.
+
+        On failure the writes before the failed one may have landed. A layer
+        that leaves ``write`` alone forwards the batch whole; one that changes
+        ``write`` gets the writes one by one through it unless it overrides this.
+        """
+        if type(self).write is Layer.write:
+            return await self.child.writev(gfid, writes, xattrop)
+        iatt: Iatt | None = None
+        for offset, data in writes:
+            iatt = await self.write(gfid, offset, data, xattrop)
+            xattrop = None
+        assert iatt is not None, "writev of no writes"
+        return iatt
+
     async def fallocate(self, gfid: bytes, mode: int, offset: int, length: int,
                         xattrop: dict[str, bytes] | None = None) -> Iatt:
         return await self.child.fallocate(gfid, mode, offset, length, xattrop)

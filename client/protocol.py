@@ -217,6 +217,21 @@ class ProtocolClient(Layer):
         r = await self._call_opt("write", gfid=gfid, offset=offset, data=data, xattrop=xattrop)
         return Iatt(*r["iatt"])
 
+    async def writev(self, gfid: bytes, writes: list[tuple[int, bytes]],
+                     xattrop: dict[str, bytes] | None = None) -> Iatt:
+        """Several writes as one ``compound`` request (one ``write`` when alone);
+        a failed sub-op's error is raised, the writes before it landed."""
+        if len(writes) == 1:
+            return await self.write(gfid, writes[0][0], writes[0][1], xattrop)
+        ops: list[tuple[str, dict[str, Any]]] = [
+            ("write", {"gfid": gfid, "offset": off, "data": data}) for off, data in writes]
+        if xattrop is not None:
+            ops[0][1]["xattrop"] = xattrop
+        results, failed = await self.compound(ops)
+        if failed is not None:
+            raise failed[1]
+        return Iatt(*results[-1]["iatt"])
+
     async def fallocate(self, gfid: bytes, mode: int, offset: int, length: int,
                         xattrop: dict[str, bytes] | None = None) -> Iatt:
         r = await self._call_opt("fallocate", gfid=gfid, mode=mode, offset=offset,

@@ -20,9 +20,13 @@ Contracts:
   GlusterFS's per-fd bookkeeping); a failure nobody collects before the last
   release (a write that failed after a flush-behind close) is logged as an
   error.
-- Writes that overlap a queued write are sent after it, so every brick applies
-  overlapping writes in the order the application made them; writes to
-  disjoint ranges go to the bricks in parallel.
+- Writes that overlap a queued write are sent after it, or after it in the
+  same batch, so every brick applies overlapping writes in the order the
+  application made them. Writes over ``BATCH_WRITE_MAX`` go to the bricks at
+  once, in parallel when disjoint. Smaller ones go in batches (``writev``:
+  one request per brick for up to ``BATCH_OPS`` writes): a lone write goes at
+  once, and the writes made while its batch is in flight form the next one,
+  so random small writes cost a fraction of a brick request each.
 - Anything that reads or changes what a queued write touches waits for it:
   ``read`` (overlapping writes), ``stat``, ``setattr`` (truncate, times,
   owner), ``fallocate``, an ``open`` with O_TRUNC. Lookups and readdirplus do
@@ -73,7 +77,7 @@ from typing import Any
 import trio
 
 from pyglfs.client.layer import DirEntry, EntryReply, Layer, Lookup
-from pyglfs.rpc.brickops import Iatt
+from pyglfs.rpc.brickops import COMPOUND_MAX, Iatt
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +93,22 @@ SETATTR_DELAY = 0.05
 """Longest a queued setattr of an inode waits for more to merge with (a flush or
 release usually sends it sooner), so other mounts see it soon."""
 _SETID = stat.S_ISUID | stat.S_ISGID
+BATCH_WRITE_MAX = 64 << 10
+"""Queued writes up to this size go to the layer below in batches (``writev``):
+several small writes of an inode waiting at once cost one request per brick.
+Bigger ones are sent alone, at once, so large writes keep their parallelism."""
+BATCH_OPS = COMPOUND_MAX
+BATCH_BYTES = 1 << 20
+BATCH_SENDERS = 2
+"""Batches of one inode in flight at most; a second starts only when a full
+batch waits, so a writer faster than the bricks' round trip fills batches."""
 
 
 class _Write:
-    __slots__ = ("start", "end", "nbytes", "done")
+    """A queued change; ``data`` and ``deps`` (earlier queued changes it overlaps)
+    are kept only while a small write waits for its batch."""
+
+    __slots__ = ("start", "end", "nbytes", "done", "data", "deps")
     kind = "write"
 
     def __init__(self, start: int, end: int, nbytes: int) -> None:
@@ -100,15 +116,20 @@ class _Write:
         self.end = end
         self.nbytes = nbytes
         self.done = trio.Event()
+        self.data = b""
+        self.deps: list[_Write] = []
 
     def describe(self) -> str:
         return f"write of {self.nbytes} bytes at {self.start}"
 
 
 class _Inode:
-    """Queued writes of one gfid, in the order they were made, and a failure to report."""
+    """Queued writes of one gfid, in the order they were made, and a failure to
+    report. ``unsent``: the small writes among them not yet in a batch, in order;
+    ``senders``: tasks sending batches of them."""
 
-    __slots__ = ("queued", "nbytes", "error", "last", "flush_wanted")
+    __slots__ = ("queued", "nbytes", "error", "last", "flush_wanted", "unsent",
+                 "unsent_bytes", "senders")
 
     def __init__(self) -> None:
         self.queued: list[_Write] = []
@@ -116,6 +137,9 @@ class _Inode:
         self.error: OSError | None = None
         self.last: Iatt | None = None
         self.flush_wanted = False
+        self.unsent: list[_Write] = []
+        self.unsent_bytes = 0
+        self.senders = 0
 
 
 class _Setattr(_Write):
@@ -237,13 +261,18 @@ class WriteBehind(Layer):
             if self.inodes.get(gfid) is not ino:  # drained and forgotten meanwhile
                 ino = self.inodes.setdefault(gfid, _Inode())
         w = _Write(offset, offset + max(n, 1), n)
-        deps = [q.done for m in self._members() for q in m._queued(gfid)
+        deps = [q for m in self._members() for q in m._queued(gfid)
                 if q.start < w.end and w.start < q.end]
         ino.queued.append(w)
         ino.nbytes += n
         self.nbytes += n
-        self._nursery.start_soon(self._land, gfid, ino, w, self._send, ino, offset, data,
-                                 deps)
+        if n <= BATCH_WRITE_MAX:
+            w.data = data
+            w.deps = deps
+            self._queue_small(gfid, ino, w)
+        else:
+            self._nursery.start_soon(self._land, gfid, ino, [w], self._send, ino, offset,
+                                     data, [q.done for q in deps])
         return _covering(gfid, self._known(gfid) or ino.last, w.end)
 
     async def write_through(self, gfid: bytes, offset: int, data: bytes) -> Iatt:
@@ -259,9 +288,9 @@ class WriteBehind(Layer):
         if check is not None:
             check()
 
-    async def _land(self, gfid: bytes, ino: _Inode, w: _Write,
+    async def _land(self, gfid: bytes, ino: _Inode, ws: list[_Write],
                     send: Callable[..., Awaitable[None]], *args: Any) -> None:
-        """Run ``send(gfid, *args)`` for the queued change ``w``. A failure, or a
+        """Run ``send(gfid, *args)`` for the queued changes ``ws``. A failure, or a
         cancel before the bricks had it (a retired graph whose settle timed out),
         is kept for the next write, flush or fsync of the inode."""
         sent = False
@@ -269,20 +298,20 @@ class WriteBehind(Layer):
             await send(gfid, *args)
             sent = True
         except OSError as e:
-            log.warning("write-behind: %s to gfid=%s failed: %s", w.describe(), gfid.hex(), e)
+            log.warning("write-behind: %s to gfid=%s failed: %s", _describe(ws), gfid.hex(), e)
             if ino.error is None:
                 ino.error = e
         except Exception:
             log.exception("write-behind: %s to gfid=%s failed unexpectedly",
-                          w.describe(), gfid.hex())
+                          _describe(ws), gfid.hex())
             if ino.error is None:
-                ino.error = OSError(errno.EIO, f"{w.kind} failed")
+                ino.error = OSError(errno.EIO, f"{ws[0].kind} failed")
         finally:
             if not sent and ino.error is None:
                 log.error("write-behind: %s to gfid=%s cancelled before it reached "
-                          "the bricks", w.describe(), gfid.hex())
-                ino.error = OSError(errno.EIO, f"{w.kind} cancelled")
-            await self._finish(gfid, ino, w)
+                          "the bricks", _describe(ws), gfid.hex())
+                ino.error = OSError(errno.EIO, f"{ws[0].kind} cancelled")
+            await self._finish(gfid, ino, ws)
 
     async def _send(self, gfid: bytes, ino: _Inode, offset: int, data: bytes,
                     deps: list[trio.Event]) -> None:
@@ -291,21 +320,61 @@ class WriteBehind(Layer):
         ino.last = await self.child.write(gfid, offset, data)
         self._learn(ino.last, grown=True)
 
-    async def _finish(self, gfid: bytes, ino: _Inode, w: _Write) -> None:
+    def _queue_small(self, gfid: bytes, ino: _Inode, w: _Write) -> None:
+        """Leave ``w`` to a batch: a sender starts when none runs (so a lone write
+        goes at once), or when a full batch waits."""
+        ino.unsent.append(w)
+        ino.unsent_bytes += w.nbytes
+        if not ino.senders or (ino.senders < BATCH_SENDERS and (
+                len(ino.unsent) >= BATCH_OPS or ino.unsent_bytes >= BATCH_BYTES)):
+            ino.senders += 1
+            assert self._nursery is not None
+            self._nursery.start_soon(self._send_batches, gfid, ino)
+
+    async def _send_batches(self, gfid: bytes, ino: _Inode) -> None:
+        """Send the inode's unsent small writes, a batch at a time, until none is
+        left (``_take_batch``; overlapping writes within a batch keep their
+        order: the layer below applies a batch in order)."""
         try:
-            # The flush a flush-behind close left for the last queued write:
-            # the write stays queued meanwhile, so release and settle wait
-            # for the flush too.
-            while ino.flush_wanted and len(ino.queued) == 1:
+            while ino.unsent:
+                batch = _take_batch(ino)
+                if not batch:
+                    first = ino.unsent[0]
+                    await next(d for d in first.deps if not d.done.is_set()).done.wait()
+                    continue
+                await self._land(gfid, ino, batch, self._send_batch, ino, batch)
+        finally:
+            ino.senders -= 1
+            if ino.unsent and not ino.senders:  # cancelled: nobody sends them now
+                if ino.error is None:
+                    ino.error = OSError(errno.EIO, "write cancelled")
+                left, ino.unsent = ino.unsent, []
+                ino.unsent_bytes = 0
+                for w in left:
+                    self._retire(gfid, ino, w)
+
+    async def _send_batch(self, gfid: bytes, ino: _Inode, batch: list[_Write]) -> None:
+        ino.last = await self.child.writev(gfid, _coalesce(batch))
+        self._learn(ino.last, grown=True)
+
+    async def _finish(self, gfid: bytes, ino: _Inode, ws: list[_Write]) -> None:
+        try:
+            # The flush a flush-behind close left for the last queued writes:
+            # they stay queued meanwhile, so release and settle wait for the
+            # flush too.
+            while ino.flush_wanted and len(ino.queued) == len(ws):
                 ino.flush_wanted = False
                 await self._flush_behind(gfid)
         finally:
-            self._retire(gfid, ino, w)
+            for w in ws:
+                self._retire(gfid, ino, w)
 
     def _retire(self, gfid: bytes, ino: _Inode, w: _Write) -> None:
         ino.queued.remove(w)
         ino.nbytes -= w.nbytes
         self.nbytes -= w.nbytes
+        w.data = b""
+        w.deps = []
         w.done.set()
         self._forget_if_idle(gfid, ino)
         self._freed.set()
@@ -460,7 +529,8 @@ class WriteBehind(Layer):
             s = _Setattr()
             deps = [q.done for q in ino.queued]
             ino.queued.append(s)
-            self._nursery.start_soon(self._land, gfid, ino, s, self._send_setattr, s, deps)
+            one: list[_Write] = [s]
+            self._nursery.start_soon(self._land, gfid, ino, one, self._send_setattr, s, deps)
         s.fields.update(change)
         s.ctime_ns = time.time_ns()
         return _with_fields(shown, change, s.ctime_ns)
@@ -555,6 +625,54 @@ class WriteBehind(Layer):
             entries = [e._replace(iatt=self._cover(e.iatt)) if e.iatt is not None else e
                        for e in entries]
         return entries, eof
+
+
+def _take_batch(ino: _Inode) -> list[_Write]:
+    """Take the next batch off ``ino.unsent``: in order and within the batch
+    bounds, the writes that wait only for writes before them in it. A write
+    left out stays in ``unsent``, and so does every later write overlapping
+    it (those have it among their ``deps``)."""
+    batch: list[_Write] = []
+    left: list[_Write] = []
+    nbytes = 0
+    unsent = ino.unsent
+    for k, w in enumerate(unsent):
+        if len(batch) == BATCH_OPS or (batch and nbytes + w.nbytes > BATCH_BYTES):
+            left += unsent[k:]
+            break
+        if w.deps and any(not d.done.is_set() and d not in batch for d in w.deps):
+            left.append(w)
+            continue
+        batch.append(w)
+        nbytes += w.nbytes
+    if batch:
+        ino.unsent = left
+        ino.unsent_bytes -= nbytes
+    return batch
+
+
+def _coalesce(batch: list[_Write]) -> list[tuple[int, bytes]]:
+    """The batch's writes as ``(offset, data)``, each run of writes that follow
+    one another end to start joined into one."""
+    out: list[tuple[int, bytes]] = []
+    run: list[bytes] = []
+    start = end = -1
+    for w in batch:
+        if run and w.start == end:
+            run.append(w.data)
+        else:
+            if run:
+                out.append((start, run[0] if len(run) == 1 else b"".join(run)))
+            run = [w.data]
+            start = w.start
+        end = w.start + len(w.data)
+    out.append((start, run[0] if len(run) == 1 else b"".join(run)))
+    return out
+
+
+def _describe(ws: list[_Write]) -> str:
+    more = f" and {len(ws) - 1} more" if len(ws) > 1 else ""
+    return ws[0].describe() + more
 
 
 def _writable_check(layer: Layer) -> Callable[[], Any] | None:

@@ -193,6 +193,20 @@ class Replicate(ReadOps):
         iatt: Iatt = self._result(gfid, out)
         return iatt
 
+    async def writev(self, gfid: bytes, writes: list[tuple[int, bytes]],
+                     xattrop: dict[str, bytes] | None = None) -> Iatt:
+        """Several writes of ``gfid`` as one replicated change: one transaction
+        under the inode lock covering every span, one request per brick (the
+        dirty mark rides on the first write). A brick that fails at any write
+        is blamed for the data of the whole change, as for a single write."""
+        if len(writes) == 1:
+            return await self.write(gfid, writes[0][0], writes[0][1], xattrop)
+        spans = [(off, off + max(len(data), 1)) for off, data in writes]
+        out = await self.writer.inode_op(
+            gfid, _D, spans, lambda c, x: c.writev(gfid, writes, x), xattrop)
+        iatt: Iatt = self._result(gfid, out)
+        return iatt
+
     async def fallocate(self, gfid: bytes, mode: int, offset: int, length: int,
                         xattrop: dict[str, bytes] | None = None) -> Iatt:
         span = [(offset, offset + max(length, 1))]

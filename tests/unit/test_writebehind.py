@@ -121,11 +121,26 @@ async def test_overlapping_writes_land_in_order(wb: Any) -> None:
     with trio.fail_after(5):
         await layer.write(G, 0, b"aaaa")
         await layer.write(G, 2, b"bb")
-        await layer.write(G, 100, b"c")  # disjoint: need not wait
+        await layer.write(G, 100, b"c")  # small: waits to share the next batch
         fake.gate.set()
         await layer.fsync(G)
     assert fake.data[G][:4] == b"aabb"
-    assert [o for o, _ in fake.applied] == [100, 0, 2]
+    assert [o for o, _ in fake.applied] == [0, 2, 100]
+
+
+async def test_disjoint_big_writes_do_not_wait(wb: Any) -> None:
+    layer, fake = wb
+    big = 65 * 1024  # over BATCH_WRITE_MAX: each write is sent at once
+    layer.window = layer.total = 4 * big
+    fake.delays = {0: 0.05}
+    with trio.fail_after(5):
+        await layer.write(G, 0, b"a" * big)
+        await layer.write(G, 2, b"b" * big)
+        await layer.write(G, 10 * big, b"c" * big)  # disjoint: need not wait
+        fake.gate.set()
+        await layer.fsync(G)
+    assert fake.data[G][:3] == b"aab"
+    assert [o for o, _ in fake.applied] == [10 * big, 0, 2]
 
 
 async def test_failed_write_is_reported_once_by_flush(wb: Any) -> None:

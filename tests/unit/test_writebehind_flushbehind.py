@@ -140,15 +140,31 @@ async def test_fsync_still_waits(fb: Any) -> None:
 
 async def test_closes_while_writes_keep_coming_flush_once_after_the_last(fb: Any) -> None:
     layer, fake = fb
+    big = 65 * 1024  # over BATCH_WRITE_MAX: sent at once, so the second lands first
+    layer.window = layer.total = 4 * big
+    fake.delays = {0: 0.02}
+    with trio.fail_after(5):
+        await layer.write(G, 0, b"a" * big)
+        await layer.flush(G)
+        await layer.write(G, 2 * big, b"b" * big)
+        await layer.flush(G)
+        fake.gate.set()
+        await layer.release(G)
+    assert fake.calls == [f"write@{2 * big}", "write@0", "flush", "release"]
+
+
+async def test_small_writes_and_closes_flush_once_after_the_last_batch(fb: Any) -> None:
+    layer, fake = fb
     fake.delays = {0: 0.02}
     with trio.fail_after(5):
         await layer.write(G, 0, b"a")
         await layer.flush(G)
         await layer.write(G, 10, b"b")
+        await layer.write(G, 20, b"c")
         await layer.flush(G)
         fake.gate.set()
         await layer.release(G)
-    assert fake.calls == ["write@10", "write@0", "flush", "release"]
+    assert fake.calls == ["write@0", "write@10", "write@20", "flush", "release"]
 
 
 def test_the_volfile_default_is_flush_behind() -> None:
