@@ -14,6 +14,19 @@ every other request of the brick. Reads up to ``INLINE_IO_MAX`` are tried
 inline with ``RWF_NOWAIT`` (served only from the page cache, never waiting on
 the disk) and go to a thread when the data is not cached.
 
+Big writes aligned to ``DIRECT_ALIGN`` in offset and length (a sequential
+writer's 1 MiB blocks) bypass the brick's page cache: a buffered copy into it
+cost ~1.8 ms of CPU per MiB here, most of a brick's CPU during a sequential
+write, where an O_DIRECT write costs ~0.1 ms and leaves the disk to DMA the
+data. Each such write opens its own O_DIRECT description of the file (through
+``/proc/self/fd``; a dup would share the cached fd's flags) in a worker thread
+and closes it afterwards, so no extra fd outlives a write. Linux keeps direct
+and buffered I/O of one file coherent (a direct write first writes back and
+then drops the cached pages of its range), so later buffered reads and writes
+see the data; ``fsync`` still syncs the file, which persists the size and
+allocation that O_DIRECT alone does not. Unaligned and small writes stay
+buffered; a filesystem that refuses O_DIRECT turns it off for good.
+
 ``open`` and ``release`` are counted per connection (``conn_id``): a file whose
 last name is unlinked while a connection holds it open keeps its handle, and so
 its data, until the last release (or ``release_all`` when that connection goes).
@@ -22,7 +35,10 @@ its data, until the last release (or ``release_all`` when that connection goes).
 from __future__ import annotations
 
 import errno
+import logging
+import mmap
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -39,8 +55,13 @@ BIG_IO = 64 * 1024  # I/O under this never awaits: BrickStore.inline_when relies
 INLINE_IO_MAX = 1024 * 1024
 SLOW_WRITE = 0.02
 SLOW_BACKOFF = 2.0
+DIRECT_MIN = 128 * 1024
+DIRECT_ALIGN = 4096
+_DIRECT_MASK = DIRECT_ALIGN - 1
 _OFF_MAX = (1 << 63) - 1
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -51,6 +72,71 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         if n <= 0:
             raise OSError(errno.ENOSPC, "short write")
         done += n
+
+
+class _AlignedBuffers:
+    """Page-aligned buffers (anonymous mmaps) for O_DIRECT writes, reused: a fresh
+    mmap per write would fault in its pages every time. Up to ``keep`` buffers of
+    at most ``keep_size`` bytes are kept; safe to use from worker threads."""
+
+    def __init__(self, keep: int = 8, keep_size: int = 4 * 1024 * 1024) -> None:
+        self._free: list[mmap.mmap] = []
+        self._keep = keep
+        self._keep_size = keep_size
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> mmap.mmap:
+        with self._lock:
+            for i, buf in enumerate(self._free):
+                if len(buf) >= size:
+                    return self._free.pop(i)
+        return mmap.mmap(-1, (size + mmap.PAGESIZE - 1) & -mmap.PAGESIZE)
+
+    def give(self, buf: mmap.mmap) -> None:
+        with self._lock:
+            if len(buf) <= self._keep_size and len(self._free) < self._keep:
+                self._free.append(buf)
+                return
+        buf.close()
+
+
+_buffers = _AlignedBuffers()
+
+
+def _pwrite_direct(fd: int, data: bytes, offset: int) -> bool:
+    """Write ``data`` at ``offset`` through a new O_DIRECT description of ``fd``'s
+    file; the caller checked the alignment. False, with nothing written, when
+    the filesystem refuses O_DIRECT (EINVAL)."""
+    try:
+        dfd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        return False
+    size = len(data)
+    buf = _buffers.take(size)
+    try:
+        buf[:size] = data
+        with memoryview(buf) as whole, whole[:size] as view:
+            done = 0
+            while done < size:
+                try:
+                    n = os.pwrite(dfd, view[done:], offset + done)
+                except OSError as e:
+                    if e.errno != errno.EINVAL or done:
+                        raise
+                    return False
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, "short write")
+                done += n
+                if done < size and done & _DIRECT_MASK:
+                    # A short write that ends off alignment: the rest goes buffered.
+                    _pwrite_all(fd, data[done:], offset + done)
+                    break
+    finally:
+        os.close(dfd)
+        _buffers.give(buf)
+    return True
 
 
 def _pread_nowait(fd: int, size: int, offset: int) -> bytes | None:
@@ -72,6 +158,7 @@ class FileOps(StoreCore):
     io_limiter: trio.CapacityLimiter
     _inline_writes_after = 0.0
     _nowait_reads = True
+    _direct_writes = True
 
     async def _in_thread(self, fd: int, fn: Callable[[int], T]) -> T:
         """Run ``fn(dup of fd)`` in a worker thread."""
@@ -183,6 +270,17 @@ class FileOps(StoreCore):
         if size < BIG_IO:
             _pwrite_all(fd, data, offset)
             st = os.stat(fd)
+        elif size >= DIRECT_MIN and not (offset | size) & _DIRECT_MASK and self._direct_writes:
+            def direct(f: int) -> tuple[bool, os.stat_result]:
+                if _pwrite_direct(f, data, offset):
+                    return True, os.stat(f)
+                _pwrite_all(f, data, offset)
+                return False, os.stat(f)
+            done, st = await self._in_thread(fd, direct)
+            if not done and self._direct_writes:
+                self._direct_writes = False
+                log.info("brick=%s: the filesystem refuses O_DIRECT writes; "
+                         "big writes stay buffered", self.root)
         elif size <= INLINE_IO_MAX and time.monotonic() >= self._inline_writes_after:
             t0 = time.monotonic()
             _pwrite_all(fd, data, offset)
