@@ -24,6 +24,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
+from pyglfs.client.fuse.workers import watched
+
 log = logging.getLogger(__name__)
 
 STRICT = os.environ.get("PYGLFS_TEST_STRICT") == "1"
@@ -53,13 +55,15 @@ def to_fuse_error(exc: BaseException, what: str) -> pyfuse3.FUSEError:
 def fuse_handler(
     fn: Callable[P, Coroutine[Any, Any, R]],
 ) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Wrap a pyfuse3 request handler so that only ``FUSEError`` leaves it."""
+    """Wrap a pyfuse3 request handler so that only ``FUSEError`` leaves it, and
+    so that another worker reads the next request once it waits
+    (``workers.watched``)."""
     what = fn.__name__
 
     @functools.wraps(fn)
     async def handler(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return await fn(*args, **kwargs)
+            return await watched(fn(*args, **kwargs))
         except pyfuse3.FUSEError:
             raise
         except Exception as exc:

@@ -29,6 +29,7 @@ import trio
 from pyglfs.client.fuse.base import BridgeConfig
 from pyglfs.client.fuse.kernelinval import KernelInvalidator
 from pyglfs.client.fuse.operations import FuseOperations
+from pyglfs.client.fuse.workers import FuseWorkers, fuse_fds
 from pyglfs.client.graph import build_graph
 from pyglfs.client.graphswitch import Generation, GraphSwitch, protocol_clients
 from pyglfs.client.layer import Layer
@@ -114,17 +115,19 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
             return give_up(f"pyglfs-mount: {e}; nothing mounted")
         ops = FuseOperations(switch, dataclasses.replace(config, root_gfid=root_gfid))
         kernel_inval.inodes = ops.inodes
+        fds_before = fuse_fds()
         try:
             pyfuse3.init(ops, plan.mountpoint, opts.fuse_options(plan.fsname))
         except RuntimeError as e:
             return give_up(f"pyglfs-mount: cannot mount on {plan.mountpoint}: {e}")
+        workers = _fuse_workers(fuse_fds() - fds_before)
         log.info("mounted volume %s on %s (volfile %s, pid %d)", plan.graph.name,
                  plan.mountpoint, plan.volfile, os.getpid())
         inval_scope = trio.CancelScope()
         inval_done = trio.Event()
         nursery.start_soon(_serve_in_scope, kernel_inval.serve, inval_scope, inval_done)
         try:
-            await nursery.start(_serve_signals, ops)
+            await nursery.start(_serve_signals, ops, workers)
             if plan.pid_file:
                 _write_pid_file(plan.pid_file)
             readiness.ready()
@@ -135,6 +138,8 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
                 nursery.start_soon(watcher.serve)
             await pyfuse3.main(FUSE_MIN_TASKS, FUSE_MAX_TASKS)
         finally:
+            if workers is not None:
+                workers.uninstall()
             # No kernel notification may run once the session is gone.
             kernel_inval.stop()
             inval_scope.cancel()
@@ -151,6 +156,17 @@ async def serve_mount(plan: MountPlan, readiness: Readiness) -> int:
             nursery.cancel_scope.cancel()
             log.info("unmounted %s", plan.mountpoint)
     return 0
+
+
+def _fuse_workers(new_fds: set[int]) -> FuseWorkers | None:
+    """The reader hand-off for the session on the one /dev/fuse fd ``pyfuse3.init``
+    opened; None (pyfuse3's own loop) when that fd cannot be told apart."""
+    if len(new_fds) != 1:
+        log.info("FUSE session fd not found (%s): pyfuse3's own reader lock", sorted(new_fds))
+        return None
+    workers = FuseWorkers(new_fds.pop())
+    workers.install()
+    return workers
 
 
 def _mdcaches(layer: Layer) -> list[MdCache]:
@@ -227,7 +243,7 @@ def _write_pid_file(path: str) -> None:
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-async def _serve_signals(ops: FuseOperations, *,
+async def _serve_signals(ops: FuseOperations, workers: FuseWorkers | None, *,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """SIGTERM, SIGINT, SIGHUP: unmount and end; SIGUSR1: log a state dump (as
     glusterfs does), for operators and for tests that follow the inode table."""
@@ -238,6 +254,10 @@ async def _serve_signals(ops: FuseOperations, *,
                 log.info("statedump: %s", " ".join(f"{k}={v}" for k, v in statedump(ops).items()))
                 continue
             log.info("signal %d: unmounting", signum)
+            if workers is not None:
+                # before terminate(): a worker handed the reader role but not
+                # yet waiting on the fd would miss terminate's fd close
+                workers.close()
             pyfuse3.terminate()
             return
 
