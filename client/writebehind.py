@@ -102,6 +102,12 @@ BATCH_BYTES = 1 << 20
 BATCH_SENDERS = 2
 """Batches of one inode in flight at most; a second starts only when a full
 batch waits, so a writer faster than the bricks' round trip fills batches."""
+LINGER = 0.002
+LINGER_WRITES = 16
+"""After a batch lands, fewer than ``LINGER_WRITES`` writes waiting wait up to
+``LINGER`` seconds for more: a writer that never waits for the bricks (write-behind
+answers at once) then pays a fraction of a request per write. Anything that waits
+for queued writes (fsync, flush, close, read, stat, a full window) ends it."""
 
 
 class _Write:
@@ -129,7 +135,7 @@ class _Inode:
     ``senders``: tasks sending batches of them."""
 
     __slots__ = ("queued", "nbytes", "error", "last", "flush_wanted", "unsent",
-                 "unsent_bytes", "senders")
+                 "unsent_bytes", "senders", "urgent", "hurry")
 
     def __init__(self) -> None:
         self.queued: list[_Write] = []
@@ -140,6 +146,8 @@ class _Inode:
         self.unsent: list[_Write] = []
         self.unsent_bytes = 0
         self.senders = 0
+        self.urgent = False
+        self.hurry: trio.Event | None = None
 
 
 class _Setattr(_Write):
@@ -234,6 +242,7 @@ class WriteBehind(Layer):
     async def settle(self) -> None:
         for gfid in list(self.inodes):
             self._kick(gfid)
+            self._hurry(gfid)
         for ino in list(self.inodes.values()):
             for w in list(ino.queued):
                 await w.done.wait()
@@ -257,6 +266,10 @@ class WriteBehind(Layer):
         if ino is None:
             ino = self.inodes[gfid] = _Inode()
         while ino.queued and (ino.nbytes + n > self.window or self.nbytes + n > self.total):
+            if ino.nbytes + n > self.window:
+                self._hurry(gfid)
+            else:
+                self._hurry_all()
             await self._freed.wait()
             if self.inodes.get(gfid) is not ino:  # drained and forgotten meanwhile
                 ino = self.inodes.setdefault(gfid, _Inode())
@@ -325,24 +338,55 @@ class WriteBehind(Layer):
         goes at once), or when a full batch waits."""
         ino.unsent.append(w)
         ino.unsent_bytes += w.nbytes
-        if not ino.senders or (ino.senders < BATCH_SENDERS and (
+        if ino.hurry is not None:
+            if len(ino.unsent) >= LINGER_WRITES or ino.unsent_bytes >= BATCH_BYTES:
+                ino.hurry.set()
+        elif not ino.senders or (ino.senders < BATCH_SENDERS and (
                 len(ino.unsent) >= BATCH_OPS or ino.unsent_bytes >= BATCH_BYTES)):
             ino.senders += 1
             assert self._nursery is not None
             self._nursery.start_soon(self._send_batches, gfid, ino)
 
+    def _hurry(self, gfid: bytes) -> None:
+        """Someone waits for the queued writes of ``gfid``: send them without lingering."""
+        for m in self._members():
+            ino = m.inodes.get(gfid)
+            if ino is not None and ino.unsent:
+                ino.urgent = True
+                if ino.hurry is not None:
+                    ino.hurry.set()
+
+    def _hurry_all(self) -> None:
+        for gfid in list(self.inodes):
+            self._hurry(gfid)
+
     async def _send_batches(self, gfid: bytes, ino: _Inode) -> None:
         """Send the inode's unsent small writes, a batch at a time, until none is
         left (``_take_batch``; overlapping writes within a batch keep their
         order: the layer below applies a batch in order)."""
+        landed = False
         try:
             while ino.unsent:
+                if (landed and not ino.urgent and ino.hurry is None
+                        and len(ino.unsent) < LINGER_WRITES and ino.unsent_bytes < BATCH_BYTES):
+                    landed = False
+                    ino.hurry = trio.Event()
+                    try:
+                        with trio.move_on_after(LINGER):
+                            await ino.hurry.wait()
+                    finally:
+                        ino.hurry = None
+                    continue  # the other sender may have taken them meanwhile
+                landed = False
                 batch = _take_batch(ino)
                 if not batch:
                     first = ino.unsent[0]
                     await next(d for d in first.deps if not d.done.is_set()).done.wait()
                     continue
+                if not ino.unsent:
+                    ino.urgent = False
                 await self._land(gfid, ino, batch, self._send_batch, ino, batch)
+                landed = True
         finally:
             ino.senders -= 1
             if ino.unsent and not ino.senders:  # cancelled: nobody sends them now
@@ -405,6 +449,7 @@ class WriteBehind(Layer):
         """Wait for the writes to ``gfid`` queued now (here or in the group) that
         overlap [start, end), and its queued setattrs."""
         self._kick(gfid)
+        self._hurry(gfid)
         for m in self._members():
             for w in [q for q in m._queued(gfid) if q.start < end and start < q.end]:
                 await w.done.wait()
@@ -419,6 +464,7 @@ class WriteBehind(Layer):
 
     async def flush(self, gfid: bytes) -> None:
         self._kick(gfid)
+        self._hurry(gfid)
         if self.flush_behind and self._flush_later(gfid):
             return
         await self._drain(gfid)

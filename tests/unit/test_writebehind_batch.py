@@ -18,9 +18,10 @@ from helpers.replica import index_dir, open_replica
 from test_replicate_compound import count_requests
 from test_writebehind import FakeFile, G
 
+from pyglfs.client import writebehind
 from pyglfs.client.layer import Layer
 from pyglfs.client.replicate.changelog import decode
-from pyglfs.client.writebehind import BATCH_BYTES, BATCH_OPS, WriteBehind
+from pyglfs.client.writebehind import BATCH_BYTES, BATCH_OPS, LINGER_WRITES, WriteBehind
 from pyglfs.rpc.brickops import ROOT_GFID, Iatt, afr_xattr
 
 V = "rvol"
@@ -63,6 +64,63 @@ async def test_writes_made_while_one_is_in_flight_go_as_one_batch(wb: Any) -> No
     for i in range(1, 11):
         assert fake.data[G][2 * i * K4:(2 * i + 1) * K4] == bytes([i]) * K4
     assert layer.inodes == {} and layer.nbytes == 0
+
+
+async def _landed(fake: BatchFake, n: int) -> None:
+    for _ in range(5000):
+        if len(fake.applied) >= n:
+            return
+        await trio.sleep(0.001)
+    raise AssertionError(f"{n} writes did not land")
+
+
+async def test_few_writes_after_a_batch_linger_for_more(
+        wb: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    layer, fake = wb
+    monkeypatch.setattr(writebehind, "LINGER", 30.0)
+    with trio.fail_after(5):
+        await layer.write(G, 0, b"a")
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(1, 4):
+            await layer.write(G, 10 * i, b"b")
+        fake.gate.set()
+        await _landed(fake, 1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(fake.applied) == 1  # the three wait for more
+        for i in range(4, LINGER_WRITES + 1):
+            await layer.write(G, 10 * i, b"c")
+        await _landed(fake, LINGER_WRITES + 1)
+        assert [len(b) for b in fake.batches] == [1, LINGER_WRITES]
+        await layer.write(G, 1000, b"d")
+        await layer.write(G, 1010, b"d")
+        await layer.fsync(G)  # ends a linger at once
+    assert [len(b) for b in fake.batches] == [1, LINGER_WRITES, 2]
+
+
+async def test_a_lingering_sender_finds_its_writes_taken_by_the_other(
+        wb: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    layer, fake = wb
+    monkeypatch.setattr(writebehind, "LINGER", 0.2)
+    with trio.fail_after(5):
+        await layer.write(G, 0, b"a")  # sender one, at the gate
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(1, BATCH_OPS + 1):  # a full batch: sender two takes it
+            await layer.write(G, 10 * i, b"b")
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(3):
+            await layer.write(G, 10_000 + 10 * i, b"c")
+        ino = layer.inodes[G]
+        assert ino.senders == 2
+        fake.gate.set()
+        # Sender one lands first and lingers; sender two lands and takes the three.
+        await _landed(fake, BATCH_OPS + 4)
+        for _ in range(5000):
+            if not ino.senders:
+                break
+            await trio.sleep(0.001)
+        assert not ino.senders
+    assert [len(b) for b in fake.batches] == [1, BATCH_OPS, 3]
+    assert layer.inodes == {}
 
 
 async def test_batches_are_bounded_in_writes_and_bytes(wb: Any) -> None:
