@@ -77,9 +77,11 @@ async def fanout(n: int, targets: list[int], call: Callable[[int], Awaitable[T]]
 
     Returns a list of length ``n``: the result or ``OSError`` of each target,
     None for bricks not called. ``split``: every ``call(i)`` sends its brick
-    request (``RpcConnection.call``) before it awaits anything else; a call
-    that awaits something first still works, but holds up the others' sends
-    until it has sent its own.
+    request (``RpcConnection.call``) before it awaits anything else, and holds
+    no cancel scope of its own at that moment (the calls pause there, one
+    after another, in this task's scope stack); a call that awaits something
+    first still works, but holds up the others' sends until it has sent its
+    own.
     """
     out: list[Any] = [None] * n
     if len(targets) == 1:
