@@ -46,10 +46,13 @@ def _decode(name: str, value: bytes) -> tuple[int, int, int]:
     return data, meta, entry
 
 
-def apply_xattrop(fd: int, deltas: dict[str, bytes]) -> dict[str, bytes]:
+def apply_xattrop(fd: int, deltas: dict[str, bytes],
+                  current: dict[str, bytes] | None = None) -> dict[str, bytes]:
     """Add each 12-byte delta to the counters stored in xattr ``name`` of ``fd``.
 
-    A missing xattr counts as zeros. Returns the new value of every name in
+    A missing xattr counts as zeros. ``current``, when given, is what the
+    inode's changelog xattrs hold (a name it lacks holds zeros): they are not
+    read back from the disk then. Returns the new value of every name in
     ``deltas``. All names and values are checked before anything is written:
     a name outside ``trusted.afr.`` is EPERM, a value of the wrong size (or a
     sum outside int32) is EINVAL, and then nothing changes. A result of all
@@ -64,13 +67,16 @@ def apply_xattrop(fd: int, deltas: dict[str, bytes]) -> dict[str, bytes]:
         if not name.startswith(AFR_PREFIX) or len(name) <= len(AFR_PREFIX):
             raise OSError(errno.EPERM, f"{name}: not a changelog xattr")
         d = _decode(name, delta)
-        try:
-            current = _decode(name, os.getxattr(fd, name))
-        except OSError as e:
-            if e.errno != errno.ENODATA:
-                raise
-            current = (0, 0, 0)
-        new = tuple(a + b for a, b in zip(current, d, strict=True))
+        if current is not None:
+            now = _decode(name, current.get(name, ZERO))
+        else:
+            try:
+                now = _decode(name, os.getxattr(fd, name))
+            except OSError as e:
+                if e.errno != errno.ENODATA:
+                    raise
+                now = (0, 0, 0)
+        new = tuple(a + b for a, b in zip(now, d, strict=True))
         if any(v < _INT32_MIN or v > _INT32_MAX for v in new):
             raise OSError(errno.EINVAL, f"{name}: changelog counter out of range")
         updates[name] = _COUNTERS.pack(*new)

@@ -55,19 +55,19 @@ class EntryOps(StoreCore):
         st, is_dir = self._stat_gfid(gfid)
         return {"iatt": self._iatt(gfid, st, is_dir), "xattrs": read_afr(self._xattr_target(gfid))}
 
-    def _check_new(self, pfd: int, name: bytes, gfid: bytes, uid: int, gid: int) -> None:
-        """EEXIST if ``name`` exists; EINVAL if ``gfid`` already names another inode
-        (or is null or the root's), or the owner is out of range."""
+    def _check_new(self, gfid: bytes, uid: int, gid: int) -> None:
+        """EINVAL for a gfid no new inode may have (null, the root's) or an owner
+        out of range. A gfid that already names another inode is found when the
+        new inode's handle is made (:meth:`_gfid_taken`), which saves a lookup
+        of the handle on every create."""
         check_gfid(gfid)
         check_owner(uid, gid)
-        if not self._gfid_in_use(gfid):
-            return
-        try:
-            os.stat(name, dir_fd=pfd, follow_symlinks=False)
-        except FileNotFoundError:
-            log.warning("refusing gfid=%s for %r: it names another inode", gfid_str(gfid), name)
-            raise OSError(errno.EINVAL, f"gfid {gfid_str(gfid)} is in use") from None
-        raise OSError(errno.EEXIST, "entry exists")
+
+    def _gfid_taken(self, gfid: bytes, name: bytes) -> OSError:
+        """The error for a new inode whose handle exists: its gfid names another
+        inode. The new entry is undone; the other inode's handle is left alone."""
+        log.warning("refusing gfid=%s for %r: it names another inode", gfid_str(gfid), name)
+        return OSError(errno.EINVAL, f"gfid {gfid_str(gfid)} is in use")
 
     def _own(self, pfd: int, name: bytes, fd: int | None, uid: int, gid: int,
              mode: int | None) -> os.stat_result:
@@ -117,18 +117,25 @@ class EntryOps(StoreCore):
         back an open file), to be paired with a ``release``.
         """
         pfd = self._parent(pgfid, name)
-        self._check_new(pfd, name, gfid, uid, gid)
+        self._check_new(gfid, uid, gid)
         with self._entry_change([(pgfid, pfd)], xattrop):
             fd = os.open(name, _CREATE, mode & 0o777, dir_fd=pfd)
+            linked = False
             try:
                 os.setxattr(fd, GFID_XATTR, gfid)
-                self._link_handle(pfd, name, gfid)
+                try:
+                    self._link_handle(pfd, name, gfid)
+                except FileExistsError:
+                    raise self._gfid_taken(gfid, name) from None
+                linked = True
                 st = self._own(pfd, name, fd, uid, gid, mode & 0o7777)
             except BaseException:
                 os.close(fd)
                 self._undo_create(pfd, name)
-                self._unlink_handle(gfid)
+                if linked:
+                    self._unlink_handle(gfid)
                 raise
+        self._made(gfid)
         self.files.put(gfid, fd)
         self._count_open(gfid, conn_id)
         self._dir_changed(pgfid)
@@ -138,21 +145,28 @@ class EntryOps(StoreCore):
                     gid: int, xattrop: dict[str, bytes] | None = None) -> dict[str, Any]:
         """Create a directory with the client's gfid and its handle symlink."""
         pfd = self._parent(pgfid, name)
-        self._check_new(pfd, name, gfid, uid, gid)
+        self._check_new(gfid, uid, gid)
         with self._entry_change([(pgfid, pfd)], xattrop):
             os.mkdir(name, mode & 0o777, dir_fd=pfd)
             fd = -1
+            linked = False
             try:
                 fd = os.open(name, DIR_OPEN, dir_fd=pfd)
                 os.setxattr(fd, GFID_XATTR, gfid)
-                self._symlink_dir_handle(gfid, pgfid, name)
+                try:
+                    self._symlink_dir_handle(gfid, pgfid, name)
+                except FileExistsError:
+                    raise self._gfid_taken(gfid, name) from None
+                linked = True
                 st = self._own(pfd, name, fd, uid, gid, mode & 0o7777)
             except BaseException:
                 if fd >= 0:
                     os.close(fd)
                 self._undo_create(pfd, name, is_dir=True)
-                self._unlink_handle(gfid)
+                if linked:
+                    self._unlink_handle(gfid)
                 raise
+        self._made(gfid)
         self.dirs.put(gfid, fd)
         self._dir_changed(pgfid)
         return {"iatt": self._iatt(gfid, st, True), "postparent": self._postparent(pgfid, pfd)}
@@ -160,14 +174,21 @@ class EntryOps(StoreCore):
     def _finish_node(self, pgfid: bytes, pfd: int, name: bytes, gfid: bytes, uid: int,
                      gid: int, mode: int | None) -> dict[str, Any]:
         """Give a new non-regular inode (never opened) its gfid, handle and owner."""
+        linked = False
         try:
             os.setxattr(proc_path(pfd, name), GFID_XATTR, gfid, follow_symlinks=False)
-            self._link_handle(pfd, name, gfid)
+            try:
+                self._link_handle(pfd, name, gfid)
+            except FileExistsError:
+                raise self._gfid_taken(gfid, name) from None
+            linked = True
             st = self._own(pfd, name, None, uid, gid, mode)
         except BaseException:
             self._undo_create(pfd, name)
-            self._unlink_handle(gfid)
+            if linked:
+                self._unlink_handle(gfid)
             raise
+        self._made(gfid)
         self._dir_changed(pgfid)
         return {"iatt": self._iatt(gfid, st, False), "postparent": self._postparent(pgfid, pfd)}
 
@@ -181,7 +202,7 @@ class EntryOps(StoreCore):
         if rdev >= 1 << 64:
             raise OSError(errno.EINVAL, "mknod: device number out of range")
         pfd = self._parent(pgfid, name)
-        self._check_new(pfd, name, gfid, uid, gid)
+        self._check_new(gfid, uid, gid)
         with self._entry_change([(pgfid, pfd)], xattrop):
             os.mknod(name, kind | (mode & 0o777), rdev, dir_fd=pfd)
             return self._finish_node(pgfid, pfd, name, gfid, uid, gid, mode & 0o7777)
@@ -192,7 +213,7 @@ class EntryOps(StoreCore):
         if b"\0" in target:
             raise OSError(errno.EINVAL, "symlink target contains NUL")
         pfd = self._parent(pgfid, name)
-        self._check_new(pfd, name, gfid, uid, gid)
+        self._check_new(gfid, uid, gid)
         with self._entry_change([(pgfid, pfd)], xattrop):
             os.symlink(target, name, dir_fd=pfd)
             return self._finish_node(pgfid, pfd, name, gfid, uid, gid, None)

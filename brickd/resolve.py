@@ -39,6 +39,8 @@ FILE_OPEN = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_DEPTH = 1 << 20
 _KEEP_ANCESTORS = 64
 _ZERO_COUNTERS = b"\x00" * 12
+# New inodes whose changelog the brick knows without reading it (see _afr_known).
+_KNOWN_MAX = 4096
 
 # What resolve_xattr_target() returns: an open fd, or a path to use without
 # following symlinks (for symlinks, fifos and devices, which are never opened).
@@ -106,6 +108,17 @@ class StoreCore:
     _conn_opens: dict[int, dict[bytes, int]]
     _doomed: set[bytes]
     _listings: OrderedDict[bytes, Any]
+    # One bit per handle fan-out directory known to exist: 256 first-level
+    # ("ab"), 65536 second-level ("ab/cd"), by the gfid's first one or two bytes.
+    _fanout1: bytearray
+    _fanout2: bytearray
+    # The complete trusted.afr.* xattrs of inodes this brick made and has changed
+    # since only through xattrop, until their counters are all zero again (a new
+    # file's first write cycle): their pre-op and post-op need not read the
+    # changelog back, nor list the inode's xattrs to keep the heal index exact.
+    # Only xattrop writes these xattrs (clients get EPERM), so this is what the
+    # disk holds; an entry that is evicted or dropped just means reading again.
+    _afr_known: dict[bytes, dict[str, bytes]]
 
     # -- handles ---------------------------------------------------------------
 
@@ -116,41 +129,60 @@ class StoreCore:
         except FileNotFoundError:
             raise estale(gfid) from None
 
-    def _gfid_in_use(self, gfid: bytes) -> bool:
-        try:
-            os.stat(handle_rel(gfid), dir_fd=self.handles_fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-        return True
-
-    def _ensure_fanout(self, gfid: bytes) -> None:
-        for d in handle_dirs(gfid):
+    def _ensure_fanout(self, gfid: bytes, missing: bool = False) -> None:
+        """Make the gfid's fan-out directories, skipping those known to exist;
+        ``missing``: a call just found them missing (whatever was known)."""
+        top, sub = handle_dirs(gfid)
+        i1 = gfid[0]
+        i2 = (i1 << 8) | gfid[1]
+        f1, f2 = self._fanout1, self._fanout2
+        if missing:
+            f2[i2 >> 3] &= ~(1 << (i2 & 7))
+        elif f2[i2 >> 3] & (1 << (i2 & 7)):
+            return
+        for _ in range(2):
+            if not f1[i1 >> 3] & (1 << (i1 & 7)):
+                try:
+                    os.mkdir(top, 0o700, dir_fd=self.handles_fd)
+                except FileExistsError:
+                    pass
+                f1[i1 >> 3] |= 1 << (i1 & 7)
             try:
-                os.mkdir(d, 0o700, dir_fd=self.handles_fd)
+                os.mkdir(sub, 0o700, dir_fd=self.handles_fd)
             except FileExistsError:
                 pass
+            except FileNotFoundError:
+                f1[i1 >> 3] &= ~(1 << (i1 & 7))  # removed behind the brick's back
+                continue
+            f2[i2 >> 3] |= 1 << (i2 & 7)
+            return
 
     def _link_handle(self, pfd: int, name: bytes, gfid: bytes) -> None:
-        """Hard-link the new non-directory ``name`` as the handle of ``gfid``."""
+        """Hard-link the new non-directory ``name`` as the handle of ``gfid``.
+
+        FileExistsError when ``gfid`` already names an inode here."""
         rel = handle_rel(gfid)
+        self._ensure_fanout(gfid)
         for _ in range(2):
             try:
                 os.link(name, rel, src_dir_fd=pfd, dst_dir_fd=self.handles_fd,
                         follow_symlinks=False)
                 return
             except FileNotFoundError:
-                self._ensure_fanout(gfid)
+                self._ensure_fanout(gfid, missing=True)
         raise OSError(errno.EIO, f"cannot create handle for {gfid_str(gfid)}")
 
     def _symlink_dir_handle(self, gfid: bytes, pgfid: bytes, name: bytes) -> None:
+        """The handle of new directory ``gfid`` (FileExistsError: gfid in use)."""
         rel = handle_rel(gfid)
         target = dir_handle_target(pgfid, name)
+        self._ensure_fanout(gfid)
         for _ in range(2):
             try:
                 os.symlink(target, rel, dir_fd=self.handles_fd)
                 return
             except FileNotFoundError:
-                self._ensure_fanout(gfid)
+                self._ensure_fanout(gfid, missing=True)
         raise OSError(errno.EIO, f"cannot create handle for {gfid_str(gfid)}")
 
     def _move_dir_handle(self, gfid: bytes, pgfid: bytes, name: bytes) -> None:
@@ -174,6 +206,7 @@ class StoreCore:
     def _forget_dir(self, gfid: bytes) -> None:
         """A directory is gone: drop its handle, cached fd, listing and index entry."""
         self._unlink_handle(gfid)
+        self._afr_known.pop(gfid, None)
         self.dirs.drop(gfid)
         self._listings.pop(gfid, None)
         self.heal_index.note(gfid, {})
@@ -196,6 +229,7 @@ class StoreCore:
             return
         self._unlink_handle(gfid)
         self.files.drop(gfid)
+        self._afr_known.pop(gfid, None)
         self.heal_index.note(gfid, {})
 
     # -- resolution ------------------------------------------------------------
@@ -382,10 +416,29 @@ class StoreCore:
         finally:
             os.close(opath)
 
+    def _made(self, gfid: bytes) -> None:
+        """``gfid`` is a new inode of this brick: it has no changelog xattrs yet."""
+        known = self._afr_known
+        if len(known) >= _KNOWN_MAX:
+            del known[next(iter(known))]
+        known[gfid] = {}
+
     def _xattrop_fd(self, gfid: bytes, fd: int, deltas: dict[str, bytes],
                     afr_target: XattrTarget | None = None) -> dict[str, bytes]:
-        new = changelog.apply_xattrop(fd, deltas)
-        if any(v != _ZERO_COUNTERS for v in new.values()):
+        known = self._afr_known.get(gfid)
+        try:
+            new = changelog.apply_xattrop(fd, deltas, known)
+        except BaseException:
+            # A write may have failed part-way: what the disk holds is unknown.
+            self._afr_known.pop(gfid, None)
+            raise
+        if known is not None:
+            known.update(new)
+            pending = any(v != _ZERO_COUNTERS for v in known.values())
+            self.heal_index.note(gfid, known)
+            if not pending:
+                del self._afr_known[gfid]
+        elif any(v != _ZERO_COUNTERS for v in new.values()):
             self.heal_index.note(gfid, new)
         else:
             self.heal_index.note(gfid, read_afr(fd if afr_target is None else afr_target))

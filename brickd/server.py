@@ -238,10 +238,11 @@ def _create_and_lock(create: Handler, locks: LockManager) -> Handler:
     gfid some other client already locks) leaves the file created and says
     ``locked: False``."""
     async def handler(args: dict[str, Any], conn: ServerConnection) -> Any:
-        lock = args.get("lock")
+        # The request's own args: taking "lock" out leaves what create takes.
+        lock = args.pop("lock", None)
+        result = await create(args, conn)
         if lock is None:
-            return await create(args, conn)
-        result = await create({k: v for k, v in args.items() if k != "lock"}, conn)
+            return result
         try:
             await locks.inodelk(conn_id=conn, gfid=args["gfid"], domain=lock["domain"],
                                 type="wr", start=0, len=0, owner=lock["owner"], block=False)

@@ -138,6 +138,9 @@ def open_store(root: str | os.PathLike[str], volume_id: str, *, create: bool = T
     store._opens = {}
     store._conn_opens = {}
     store._doomed = set()
+    store._fanout1 = bytearray(256 // 8)
+    store._fanout2 = bytearray(65536 // 8)
+    store._afr_known = {}
     store._listings = OrderedDict()
     try:
         removed = layout.remove_orphans(handles_fd)
