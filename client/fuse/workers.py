@@ -13,7 +13,10 @@ only when needed: the worker that reads a request keeps the role while its
 handler runs, and ``fuse_handler`` calls ``handler_blocks`` when the handler
 is about to wait (on a brick), which gives the role to an idle worker. A
 handler that finishes without waiting leaves its worker the reader, which
-waits on the fd again at once.
+waits on the fd again at once; when the next request is already there (in a
+small-file create loop three times out of four: the application runs on
+another core), it reads it without a pass of the event loop, ``BURST`` times
+in a row at most.
 
 Contract kept from pyfuse3: only the reader waits on the fd, and it reads right
 after its wait returns True (no await in between), so no read ever blocks the
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 from collections.abc import Coroutine, Generator
 from typing import Any, TypeVar
 
@@ -38,6 +42,11 @@ import trio
 log = logging.getLogger(__name__)
 
 R = TypeVar("R")
+
+# Requests a reader may take from /dev/fuse without yielding to the event loop
+# when the next one is already waiting; then it waits through trio, so brick
+# replies and timers are served between bursts.
+BURST = 8
 
 _active: FuseWorkers | None = None
 
@@ -64,6 +73,10 @@ class FuseWorkers:
         self._idle: list[trio.lowlevel.Task] = []
         self._saved: Any = None
         self._watch: _ExitWatch | None = None
+        self._burst = 0
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        self._poll = poller.poll
 
     # -- pyfuse3's hook ------------------------------------------------------
     async def wait_fuse_readable(self) -> bool:
@@ -78,6 +91,10 @@ class FuseWorkers:
             await self._park_idle(task)
             if self.closed:
                 return False
+        if self._burst < BURST and self._poll(0):
+            self._burst += 1
+            return True
+        self._burst = 0
         try:
             await trio.lowlevel.wait_readable(self.fd)
         except trio.ClosedResourceError:

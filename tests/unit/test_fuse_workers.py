@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
 
@@ -14,6 +15,7 @@ import pyfuse3
 import pytest
 import trio
 
+from pyglfs.client.fuse import workers
 from pyglfs.client.fuse.errors import fuse_handler
 from pyglfs.client.fuse.workers import FuseWorkers, watched
 
@@ -105,6 +107,28 @@ async def test_requests_answered_at_once_stay_with_one_reader(pipe):
     assert s.ended == 4
     s.workers.uninstall()
     assert pyfuse3._wait_fuse_readable is saved
+
+
+async def test_waiting_requests_are_read_in_bounded_bursts(pipe):
+    s = Session(*pipe)
+    seen: list[int] = []
+    async with _bounded_nursery() as nursery:
+        await _start(nursery, s, 2)
+        s.send(b"s" * 30)
+        for _ in range(10_000):  # this task runs only between the reader's bursts
+            seen.append(len(s.served))
+            if seen[-1] == 30:
+                break
+            await trio.lowlevel.checkpoint()
+        assert seen[-1] == 30
+        assert len({name for _, name in s.served}) == 1
+        steps = sorted(set(seen))
+        assert any(0 < n < 30 for n in steps)
+        # a step of the reader serves at most BURST + 1; trio may run two of
+        # them between two of ours (it varies the order within a batch)
+        assert all(b - a <= 2 * (workers.BURST + 1) for a, b in itertools.pairwise(steps))
+        nursery.cancel_scope.cancel()
+    s.workers.uninstall()
 
 
 async def test_a_waiting_handler_lets_another_worker_read(pipe):
