@@ -10,16 +10,28 @@ call alone), so both run here.
 from __future__ import annotations
 
 import errno
-from collections.abc import AsyncIterator, Awaitable, Callable
+import select
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from helpers.procs import stop_pids
 
 from pyglfs.client.replicate.fanout import fanout, splittable
-from pyglfs.rpc.connection import RpcConnection, open_rpc_connection
+from pyglfs.rpc.connection import (
+    LOOK_AFTER,
+    RpcConnection,
+    finish_split,
+    open_rpc_connection,
+    start_split,
+)
 from pyglfs.rpc.server import serve_rpc
 from pyglfs.rpc.testing import EchoService, open_memory_connection
 
@@ -231,3 +243,53 @@ def test_only_protocol_clients_are_splittable() -> None:
                         client_id="t")
     assert splittable([pc, pc])
     assert not splittable([pc, Layer("other")])
+
+
+class StepCounter(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.steps: dict[str, int] = {}
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps[task.name] = self.steps.get(task.name, 0) + 1
+
+
+@pytest.fixture
+def echo_port(tmp_path: Path) -> Iterator[int]:
+    """An echo server in a process of its own: it answers while this test's trio
+    loop does not run."""
+    with open(tmp_path / "echo.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "pyglfs.rpc.testing", HOST, "0"],
+                                stdout=subprocess.PIPE, stderr=log)
+    try:
+        assert proc.stdout is not None
+        assert select.select([proc.stdout], [], [], 20)[0], "echo server did not start"
+        yield int(proc.stdout.readline().split()[-1])
+    finally:
+        if proc.stdout is not None:
+            proc.stdout.close()
+        stop_pids([proc.pid])
+
+
+async def test_a_reply_already_in_the_socket_is_taken_without_the_reader(
+        echo_port: int) -> None:
+    """The second reply of a fan-out usually came while the first was handled: the
+    caller takes it from the socket, with no step of the reader task or its own."""
+    async with open_rpc_connection(HOST, echo_port, volume="v", client_id="c",
+                                   busy_poll=0) as conn:
+        coro = conn.call("echo", {"q": 1})
+        sent, _ = await start_split(coro)
+        assert sent
+        # The reply lands in the socket while trio does not run (bounded wait).
+        sock = conn._stream.socket  # type: ignore[attr-defined]
+        assert select.select([sock], [], [], 5)[0]
+        while time.perf_counter() - conn._pending[1].sent <= LOOK_AFTER:
+            pass
+        counter = StepCounter()
+        trio.lowlevel.add_instrument(counter)
+        try:
+            assert await finish_split(coro) == {"q": 1}
+        finally:
+            trio.lowlevel.remove_instrument(counter)
+        assert counter.steps == {}
+        assert conn._pending == {}
+        assert await conn.call("echo", {"q": 2}) == {"q": 2}
