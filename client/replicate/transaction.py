@@ -45,6 +45,7 @@ from pyglfs.rpc.brickops import AFR_DIRTY
 log = logging.getLogger(__name__)
 
 Call = Callable[[Layer, dict[str, bytes] | None], Awaitable[Any]]
+_KIND_LISTS = tuple(tuple(k for k in changelog.KINDS if m >> k & 1) for m in range(8))
 
 
 class Outcome:
@@ -77,6 +78,7 @@ class Writer:
         self.locks = locks
         self.inodes = inodes
         self.split = splittable(children)
+        self._all_bits = bits(self.all)
 
     def check_quorum(self) -> int:
         """The up bricks if they may take a change; else ENOTCONN or EROFS."""
@@ -138,7 +140,7 @@ class Writer:
                                         check_quorum=False)
                 if new_gfid is not None:
                     await self._mark_new(new_gfid, new_kinds, out)
-                if not self.quorum.met(_mask(out.ok)):
+                if out.bad and not self.quorum.met(_mask(out.ok)):
                     raise _no_quorum_after(out)
                 return out
             finally:
@@ -158,27 +160,31 @@ class Writer:
                 raise OSError(errno.ENOTCONN, "no brick is connected")
             raise OSError(errno.EROFS, f"no quorum ({self.quorum.type}): bricks locked and "
                           f"up {bits(targets_m)} of {self.n}")
-        targets = bits(targets_m)
-        missing = self.all & ~targets_m
-        kind_list = [k for k in changelog.KINDS if kinds >> k & 1]
+        all_ = self.all
+        targets = self._all_bits if targets_m == all_ else bits(targets_m)
+        missing = all_ & ~targets_m
+        kind_list = _KIND_LISTS[kinds]
+        blames = self._missing_blames(states, kind_list, missing) if missing else None
         xops: list[dict[str, bytes] | None] = [None] * self.n
         marking = [0] * self.n
         for i in targets:
-            xop: dict[str, bytes] = dict(extra) if extra else {}
             need = 0
             for k in kind_list:
-                if any(st.marks[i][k] == 0 for st in states):
-                    need |= 1 << k
+                for st in states:
+                    if st.marks[i][k] == 0:
+                        need |= 1 << k
+                        break
+            if not need and not blames:
+                if extra:
+                    xops[i] = dict(extra)
+                continue
+            xop: dict[str, bytes] = dict(extra) if extra else {}
             if need:
                 changelog.add(xop, AFR_DIRTY, changelog.delta(need))
                 marking[i] = need
-            for j in bits(missing):
-                jk = 0
-                for k in kind_list:
-                    if any(not st.blamed[k] >> j & 1 for st in states):
-                        jk |= 1 << k
-                if jk:
-                    changelog.add(xop, self.names[j], changelog.delta(jk))
+            if blames:
+                for name, value in blames.items():
+                    changelog.add(xop, name, value)
             xops[i] = xop or None
 
         children = self.children
@@ -207,11 +213,25 @@ class Writer:
                             self.children[i].name, e)
             await self._blame(states, kinds, failed, ok)
         bad = failed | missing
-        for st in states:
-            self.inodes.blame(st.key, kinds, bad)
+        if bad:
+            for st in states:
+                self.inodes.blame(st.key, kinds, bad)
         out = Outcome(results, ok, bad)
-        if check_quorum and not self.quorum.met(_mask(ok)):
+        if check_quorum and failed and not self.quorum.met(_mask(ok)):
             raise _no_quorum_after(out)
+        return out
+
+    def _missing_blames(self, states: list[LockState], kind_list: tuple[int, ...],
+                        missing: int) -> dict[str, bytes]:
+        """Per missing brick not yet blamed for a kind under these holds, its delta."""
+        out: dict[str, bytes] = {}
+        for j in bits(missing):
+            jk = 0
+            for k in kind_list:
+                if any(not st.blamed[k] >> j & 1 for st in states):
+                    jk |= 1 << k
+            if jk:
+                out[self.names[j]] = changelog.delta(jk)
         return out
 
     async def _blame(self, states: list[LockState], kinds: int, failed: int,
