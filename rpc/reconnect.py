@@ -92,7 +92,8 @@ class ReconnectingClient:
 
     @property
     def is_up(self) -> bool:
-        return self._conn is not None and not self._conn.closed
+        conn = self._conn  # asked several times per replicated change: no property chain
+        return conn is not None and conn.close_reason is None
 
     @property
     def connection(self) -> RpcConnection | None:
