@@ -11,6 +11,11 @@ pyfuse3 ends the whole FUSE session when a handler lets anything other than
   mount-test fixture looks for, so a test that triggered one fails.
 
 Cancellation (a ``BaseException``) is never caught.
+
+``fuse_handler`` also tells ``workers`` when a handler first waits, so that
+another worker reads the next request meanwhile. It drives the handler's
+coroutine itself instead of wrapping it in a second one: a request answered
+from the caches then runs one coroutine less.
 """
 
 from __future__ import annotations
@@ -19,12 +24,12 @@ import errno
 import functools
 import logging
 import os
-from collections.abc import Callable, Coroutine
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Callable, Coroutine, Generator
+from typing import Any, ParamSpec, TypeVar, cast
 
 import pyfuse3
 
-from pyglfs.client.fuse.workers import watched
+from pyglfs.client.fuse.workers import handler_blocks
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +57,60 @@ def to_fuse_error(exc: BaseException, what: str) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(errno.EIO)
 
 
+class _Handling:
+    """One run of a handler: its coroutine's steps, with errors mapped."""
+
+    __slots__ = ("coro", "what")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
+        self.coro = coro
+        self.what = what
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro = self.coro
+        try:
+            msg = coro.send(None)
+        except StopIteration as stop:
+            return stop.value
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:
+            raise to_fuse_error(exc, self.what) from None
+        handler_blocks()
+        while True:
+            try:
+                sent = yield msg
+            except BaseException as exc:  # trio's cancellation, or a close
+                try:
+                    msg = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                except pyfuse3.FUSEError:
+                    raise
+                except Exception as exc2:
+                    raise to_fuse_error(exc2, self.what) from None
+            else:
+                try:
+                    msg = coro.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+                except pyfuse3.FUSEError:
+                    raise
+                except Exception as exc:
+                    raise to_fuse_error(exc, self.what) from None
+
+
 def fuse_handler(
     fn: Callable[P, Coroutine[Any, Any, R]],
 ) -> Callable[P, Coroutine[Any, Any, R]]:
     """Wrap a pyfuse3 request handler so that only ``FUSEError`` leaves it, and
-    so that another worker reads the next request once it waits
-    (``workers.watched``)."""
+    so that another worker reads the next request once it waits."""
     what = fn.__name__
 
     @functools.wraps(fn)
-    async def handler(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await watched(fn(*args, **kwargs))
-        except pyfuse3.FUSEError:
-            raise
-        except Exception as exc:
-            raise to_fuse_error(exc, what) from None
+    def handler(*args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
+        # awaited by pyfuse3 (or a test), never sent to by hand
+        return cast("Coroutine[Any, Any, R]", _Handling(fn(*args, **kwargs), what))
 
     return handler
 

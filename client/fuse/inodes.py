@@ -127,6 +127,7 @@ class InodeTable:
 _GFID_RUN = 256
 _gfid_prefix = b""
 _gfid_left = 0
+_gfid_random = b""
 
 
 def new_gfid() -> bytes:
@@ -138,14 +139,17 @@ def new_gfid() -> bytes:
     (an extra inode on each brick). A shared prefix for a run of creates keeps
     that layout and makes the directory once per run. 106 random bits remain, so
     gfids picked by different clients still do not collide in practice. The
-    inode number is the last 8 bytes, which stay random.
+    inode number is the last 8 bytes, which stay random. The random bytes of a
+    run are drawn at its start, in one system call.
     """
-    global _gfid_prefix, _gfid_left
+    global _gfid_prefix, _gfid_left, _gfid_random
     if _gfid_left <= 0:
-        _gfid_prefix = os.urandom(2)
+        _gfid_random = os.urandom(2 + 14 * _GFID_RUN)
+        _gfid_prefix = _gfid_random[:2]
         _gfid_left = _GFID_RUN
     _gfid_left -= 1
-    b = bytearray(_gfid_prefix + os.urandom(14))
+    at = 2 + 14 * _gfid_left
+    b = bytearray(_gfid_prefix + _gfid_random[at:at + 14])
     b[6] = (b[6] & 0x0F) | 0x40
     b[8] = (b[8] & 0x3F) | 0x80
     return bytes(b)

@@ -33,15 +33,12 @@ from __future__ import annotations
 import logging
 import os
 import select
-from collections.abc import Coroutine, Generator
-from typing import Any, TypeVar
+from typing import Any
 
 import pyfuse3
 import trio
 
 log = logging.getLogger(__name__)
-
-R = TypeVar("R")
 
 # Requests a reader may take from /dev/fuse without yielding to the event loop
 # when the next one is already waiting; then it waits through trio, so brick
@@ -174,38 +171,7 @@ class _ExitWatch(trio.abc.Instrument):
         self.task_exited = workers.task_exited  # type: ignore[method-assign]
 
 
-class _Watched:
-    """Await a handler's coroutine; the first time it waits, call ``handler_blocks``."""
-
-    __slots__ = ("coro",)
-
-    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
-        self.coro = coro
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro = self.coro
-        try:
-            msg = coro.send(None)
-        except StopIteration as stop:
-            return stop.value
-        workers = _active
-        if workers is not None:
-            workers.handler_blocks()
-        while True:
-            try:
-                sent = yield msg
-            except BaseException as exc:  # trio's cancellation, or a close
-                try:
-                    msg = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    msg = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
-
-
-def watched(coro: Coroutine[Any, Any, R]) -> Coroutine[Any, Any, R]:
-    """``coro`` as an awaitable that hands the reader role on when it first waits."""
-    return _Watched(coro)  # type: ignore[return-value]
+def handler_blocks() -> None:
+    """The running handler is about to wait: another worker may read meanwhile."""
+    if _active is not None:
+        _active.handler_blocks()

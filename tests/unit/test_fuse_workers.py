@@ -17,7 +17,7 @@ import trio
 
 from pyglfs.client.fuse import workers
 from pyglfs.client.fuse.errors import fuse_handler
-from pyglfs.client.fuse.workers import FuseWorkers, watched
+from pyglfs.client.fuse.workers import FuseWorkers
 
 
 class Session:
@@ -194,26 +194,52 @@ async def test_terminate_ends_idle_workers_and_the_reader(pipe):
     s.workers.uninstall()
 
 
-async def test_watched_passes_results_errors_and_cancellation():
+async def test_handlers_pass_results_errors_and_cancellation():
+    """fuse_handler drives the handler's coroutine itself: whatever step of it
+    ends, with a value or an error, comes out as it would from an await."""
+    @fuse_handler
     async def value() -> int:
         return 7
 
+    @fuse_handler
     async def later() -> int:
         await trio.lowlevel.checkpoint()
         await trio.lowlevel.checkpoint()
         return 8
 
-    async def fails() -> None:
-        await trio.lowlevel.checkpoint()
-        raise KeyError("x")
+    @fuse_handler
+    async def fails(exc: BaseException, steps: int) -> None:
+        for _ in range(steps):
+            await trio.lowlevel.checkpoint()
+        raise exc
 
-    assert await watched(value()) == 7
-    assert await watched(later()) == 8
-    with pytest.raises(KeyError):
-        await watched(fails())
+    @fuse_handler
     async def forever() -> None:
         await trio.sleep_forever()
 
+    @fuse_handler
+    async def cleans_up(done: list[str]) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            done.append("finally")
+
+    assert await value() == 7
+    assert await later() == 8
+    for steps in (0, 1, 2):
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await fails(KeyError("bug"), steps)
+        assert e.value.errno == errno.EIO
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await fails(OSError(errno.ENOSPC, "full"), steps)
+        assert e.value.errno == errno.ENOSPC
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await fails(pyfuse3.FUSEError(errno.EXDEV), steps)
+        assert e.value.errno == errno.EXDEV
     with trio.move_on_after(0.01) as scope:
-        await watched(forever())
+        await forever()
     assert scope.cancelled_caught
+    done: list[str] = []
+    with trio.move_on_after(0.01):
+        await cleans_up(done)
+    assert done == ["finally"]
