@@ -58,6 +58,7 @@ SLOW_BACKOFF = 2.0
 DIRECT_MIN = 128 * 1024
 DIRECT_ALIGN = 4096
 _DIRECT_MASK = DIRECT_ALIGN - 1
+_OPEN_TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 _OFF_MAX = (1 << 63) - 1
 T = TypeVar("T")
 
@@ -106,13 +107,16 @@ _buffers = _AlignedBuffers()
 def _pwrite_direct(fd: int, data: bytes, offset: int) -> bool:
     """Write ``data`` at ``offset`` through a new O_DIRECT description of ``fd``'s
     file; the caller checked the alignment. False, with nothing written, when
-    the filesystem refuses O_DIRECT (EINVAL)."""
+    O_DIRECT writes cannot work here: the filesystem refuses them (EINVAL), or
+    the file cannot be reopened through /proc (not mounted, not permitted).
+    Short of descriptors or memory, this one write goes buffered."""
     try:
         dfd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
     except OSError as e:
-        if e.errno != errno.EINVAL:
-            raise
-        return False
+        if e.errno not in _OPEN_TRANSIENT:
+            return False
+        _pwrite_all(fd, data, offset)
+        return True
     size = len(data)
     buf = _buffers.take(size)
     try:
@@ -279,8 +283,8 @@ class FileOps(StoreCore):
             done, st = await self._in_thread(fd, direct)
             if not done and self._direct_writes:
                 self._direct_writes = False
-                log.info("brick=%s: the filesystem refuses O_DIRECT writes; "
-                         "big writes stay buffered", self.root)
+                log.info("brick=%s: O_DIRECT writes refused here; big writes stay buffered",
+                         self.root)
         elif size <= INLINE_IO_MAX and time.monotonic() >= self._inline_writes_after:
             t0 = time.monotonic()
             _pwrite_all(fd, data, offset)

@@ -190,19 +190,27 @@ async def test_direct_write_to_an_open_file_whose_name_is_gone(
     await store.release(gfid=g, conn_id=1)
 
 
-async def test_refused_open_falls_back_to_buffered_for_good(
-        store: BrickStore, root: Path, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+def refuse_direct_open(monkeypatch: pytest.MonkeyPatch, code: int) -> list[int]:
+    """O_DIRECT opens fail with ``code``; returns the flags of those tried."""
     real_open = os.open
     tried: list[int] = []
 
     def no_direct(path: Any, flags: int, *args: Any, **kw: Any) -> int:
         if flags & os.O_DIRECT:
             tried.append(flags)
-            raise OSError(errno.EINVAL, "no O_DIRECT here")
+            raise OSError(code, os.strerror(code))
         return real_open(path, flags, *args, **kw)
 
     monkeypatch.setattr(os, "open", no_direct)
+    return tried
+
+
+# EINVAL: a filesystem without O_DIRECT; ENOENT: no /proc; EACCES: a security module.
+@pytest.mark.parametrize("code", [errno.EINVAL, errno.ENOENT, errno.EACCES])
+async def test_refused_open_falls_back_to_buffered_for_good(
+        store: BrickStore, root: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, code: int) -> None:
+    tried = refuse_direct_open(monkeypatch, code)
     g = await mkfile(store, ROOT_GFID, b"f")
     blocks = [os.urandom(MIB) for _ in range(3)]
     with caplog.at_level(logging.INFO, logger=fileio.__name__):
@@ -211,7 +219,19 @@ async def test_refused_open_falls_back_to_buffered_for_good(
             assert r["iatt"][F["size"]] == (i + 1) * MIB
     assert len(tried) == 1
     assert store._direct_writes is False
-    assert sum("refuses O_DIRECT" in m for m in caplog.messages) == 1
+    assert sum("O_DIRECT writes refused" in m for m in caplog.messages) == 1
+    assert (root / "f").read_bytes() == b"".join(blocks)
+
+
+async def test_short_of_descriptors_one_write_goes_buffered(
+        store: BrickStore, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tried = refuse_direct_open(monkeypatch, errno.EMFILE)
+    g = await mkfile(store, ROOT_GFID, b"f")
+    blocks = [os.urandom(MIB) for _ in range(2)]
+    for i, b in enumerate(blocks):
+        await store.write(gfid=g, offset=i * MIB, data=b)
+    assert len(tried) == 2
+    assert store._direct_writes is True
     assert (root / "f").read_bytes() == b"".join(blocks)
 
 
