@@ -51,11 +51,16 @@ def _name(name: bytes, missing: int) -> str:
 class XattrOps(BridgeBase):
     """getxattr, setxattr, listxattr, removexattr."""
 
-    @fuse_handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        # Not wrapped itself: the kernel asks for security.capability before
+        # every write, and the local answer can only be a FUSEError.
         local = _LOCAL_ONLY.get(name)
         if local is not None:
             raise pyfuse3.FUSEError(local)
+        return await self._getxattr(inode, name)
+
+    @fuse_handler
+    async def _getxattr(self, inode: int, name: bytes) -> bytes:
         return await self.layer.getxattr(self.inodes.gfid(inode),
                                          _name(name, pyfuse3.ENOATTR))
 
