@@ -48,11 +48,12 @@ log = logging.getLogger(__name__)
 SETTLE_TIMEOUT = 1.0
 UNMOUNT_SETTLE_TIMEOUT = 5.0
 READAHEAD_KB = 1024
-# pyfuse3 workers kept waiting for requests. With its default of 1, a request
-# that arrives while the others wait on bricks (the RELEASE of one file under
-# the CREATE of the next) spawns a worker that ends as soon as it is idle: a
-# task spawned and torn down for most created files. Idle workers cost nothing
-# per request: one waits on /dev/fuse, the rest on pyfuse3's read lock.
+# pyfuse3 workers kept waiting for requests, when pyfuse3's own reader lock
+# is in use (``workers.FuseWorkers`` not installed). With its default of 1, a
+# request that arrives while the others wait on bricks (the RELEASE of one file
+# under the CREATE of the next) spawns a worker that ends as soon as it is idle:
+# a task spawned and torn down for most created files. With ``FuseWorkers``
+# pyfuse3 keeps all FUSE_MAX_TASKS workers (it no longer sees idle ones).
 FUSE_MIN_TASKS = 8
 FUSE_MAX_TASKS = 99
 
