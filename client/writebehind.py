@@ -77,7 +77,22 @@ from typing import Any
 import trio
 
 from pyglfs.client.layer import DirEntry, EntryReply, Layer, Lookup
-from pyglfs.rpc.brickops import COMPOUND_MAX, Iatt
+from pyglfs.client.writequeue import (
+    BATCH_BYTES,
+    BATCH_OPS,
+    OFF_MAX,
+    InodeQueue,
+    OpenInode,
+    QueuedSetattr,
+    QueuedWrite,
+    coalesce,
+    covering,
+    describe,
+    take_batch,
+    with_fields,
+    with_setattrs,
+)
+from pyglfs.rpc.brickops import Iatt
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +100,6 @@ DEFAULT_WINDOW = 4 << 20
 """Per inode: four of the kernel's 1 MiB WRITEs in flight (GlusterFS's 1 MB window
 was sized for 128 KiB FUSE writes)."""
 DEFAULT_TOTAL = 64 << 20
-_OFF_MAX = (1 << 63) - 1
 SYNC_BEYOND = 1 << 40
 """Writes ending past this go through at once, so that a brick filesystem's file
 size limit (ext4: 16 TiB) fails the write that hits it, not a later close."""
@@ -97,8 +111,6 @@ BATCH_WRITE_MAX = 64 << 10
 """Queued writes up to this size go to the layer below in batches (``writev``):
 several small writes of an inode waiting at once cost one request per brick.
 Bigger ones are sent alone, at once, so large writes keep their parallelism."""
-BATCH_OPS = COMPOUND_MAX
-BATCH_BYTES = 1 << 20
 BATCH_SENDERS = 2
 """Batches of one inode in flight at most; a second starts only when a full
 batch waits, so a writer faster than the bricks' round trip fills batches."""
@@ -108,76 +120,6 @@ LINGER_WRITES = 16
 ``LINGER`` seconds for more: a writer that never waits for the bricks (write-behind
 answers at once) then pays a fraction of a request per write. Anything that waits
 for queued writes (fsync, flush, close, read, stat, a full window) ends it."""
-
-
-class _Write:
-    """A queued change; ``data`` and ``deps`` (earlier queued changes it overlaps)
-    are kept only while a small write waits for its batch."""
-
-    __slots__ = ("start", "end", "nbytes", "done", "data", "deps")
-    kind = "write"
-
-    def __init__(self, start: int, end: int, nbytes: int) -> None:
-        self.start = start
-        self.end = end
-        self.nbytes = nbytes
-        self.done = trio.Event()
-        self.data = b""
-        self.deps: list[_Write] = []
-
-    def describe(self) -> str:
-        return f"write of {self.nbytes} bytes at {self.start}"
-
-
-class _Inode:
-    """Queued writes of one gfid, in the order they were made, and a failure to
-    report. ``unsent``: the small writes among them not yet in a batch, in order;
-    ``senders``: tasks sending batches of them."""
-
-    __slots__ = ("queued", "nbytes", "error", "last", "flush_wanted", "unsent",
-                 "unsent_bytes", "senders", "urgent", "hurry")
-
-    def __init__(self) -> None:
-        self.queued: list[_Write] = []
-        self.nbytes = 0
-        self.error: OSError | None = None
-        self.last: Iatt | None = None
-        self.flush_wanted = False
-        self.unsent: list[_Write] = []
-        self.unsent_bytes = 0
-        self.senders = 0
-        self.urgent = False
-        self.hurry: trio.Event | None = None
-
-
-class _Setattr(_Write):
-    """Queued setattrs of one gfid, merged into ``fields``; spans every offset, so
-    writes made after it wait for it. ``go`` sends it before ``SETATTR_DELAY``."""
-
-    __slots__ = ("fields", "go", "sent", "ctime_ns")
-    kind = "setattr"
-
-    def __init__(self) -> None:
-        super().__init__(0, _OFF_MAX, 0)
-        self.fields: dict[str, int] = {}
-        self.go = trio.Event()
-        self.sent = False
-        self.ctime_ns = 0
-
-    def describe(self) -> str:
-        return f"setattr {self.fields}"
-
-
-class _Open:
-    """A gfid open here: its opens, its attributes as the bricks last answered, and
-    whether an open appends (its writes' offsets come from the bricks' size)."""
-
-    __slots__ = ("count", "iatt", "append")
-
-    def __init__(self, iatt: Iatt) -> None:
-        self.count = 1
-        self.iatt = iatt
-        self.append = False
 
 
 class WriteBehind(Layer):
@@ -195,8 +137,8 @@ class WriteBehind(Layer):
         self.group = group
         if group is not None:
             group.append(self)
-        self.inodes: dict[bytes, _Inode] = {}
-        self.opened: dict[bytes, _Open] = {}
+        self.inodes: dict[bytes, InodeQueue] = {}
+        self.opened: dict[bytes, OpenInode] = {}
         self.nbytes = 0
         self._freed = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -234,7 +176,7 @@ class WriteBehind(Layer):
                 log.error("write-behind: a failed write to gfid=%s was never reported "
                           "(the graph stopped): %s", gfid.hex(), ino.error)
                 continue
-            h = heir.inodes.setdefault(gfid, _Inode())
+            h = heir.inodes.setdefault(gfid, InodeQueue())
             if h.error is None:
                 h.error = ino.error
         self.inodes.clear()
@@ -254,7 +196,7 @@ class WriteBehind(Layer):
         """Queue the write and return at once; the returned attributes are the last
         known ones with the size raised to cover it (``stat`` gives exact ones)."""
         n = len(data)
-        if offset < 0 or offset + n > _OFF_MAX:
+        if offset < 0 or offset + n > OFF_MAX:
             raise OSError(errno.EINVAL, "write out of range")
         self._take_error(gfid)
         if self._nursery is None or xattrop is not None or offset + n > SYNC_BEYOND:
@@ -264,7 +206,7 @@ class WriteBehind(Layer):
         self._kick(gfid)
         ino = self.inodes.get(gfid)
         if ino is None:
-            ino = self.inodes[gfid] = _Inode()
+            ino = self.inodes[gfid] = InodeQueue()
         while ino.queued and (ino.nbytes + n > self.window or self.nbytes + n > self.total):
             if ino.nbytes + n > self.window:
                 self._hurry(gfid)
@@ -272,8 +214,8 @@ class WriteBehind(Layer):
                 self._hurry_all()
             await self._freed.wait()
             if self.inodes.get(gfid) is not ino:  # drained and forgotten meanwhile
-                ino = self.inodes.setdefault(gfid, _Inode())
-        w = _Write(offset, offset + max(n, 1), n)
+                ino = self.inodes.setdefault(gfid, InodeQueue())
+        w = QueuedWrite(offset, offset + max(n, 1), n)
         deps = [q for m in self._members() for q in m._queued(gfid)
                 if q.start < w.end and w.start < q.end]
         ino.queued.append(w)
@@ -286,7 +228,7 @@ class WriteBehind(Layer):
         else:
             self._nursery.start_soon(self._land, gfid, ino, [w], self._send, ino, offset,
                                      data, [q.done for q in deps])
-        return _covering(gfid, self._known(gfid) or ino.last, w.end)
+        return covering(gfid, self._known(gfid) or ino.last, w.end)
 
     async def write_through(self, gfid: bytes, offset: int, data: bytes) -> Iatt:
         """Write now, after the queued writes it overlaps (O_DIRECT, O_SYNC opens)."""
@@ -301,7 +243,7 @@ class WriteBehind(Layer):
         if check is not None:
             check()
 
-    async def _land(self, gfid: bytes, ino: _Inode, ws: list[_Write],
+    async def _land(self, gfid: bytes, ino: InodeQueue, ws: list[QueuedWrite],
                     send: Callable[..., Awaitable[None]], *args: Any) -> None:
         """Run ``send(gfid, *args)`` for the queued changes ``ws``. A failure, or a
         cancel before the bricks had it (a retired graph whose settle timed out),
@@ -311,29 +253,29 @@ class WriteBehind(Layer):
             await send(gfid, *args)
             sent = True
         except OSError as e:
-            log.warning("write-behind: %s to gfid=%s failed: %s", _describe(ws), gfid.hex(), e)
+            log.warning("write-behind: %s to gfid=%s failed: %s", describe(ws), gfid.hex(), e)
             if ino.error is None:
                 ino.error = e
         except Exception:
             log.exception("write-behind: %s to gfid=%s failed unexpectedly",
-                          _describe(ws), gfid.hex())
+                          describe(ws), gfid.hex())
             if ino.error is None:
                 ino.error = OSError(errno.EIO, f"{ws[0].kind} failed")
         finally:
             if not sent and ino.error is None:
                 log.error("write-behind: %s to gfid=%s cancelled before it reached "
-                          "the bricks", _describe(ws), gfid.hex())
+                          "the bricks", describe(ws), gfid.hex())
                 ino.error = OSError(errno.EIO, f"{ws[0].kind} cancelled")
             await self._finish(gfid, ino, ws)
 
-    async def _send(self, gfid: bytes, ino: _Inode, offset: int, data: bytes,
+    async def _send(self, gfid: bytes, ino: InodeQueue, offset: int, data: bytes,
                     deps: list[trio.Event]) -> None:
         for d in deps:
             await d.wait()
         ino.last = await self.child.write(gfid, offset, data)
         self._learn(ino.last, grown=True)
 
-    def _queue_small(self, gfid: bytes, ino: _Inode, w: _Write) -> None:
+    def _queue_small(self, gfid: bytes, ino: InodeQueue, w: QueuedWrite) -> None:
         """Leave ``w`` to a batch: a sender starts when none runs (so a lone write
         goes at once), or when a full batch waits."""
         ino.unsent.append(w)
@@ -360,9 +302,9 @@ class WriteBehind(Layer):
         for gfid in list(self.inodes):
             self._hurry(gfid)
 
-    async def _send_batches(self, gfid: bytes, ino: _Inode) -> None:
+    async def _send_batches(self, gfid: bytes, ino: InodeQueue) -> None:
         """Send the inode's unsent small writes, a batch at a time, until none is
-        left (``_take_batch``; overlapping writes within a batch keep their
+        left (``take_batch``; overlapping writes within a batch keep their
         order: the layer below applies a batch in order)."""
         landed = False
         try:
@@ -378,7 +320,7 @@ class WriteBehind(Layer):
                         ino.hurry = None
                     continue  # the other sender may have taken them meanwhile
                 landed = False
-                batch = _take_batch(ino)
+                batch = take_batch(ino)
                 if not batch:
                     first = ino.unsent[0]
                     await next(d for d in first.deps if not d.done.is_set()).done.wait()
@@ -397,11 +339,11 @@ class WriteBehind(Layer):
                 for w in left:
                     self._retire(gfid, ino, w)
 
-    async def _send_batch(self, gfid: bytes, ino: _Inode, batch: list[_Write]) -> None:
-        ino.last = await self.child.writev(gfid, _coalesce(batch))
+    async def _send_batch(self, gfid: bytes, ino: InodeQueue, batch: list[QueuedWrite]) -> None:
+        ino.last = await self.child.writev(gfid, coalesce(batch))
         self._learn(ino.last, grown=True)
 
-    async def _finish(self, gfid: bytes, ino: _Inode, ws: list[_Write]) -> None:
+    async def _finish(self, gfid: bytes, ino: InodeQueue, ws: list[QueuedWrite]) -> None:
         try:
             # The flush a flush-behind close left for the last queued writes:
             # they stay queued meanwhile, so release and settle wait for the
@@ -413,7 +355,7 @@ class WriteBehind(Layer):
             for w in ws:
                 self._retire(gfid, ino, w)
 
-    def _retire(self, gfid: bytes, ino: _Inode, w: _Write) -> None:
+    def _retire(self, gfid: bytes, ino: InodeQueue, w: QueuedWrite) -> None:
         ino.queued.remove(w)
         ino.nbytes -= w.nbytes
         self.nbytes -= w.nbytes
@@ -432,11 +374,11 @@ class WriteBehind(Layer):
         except Exception:
             log.exception("write-behind: flush of gfid=%s after close failed", gfid.hex())
 
-    def _forget_if_idle(self, gfid: bytes, ino: _Inode) -> None:
+    def _forget_if_idle(self, gfid: bytes, ino: InodeQueue) -> None:
         if not ino.queued and ino.error is None and self.inodes.get(gfid) is ino:
             del self.inodes[gfid]
 
-    def _queued(self, gfid: bytes) -> list[_Write]:
+    def _queued(self, gfid: bytes) -> list[QueuedWrite]:
         ino = self.inodes.get(gfid)
         return ino.queued if ino is not None else []
 
@@ -445,7 +387,7 @@ class WriteBehind(Layer):
             return [self]
         return [self, *(m for m in self.group if m is not self)]
 
-    async def _drain(self, gfid: bytes, start: int = 0, end: int = _OFF_MAX) -> None:
+    async def _drain(self, gfid: bytes, start: int = 0, end: int = OFF_MAX) -> None:
         """Wait for the writes to ``gfid`` queued now (here or in the group) that
         overlap [start, end), and its queued setattrs."""
         self._kick(gfid)
@@ -514,7 +456,7 @@ class WriteBehind(Layer):
     def _opened(self, iatt: Iatt, flags: int) -> None:
         o = self.opened.get(iatt.gfid)
         if o is None:
-            o = self.opened[iatt.gfid] = _Open(iatt)
+            o = self.opened[iatt.gfid] = OpenInode(iatt)
         else:
             o.count += 1
             o.iatt = iatt
@@ -550,7 +492,7 @@ class WriteBehind(Layer):
         waiting for more to merge with."""
         for m in self._members():
             for w in m._queued(gfid):
-                if isinstance(w, _Setattr):
+                if isinstance(w, QueuedSetattr):
                     w.go.set()
 
     def _setattr_later(self, gfid: bytes, change: dict[str, int]) -> Iatt | None:
@@ -569,19 +511,19 @@ class WriteBehind(Layer):
             return None
         ino = self.inodes.get(gfid)
         if ino is None:
-            ino = self.inodes[gfid] = _Inode()
+            ino = self.inodes[gfid] = InodeQueue()
         s = ino.queued[-1] if ino.queued else None
-        if not isinstance(s, _Setattr) or s.sent:
-            s = _Setattr()
+        if not isinstance(s, QueuedSetattr) or s.sent:
+            s = QueuedSetattr()
             deps = [q.done for q in ino.queued]
             ino.queued.append(s)
-            one: list[_Write] = [s]
+            one: list[QueuedWrite] = [s]
             self._nursery.start_soon(self._land, gfid, ino, one, self._send_setattr, s, deps)
         s.fields.update(change)
         s.ctime_ns = time.time_ns()
-        return _with_fields(shown, change, s.ctime_ns)
+        return with_fields(shown, change, s.ctime_ns)
 
-    async def _send_setattr(self, gfid: bytes, s: _Setattr, deps: list[trio.Event]) -> None:
+    async def _send_setattr(self, gfid: bytes, s: QueuedSetattr, deps: list[trio.Event]) -> None:
         with trio.move_on_after(SETATTR_DELAY):
             await s.go.wait()
         for d in deps:
@@ -606,7 +548,7 @@ class WriteBehind(Layer):
         o = self.opened.get(gfid)
         ino = self.inodes.get(gfid)
         if (o is not None and not o.append and ino is not None
-                and any(isinstance(w, _Setattr) for w in ino.queued)):
+                and any(isinstance(w, QueuedSetattr) for w in ino.queued)):
             return self._cover(o.iatt)
         await self._drain(gfid)
         iatt = await self.child.stat(gfid)
@@ -652,8 +594,8 @@ class WriteBehind(Layer):
 
     def _cover(self, iatt: Iatt) -> Iatt:
         queued = [w for m in self._members() for w in m._queued(iatt.gfid)]
-        end = max((w.end for w in queued if not isinstance(w, _Setattr)), default=0)
-        iatt = _with_setattrs(iatt, queued)
+        end = max((w.end for w in queued if not isinstance(w, QueuedSetattr)), default=0)
+        iatt = with_setattrs(iatt, queued)
         return iatt._replace(size=end) if end > iatt.size else iatt
 
     async def lookup(self, pgfid: bytes, name: bytes) -> Lookup:
@@ -671,54 +613,6 @@ class WriteBehind(Layer):
             entries = [e._replace(iatt=self._cover(e.iatt)) if e.iatt is not None else e
                        for e in entries]
         return entries, eof
-
-
-def _take_batch(ino: _Inode) -> list[_Write]:
-    """Take the next batch off ``ino.unsent``: in order and within the batch
-    bounds, the writes that wait only for writes before them in it. A write
-    left out stays in ``unsent``, and so does every later write overlapping
-    it (those have it among their ``deps``)."""
-    batch: list[_Write] = []
-    left: list[_Write] = []
-    nbytes = 0
-    unsent = ino.unsent
-    for k, w in enumerate(unsent):
-        if len(batch) == BATCH_OPS or (batch and nbytes + w.nbytes > BATCH_BYTES):
-            left += unsent[k:]
-            break
-        if w.deps and any(not d.done.is_set() and d not in batch for d in w.deps):
-            left.append(w)
-            continue
-        batch.append(w)
-        nbytes += w.nbytes
-    if batch:
-        ino.unsent = left
-        ino.unsent_bytes -= nbytes
-    return batch
-
-
-def _coalesce(batch: list[_Write]) -> list[tuple[int, bytes]]:
-    """The batch's writes as ``(offset, data)``, each run of writes that follow
-    one another end to start joined into one."""
-    out: list[tuple[int, bytes]] = []
-    run: list[bytes] = []
-    start = end = -1
-    for w in batch:
-        if run and w.start == end:
-            run.append(w.data)
-        else:
-            if run:
-                out.append((start, run[0] if len(run) == 1 else b"".join(run)))
-            run = [w.data]
-            start = w.start
-        end = w.start + len(w.data)
-    out.append((start, run[0] if len(run) == 1 else b"".join(run)))
-    return out
-
-
-def _describe(ws: list[_Write]) -> str:
-    more = f" and {len(ws) - 1} more" if len(ws) > 1 else ""
-    return ws[0].describe() + more
 
 
 def _writable_check(layer: Layer) -> Callable[[], Any] | None:
@@ -739,26 +633,3 @@ def _writable_check(layer: Layer) -> Callable[[], Any] | None:
         else:
             return None
     return None
-
-
-def _with_setattrs(iatt: Iatt, queued: list[_Write]) -> Iatt:
-    """``iatt`` as the queued setattrs among ``queued`` will leave it."""
-    for s in queued:
-        if isinstance(s, _Setattr):
-            iatt = _with_fields(iatt, s.fields, s.ctime_ns)
-    return iatt
-
-
-def _with_fields(iatt: Iatt, f: dict[str, int], ctime_ns: int) -> Iatt:
-    mode = f.get("mode")
-    return iatt._replace(
-        mode=iatt.mode if mode is None else iatt.mode & ~0o7777 | mode & 0o7777,
-        uid=f.get("uid", iatt.uid), gid=f.get("gid", iatt.gid),
-        atime_ns=f.get("atime_ns", iatt.atime_ns), mtime_ns=f.get("mtime_ns", iatt.mtime_ns),
-        ctime_ns=max(iatt.ctime_ns, ctime_ns))
-
-
-def _covering(gfid: bytes, last: Iatt | None, end: int) -> Iatt:
-    if last is None:
-        return Iatt(gfid, 0, stat.S_IFREG, 1, 0, 0, 0, end, 0, 0, 0, 0)
-    return last._replace(size=max(last.size, end))
