@@ -97,7 +97,7 @@ async def test_small_and_unaligned_writes_stay_buffered(
         store: BrickStore, root: Path, direct: None, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = spy_direct(monkeypatch)
     g = await mkfile(store, ROOT_GFID, b"f")
-    a = os.urandom(64 * KIB)  # aligned but under DIRECT_MIN
+    a = os.urandom(fileio.DIRECT_MIN - 4 * KIB)  # aligned but under DIRECT_MIN
     b = os.urandom(MIB + 100)  # unaligned length: a file's short tail
     c = os.urandom(MIB)  # aligned length at an unaligned offset
     await store.write(gfid=g, offset=0, data=a)
@@ -106,7 +106,7 @@ async def test_small_and_unaligned_writes_stay_buffered(
     r = await store.write(gfid=g, offset=end, data=c)
     assert calls == []
     assert r["iatt"][F["size"]] == end + len(c)
-    assert cached(root / "f", 0, 64 * KIB)
+    assert cached(root / "f", 0, len(a))
     assert (root / "f").read_bytes() == a + b + c
 
 
@@ -127,7 +127,7 @@ async def test_direct_over_buffered_and_buffered_over_direct(
     # Read into the page cache, then direct over it, then a small buffered write
     # inside the direct range: every reader sees the last write.
     assert (await store.read(gfid=g, offset=0, size=2 * MIB))["data"] == expected
-    over2 = os.urandom(256 * KIB)
+    over2 = os.urandom(fileio.DIRECT_MIN)
     await store.write(gfid=g, offset=MIB, data=over2)
     expected[MIB:MIB + len(over2)] = over2
     await store.write(gfid=g, offset=MIB + 10, data=b"tiny")
@@ -141,9 +141,9 @@ async def test_direct_writes_extend_the_file_and_leave_holes(
         store: BrickStore, root: Path, direct: None, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = spy_direct(monkeypatch)
     g = await mkfile(store, ROOT_GFID, b"f", b"head")
-    block = os.urandom(128 * KIB)
+    block = os.urandom(fileio.DIRECT_MIN)
     r = await store.write(gfid=g, offset=4 * MIB, data=block)
-    assert calls == [(4 * MIB, 128 * KIB)]
+    assert calls == [(4 * MIB, fileio.DIRECT_MIN)]
     assert r["iatt"][F["size"]] == 4 * MIB + len(block)
     data = (root / "f").read_bytes()
     assert data[:4] == b"head" and data[4:4 * MIB] == bytes(4 * MIB - 4)
