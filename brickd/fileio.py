@@ -15,19 +15,21 @@ inline with ``RWF_NOWAIT`` (served only from the page cache, never waiting on
 the disk) and go to a thread when the data is not cached.
 
 Big writes aligned to ``DIRECT_ALIGN`` in offset and length (a sequential
-writer's 1 MiB blocks) bypass the brick's page cache: a buffered copy into it
-cost ~1.8 ms of CPU per MiB here, most of a brick's CPU during a sequential
-write, where an O_DIRECT write costs ~0.1 ms and leaves the disk to DMA the
-data. Each such write opens its own O_DIRECT description of the file (through
-``/proc/self/fd``; a dup would share the cached fd's flags) in a worker thread
-and closes it afterwards, so no extra fd outlives a write. Linux keeps direct
-and buffered I/O of one file coherent (a direct write first writes back and
-then drops the cached pages of its range), so later buffered reads and writes
-see the data; ``fsync`` still syncs the file, which persists the size and
-allocation that O_DIRECT alone does not. Unaligned and small writes stay
-buffered; a filesystem that refuses O_DIRECT turns it off for good. A direct
-write costs ~0.2 ms more than the copy (the thread hop, the copy into an
-aligned buffer, pinning pages), so under ``DIRECT_MIN`` it does not pay.
+writer's 1 MiB blocks) bypass the brick's page cache. A 1 MiB write costs the
+brick ~0.4 ms of CPU that way (thread hop, a copy into an aligned buffer, the
+direct I/O itself) and leaves nothing for writeback or ``fsync`` to do later;
+a buffered one costs ~0.2 ms into recycled page cache but ~1.8 ms into pages
+the machine has not touched lately (a VM whose free memory went back to the
+host: a big file written into mostly free memory), and its writeback and
+``fsync`` come on top. Each direct write opens its own O_DIRECT description of
+the file (through ``/proc/self/fd``; a dup would share the cached fd's flags)
+in a worker thread and closes it afterwards, so no extra fd outlives a write.
+Linux keeps direct and buffered I/O of one file coherent (a direct write first
+writes back and then drops the cached pages of its range), so later buffered
+reads and writes see the data; ``fsync`` still syncs the file, which persists
+the size and allocation that O_DIRECT alone does not. Unaligned and small
+writes stay buffered (under ``DIRECT_MIN`` the fixed costs of a direct write
+do not pay); a filesystem that refuses O_DIRECT turns it off for good.
 
 ``open`` and ``release`` are counted per connection (``conn_id``): a file whose
 last name is unlinked while a connection holds it open keeps its handle, and so
