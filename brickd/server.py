@@ -247,8 +247,10 @@ def _create_and_lock(create: Handler, locks: LockManager) -> Handler:
             await locks.inodelk(conn_id=conn, gfid=args["gfid"], domain=lock["domain"],
                                 type="wr", start=0, len=0, owner=lock["owner"], block=False)
         except OSError:
-            return {**result, "locked": False}
-        return {**result, "locked": True}
+            result["locked"] = False
+        else:
+            result["locked"] = True
+        return result
 
     return handler
 
