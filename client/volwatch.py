@@ -141,7 +141,7 @@ class VolfileWatcher:
         self.fetches += 1
         if self.stopped:
             self.stopped = False
-            log.warning("volume %s is started again (%s)", self.volume, source)
+            log.info("volume %s is started again (%s)", self.volume, source)
         text = reply.get("volfile") if isinstance(reply, dict) else None
         if not isinstance(text, str):
             log.error("getspec of %s from %s: reply without a volfile", self.volume, source)
