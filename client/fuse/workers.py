@@ -24,8 +24,9 @@ event loop; a request that waits never keeps others from being read; the loop
 ends on ``pyfuse3.terminate`` (the fd is closed under the waiting reader) and
 on unmount (the reader's read fails and its worker ends). pyfuse3 no longer
 sees idle workers, so it starts one per request until it has ``max_tasks``;
-idle workers are woken last-in-first-out, so only as many of them ever read
-(and hold a receive buffer) as requests were in flight at once.
+idle workers are woken last-in-first-out, those that never read last, so only
+as many of them ever read (and hold a receive buffer) as requests were in
+flight at once.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class FuseWorkers:
         self.closed = False
         self.reader: trio.lowlevel.Task | None = None
         self._idle: list[trio.lowlevel.Task] = []
+        # workers that read a request whose handler waited: all that ever park
+        # after reading one
+        self._read: set[trio.lowlevel.Task] = set()
         self._saved: Any = None
         self._watch: _ExitWatch | None = None
         self._burst = 0
@@ -100,7 +104,12 @@ class FuseWorkers:
         return True
 
     async def _park_idle(self, task: trio.lowlevel.Task) -> None:
-        self._idle.append(task)
+        if task in self._read:
+            self._idle.append(task)
+        else:
+            # a worker that never read goes last: every worker that reads keeps
+            # a receive buffer (1 MiB once a big write came through it)
+            self._idle.insert(0, task)
 
         def abort(_: Any) -> trio.lowlevel.Abort:
             if task in self._idle:
@@ -123,7 +132,9 @@ class FuseWorkers:
     # -- events --------------------------------------------------------------
     def handler_blocks(self) -> None:
         """The current task's handler is about to wait: let another worker read."""
-        if self.reader is trio.lowlevel.current_task():
+        task = trio.lowlevel.current_task()
+        if self.reader is task:
+            self._read.add(task)
             self._pass_on()
 
     def close(self) -> None:

@@ -162,6 +162,32 @@ async def test_a_waiting_handler_lets_another_worker_read(pipe):
     s.workers.uninstall()
 
 
+async def test_workers_that_read_before_are_preferred_to_new_ones(pipe):
+    """pyfuse3 keeps starting workers; each one that reads keeps a receive
+    buffer, so the role goes to one that has read before when there is one."""
+    s = Session(*pipe)
+    async with _bounded_nursery() as nursery:
+        await _start(nursery, s, 2)
+        s.send(b"b")
+        await trio.testing.wait_all_tasks_blocked()
+        s.gate.set()
+        await s.until(lambda: len(s.served) == 1, "first waiting request")
+        used = s.served[0][1]
+        for i in range(2):  # started later, as pyfuse3 does after reads
+            nursery.start_soon(s.loop, name=f"pyfuse-{10 + i}")
+        await trio.testing.wait_all_tasks_blocked()
+        s.gate = trio.Event()
+        s.send(b"b")
+        await trio.testing.wait_all_tasks_blocked()
+        s.send(b"s")
+        await s.until(lambda: len(s.served) == 2, "request behind the second wait")
+        assert s.served[1] == (b"s", used)
+        s.gate.set()
+        await s.until(lambda: len(s.served) == 3, "second waiting request")
+        nursery.cancel_scope.cancel()
+    s.workers.uninstall()
+
+
 async def test_every_worker_busy_then_one_comes_back(pipe):
     s = Session(*pipe)
     async with _bounded_nursery() as nursery:
