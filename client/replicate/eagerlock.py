@@ -41,10 +41,10 @@ from typing import Any
 
 import trio
 
-from pyglfs.client.layer import Layer, run_each
-from pyglfs.client.replicate.changelog import encode
+from pyglfs.client.layer import Layer
 from pyglfs.client.replicate.fanout import bits, fanout, pick_error
-from pyglfs.rpc.brickops import AFR_DIRTY, COMPOUND_MAX
+from pyglfs.client.replicate.giveback import Ops, give_back_ops, send_ops, take_marks
+from pyglfs.rpc.brickops import COMPOUND_MAX
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,6 @@ META_SPAN = (-2, -1)
 """The span metadata changes take: they exclude each other, not data changes."""
 
 Span = tuple[int, int]
-Ops = list[tuple[str, dict[str, Any]]]
 
 CLOSE_BATCH_DELAY = 0.05
 """Seconds a closed file's lock may wait to be given back with others'."""
@@ -366,10 +365,11 @@ class EagerLocks:
                 for st in states:
                     locked = st.locked_on & up
                     for i in bits((locked | st.closed) & up):
-                        ops[i] += self._give_back_ops(st, i, locked >> i & 1,
-                                                      st.closed >> i & 1)
+                        ops[i] += give_back_ops(st, i, locked >> i & 1,
+                                                st.closed >> i & 1, self.domain, self.owner)
                 targets = [i for i in range(self.n) if ops[i]]
-                await fanout(self.n, targets, lambda i: self._send(i, ops[i]))
+                children = self.children
+                await fanout(self.n, targets, lambda i: send_ops(children[i], i, ops[i]))
         finally:
             for st in states:
                 self._forget(st)
@@ -414,66 +414,6 @@ class EagerLocks:
             if batch:
                 await self._release_many(batch)
 
-    def _take_marks(self, st: LockState, i: int) -> dict[str, bytes] | None:
-        m = st.marks[i]
-        if not any(m):
-            return None
-        st.marks[i] = [0, 0, 0]
-        return {AFR_DIRTY: encode(-m[0], -m[1], -m[2])}
-
-    def _give_back_ops(self, st: LockState, i: int, locked: int, closed: int) -> Ops:
-        """On brick i: the post-op and unlock of ``st`` (when ``locked``), then the
-        release of its inode (when ``closed``)."""
-        ops: Ops = []
-        if locked:
-            xop = self._take_marks(st, i)
-            if xop is not None:
-                ops.append(("xattrop", {"gfid": st.key, "xattrop": xop}))
-            if st.entry:
-                ops.append(("entrylk", {"pgfid": st.key, "domain": self.domain, "type": "un",
-                                        "owner": self.owner, "block": False}))
-            else:
-                ops.append(("inodelk", {"gfid": st.key, "domain": self.domain, "type": "un",
-                                        "start": 0, "len": 0, "owner": self.owner,
-                                        "block": False}))
-        if closed:
-            ops.append(("release", {"gfid": st.key}))
-        return ops
-
-    async def _send(self, i: int, ops: Ops) -> None:
-        """``ops`` to brick i in as few requests as the brick takes. A part that
-        fails is logged and left out, the rest sent again. When the brick's
-        answer is lost, only the unlocks are sent again (twice does no harm); a
-        post-op twice would take the marks back twice, a release twice could
-        drop another open of this client (a missed one stays counted until
-        this connection ends)."""
-        child = self.children[i]
-        while ops:
-            chunk, ops = ops[:COMPOUND_MAX], ops[COMPOUND_MAX:]
-            try:
-                if len(chunk) == 1:
-                    _, failed = await run_each(child, chunk)
-                else:
-                    _, failed = await child.compound(chunk)
-            except OSError as e:
-                if e.errno == errno.ENOTCONN:
-                    # The brick drops this connection's locks and opens by itself.
-                    log.debug("give-back on brick %s: %s", i, e)
-                    return
-                log.debug("give-back on brick %s: %s; unlocking anyway", i, e)
-                for op in chunk:
-                    if op[0] in ("inodelk", "entrylk"):
-                        _, again = await run_each(child, [op])
-                        if again is not None:
-                            log.debug("%s of %s on brick %s: %s", op[0],
-                                      _key_of(op).hex(), i, again[1])
-                continue
-            if failed is not None:
-                at, err = failed
-                log.debug("%s of %s on brick %s: %s", chunk[at][0], _key_of(chunk[at]).hex(),
-                          i, err)
-                ops = chunk[at + 1:] + ops
-
     async def post_op_now(self, key: bytes) -> None:
         """Clear the dirty marks of an idle inode lock, keeping the lock (fsync)."""
         st = self.inode.get(key)
@@ -482,7 +422,7 @@ class EagerLocks:
         st.users += 1
         try:
             targets = [i for i in bits(st.locked_on & self.up_mask()) if any(st.marks[i])]
-            xops = {i: self._take_marks(st, i) for i in targets}
+            xops = {i: take_marks(st, i) for i in targets}
 
             async def one(i: int) -> None:
                 xop = xops[i]
@@ -552,8 +492,3 @@ class EagerLocks:
             if st.state == HELD:
                 self.want_release(st.key, st.entry)
             await st.changed.wait()
-
-
-def _key_of(op: tuple[str, dict[str, Any]]) -> bytes:
-    key: bytes = op[1].get("gfid") or op[1]["pgfid"]
-    return key
