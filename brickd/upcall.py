@@ -156,8 +156,11 @@ class Upcall:
     async def _send(self, conn: ServerConnection, merge: bool = True) -> None:
         """Send what is pending for ``conn`` until nothing is; what piles up
         while a send waits on a slow reader goes out merged in the next event.
-        ``merge`` (a sender task) first lets the changes of this moment gather."""
+        ``merge`` (a sender task) first lets the changes of this moment gather;
+        without it (the changer's own task) one event is sent and anything
+        queued meanwhile is left to a sender task."""
         cid = conn.conn_id
+        handed_on = False
         try:
             if merge:
                 await trio.lowlevel.checkpoint()
@@ -167,14 +170,18 @@ class Upcall:
                     return
                 await conn.send_event(EVENT, pending.event())
                 self.sent += 1
+                if not merge and cid in self._pending:
+                    self._nursery.start_soon(self._send, conn)
+                    handed_on = True
+                    return
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
             log.debug("%r: cache-invalidation event not delivered: %r", conn, e)
         finally:
-            senders = self._senders
-            senders.discard(cid)
-            if cid in self._pending and not conn.closed:
-                # Queued after the last send but before this sender let go.
-                self.ready[cid] = conn
+            if not handed_on:
+                self._senders.discard(cid)
+                if cid in self._pending and not conn.closed:
+                    # Queued after the last send but before this sender let go.
+                    self.ready[cid] = conn
 
 
 def what_changed(op: str, args: dict[str, Any],

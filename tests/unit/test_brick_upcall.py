@@ -130,3 +130,50 @@ async def test_one_sender_per_connection_behind_a_slow_reader() -> None:
         await trio.testing.wait_all_tasks_blocked()
         assert len(slow.events) == 2 and len(slow.events[1][1]["gfids"]) == 50
         assert not up._senders and not up._pending
+
+
+class StallingConn(Conn):
+    """Has room by its socket's account, yet its sends wait (a race with a
+    reader that stops): the changer must not wait for more than its own one."""
+
+    def __init__(self, client_id: str) -> None:
+        super().__init__(client_id)
+        self.gates = [trio.Event(), trio.Event()]
+
+    async def send_event(self, name: str, args: dict[str, Any]) -> None:
+        await self.gates[len(self.events)].wait()
+        self.events.append((name, args))
+
+
+async def test_the_changer_sends_at_most_one_event_itself() -> None:
+    async with trio.open_nursery() as nursery:
+        up = Upcall(nursery)
+        me, other = Conn("me"), StallingConn("other")
+        try:
+            up.seen(me)
+            up.seen(other)
+            up.changed("write", {"gfid": P}, {}, me)
+            done = trio.Event()
+
+            async def changer() -> None:
+                await up.deliver()
+                done.set()
+
+            nursery.start_soon(changer)
+            await trio.testing.wait_all_tasks_blocked()
+            for i in range(3):  # more changes while the changer's send waits
+                up.changed("write", {"gfid": bytes([i]) * 16}, {}, me)
+                with trio.fail_after(5):
+                    await up.deliver()  # the sender is busy: queued, never waits
+            assert not done.is_set()
+            other.gates[0].set()
+            await trio.testing.wait_all_tasks_blocked()
+            # the changer is done; the rest waits in a sender task
+            assert done.is_set() and other.events == [(EVENT, {"gfids": [P], "entries": []})]
+            other.gates[1].set()
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(other.events) == 2 and len(other.events[1][1]["gfids"]) == 3
+            assert not up._senders and not up._pending and not up.ready
+        finally:
+            for gate in other.gates:  # a shielded send must be able to end
+                gate.set()
