@@ -357,6 +357,8 @@ class WriteBehind(Layer):
 
     def _retire(self, gfid: bytes, ino: InodeQueue, w: QueuedWrite) -> None:
         ino.queued.remove(w)
+        if isinstance(w, QueuedSetattr):
+            ino.setattrs -= 1
         ino.nbytes -= w.nbytes
         self.nbytes -= w.nbytes
         w.data = b""
@@ -491,9 +493,11 @@ class WriteBehind(Layer):
         """Send the queued setattrs of ``gfid`` (here and in the group) without
         waiting for more to merge with."""
         for m in self._members():
-            for w in m._queued(gfid):
-                if isinstance(w, QueuedSetattr):
-                    w.go.set()
+            ino = m.inodes.get(gfid)
+            if ino is not None and ino.setattrs:
+                for w in ino.queued:
+                    if isinstance(w, QueuedSetattr):
+                        w.go.set()
 
     def _setattr_later(self, gfid: bytes, change: dict[str, int]) -> Iatt | None:
         """Queue ``change`` (mode, owner, explicit times) and answer the attributes it
@@ -517,6 +521,7 @@ class WriteBehind(Layer):
             s = QueuedSetattr()
             deps = [q.done for q in ino.queued]
             ino.queued.append(s)
+            ino.setattrs += 1
             one: list[QueuedWrite] = [s]
             self._nursery.start_soon(self._land, gfid, ino, one, self._send_setattr, s, deps)
         s.fields.update(change)
@@ -593,9 +598,18 @@ class WriteBehind(Layer):
         return any(m.inodes for m in self._members())
 
     def _cover(self, iatt: Iatt) -> Iatt:
-        queued = [w for m in self._members() for w in m._queued(iatt.gfid)]
-        end = max((w.end for w in queued if not isinstance(w, QueuedSetattr)), default=0)
-        iatt = with_setattrs(iatt, queued)
+        end = 0
+        for m in self._members():
+            ino = m.inodes.get(iatt.gfid)
+            if ino is None or not ino.queued:
+                continue
+            if ino.setattrs:
+                iatt = with_setattrs(iatt, ino.queued)
+                e = max((w.end for w in ino.queued if not isinstance(w, QueuedSetattr)),
+                        default=0)
+            else:
+                e = max(w.end for w in ino.queued)
+            end = max(end, e)
         return iatt._replace(size=end) if end > iatt.size else iatt
 
     async def lookup(self, pgfid: bytes, name: bytes) -> Lookup:

@@ -43,10 +43,11 @@ class QueuedWrite:
 class InodeQueue:
     """Queued writes of one gfid, in the order they were made, and a failure to
     report. ``unsent``: the small writes among them not yet in a batch, in order;
-    ``senders``: tasks sending batches of them."""
+    ``senders``: tasks sending batches of them; ``setattrs``: how many of them are
+    ``QueuedSetattr``."""
 
     __slots__ = ("queued", "nbytes", "error", "last", "flush_wanted", "unsent",
-                 "unsent_bytes", "senders", "urgent", "hurry")
+                 "unsent_bytes", "senders", "urgent", "hurry", "setattrs")
 
     def __init__(self) -> None:
         self.queued: list[QueuedWrite] = []
@@ -59,6 +60,7 @@ class InodeQueue:
         self.senders = 0
         self.urgent = False
         self.hurry: trio.Event | None = None
+        self.setattrs = 0
 
 
 class QueuedSetattr(QueuedWrite):
