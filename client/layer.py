@@ -202,20 +202,28 @@ class Layer:
         return await self.child.write(gfid, offset, data, xattrop)
 
     async def writev(self, gfid: bytes, writes: list[tuple[int, bytes]],
-                     xattrop: dict[str, bytes] | None = None) -> Iatt:
+                     xattrop: dict[str, bytes] | None = None,
+                     attrs: dict[str, int] | None = None) -> Iatt:
         """The ``(offset, data)`` writes of ``writes`` (at least one), applied in
-        order, ``xattrop`` with the first; answers the attributes after the last.
+        order, ``xattrop`` with the first, then (``attrs``) a setattr of mode,
+        uid, gid, atime_ns, mtime_ns; answers the attributes after the last.
 
-        On failure the writes before the failed one may have landed. A layer
-        that leaves ``write`` alone forwards the batch whole; one that changes
-        ``write`` gets the writes one by one through it unless it overrides this.
+        On failure the changes before the failed one may have landed. A layer
+        that leaves ``write`` (and ``setattr``) alone forwards the batch whole;
+        one that changes them gets the changes one by one through them unless
+        it overrides this.
         """
-        if type(self).write is Layer.write:
-            return await self.child.writev(gfid, writes, xattrop)
+        if type(self).write is Layer.write and (
+                attrs is None or type(self).setattr is Layer.setattr):
+            return await self.child.writev(gfid, writes, xattrop, attrs)
         iatt: Iatt | None = None
         for offset, data in writes:
             iatt = await self.write(gfid, offset, data, xattrop)
             xattrop = None
+        if attrs is not None:
+            iatt = await self.setattr(
+                gfid, mode=attrs.get("mode"), uid=attrs.get("uid"), gid=attrs.get("gid"),
+                atime_ns=attrs.get("atime_ns"), mtime_ns=attrs.get("mtime_ns"))
         assert iatt is not None, "writev of no writes"
         return iatt
 

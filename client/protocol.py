@@ -218,13 +218,17 @@ class ProtocolClient(Layer):
         return Iatt(*r["iatt"])
 
     async def writev(self, gfid: bytes, writes: list[tuple[int, bytes]],
-                     xattrop: dict[str, bytes] | None = None) -> Iatt:
-        """Several writes as one ``compound`` request (one ``write`` when alone);
-        a failed sub-op's error is raised, the writes before it landed."""
-        if len(writes) == 1:
+                     xattrop: dict[str, bytes] | None = None,
+                     attrs: dict[str, int] | None = None) -> Iatt:
+        """Several writes (and a setattr) as one ``compound`` request (one
+        ``write`` when alone); a failed sub-op's error is raised, the changes
+        before it landed."""
+        if len(writes) == 1 and attrs is None:
             return await self.write(gfid, writes[0][0], writes[0][1], xattrop)
         ops: list[tuple[str, dict[str, Any]]] = [
             ("write", {"gfid": gfid, "offset": off, "data": data}) for off, data in writes]
+        if attrs is not None:
+            ops.append(("setattr", {"gfid": gfid, **attrs}))
         if xattrop is not None:
             ops[0][1]["xattrop"] = xattrop
         results, failed = await self.compound(ops)

@@ -26,7 +26,11 @@ Contracts:
   once, in parallel when disjoint. Smaller ones go in batches (``writev``:
   one request per brick for up to ``BATCH_OPS`` writes): a lone write goes at
   once, and the writes made while its batch is in flight form the next one,
-  so random small writes cost a fraction of a brick request each.
+  so random small writes cost a fraction of a brick request each. A file
+  created here holds its first batch until something waits for it (its close)
+  or ``LINGER``, and a queued setattr that follows a batch with nothing else
+  queued rides in the same request: an extracted file's data and attributes
+  cost one request per brick.
 - Anything that reads or changes what a queued write touches waits for it:
   ``read`` (overlapping writes), ``stat``, ``setattr`` (truncate, times,
   owner), ``fallocate``, an ``open`` with O_TRUNC. Lookups and readdirplus do
@@ -85,9 +89,11 @@ from pyglfs.client.writequeue import (
     OpenInode,
     QueuedSetattr,
     QueuedWrite,
+    carried_setattr,
     coalesce,
     covering,
     describe,
+    setattr_args,
     take_batch,
     with_fields,
     with_setattrs,
@@ -306,7 +312,9 @@ class WriteBehind(Layer):
         """Send the inode's unsent small writes, a batch at a time, until none is
         left (``take_batch``; overlapping writes within a batch keep their
         order: the layer below applies a batch in order)."""
-        landed = False
+        # A file created here waits for its close (or a linger) before its first
+        # batch, so the attributes tar sets before closing ride with its data.
+        landed = self._take_fresh(gfid)
         try:
             while ino.unsent:
                 if (landed and not ino.urgent and ino.hurry is None
@@ -339,8 +347,28 @@ class WriteBehind(Layer):
                 for w in left:
                     self._retire(gfid, ino, w)
 
+    def _take_fresh(self, gfid: bytes) -> bool:
+        o = self.opened.get(gfid)
+        if o is None or not o.fresh:
+            return False
+        o.fresh = False
+        return o.count == 1
+
     async def _send_batch(self, gfid: bytes, ino: InodeQueue, batch: list[QueuedWrite]) -> None:
-        ino.last = await self.child.writev(gfid, coalesce(batch))
+        """Send ``batch``, and the queued setattr after it when nothing else is
+        queued (one request per brick for a file's data and attributes)."""
+        s = carried_setattr(ino, batch)
+        if s is None:
+            ino.last = await self.child.writev(gfid, coalesce(batch))
+        else:
+            s.sent = True
+            s.carried = trio.Event()
+            s.go.set()
+            try:
+                ino.last = await self.child.writev(gfid, coalesce(batch), None,
+                                                   setattr_args(s.fields))
+            finally:
+                s.carried.set()
         self._learn(ino.last, grown=True)
 
     async def _finish(self, gfid: bytes, ino: InodeQueue, ws: list[QueuedWrite]) -> None:
@@ -453,6 +481,8 @@ class WriteBehind(Layer):
                      xattrop: dict[str, bytes] | None = None) -> EntryReply:
         r = await self.child.create(pgfid, name, gfid, mode, uid, gid, flags, xattrop)
         self._opened(r.iatt, flags)
+        o = self.opened[r.iatt.gfid]
+        o.fresh = o.count == 1 and self._nursery is not None
         return r
 
     def _opened(self, iatt: Iatt, flags: int) -> None:
@@ -533,6 +563,9 @@ class WriteBehind(Layer):
             await s.go.wait()
         for d in deps:
             await d.wait()
+        if s.carried is not None:  # a batch of writes took it along
+            await s.carried.wait()
+            return
         s.sent = True
         f = s.fields
         self._learn(await self.child.setattr(

@@ -65,9 +65,10 @@ class InodeQueue:
 
 class QueuedSetattr(QueuedWrite):
     """Queued setattrs of one gfid, merged into ``fields``; spans every offset, so
-    writes made after it wait for it. ``go`` sends it before ``SETATTR_DELAY``."""
+    writes made after it wait for it. ``go`` sends it before ``SETATTR_DELAY``;
+    ``carried``: set once the batch of writes that took it along has landed."""
 
-    __slots__ = ("fields", "go", "sent", "ctime_ns")
+    __slots__ = ("fields", "go", "sent", "ctime_ns", "carried")
     kind = "setattr"
 
     def __init__(self) -> None:
@@ -76,21 +77,24 @@ class QueuedSetattr(QueuedWrite):
         self.go = trio.Event()
         self.sent = False
         self.ctime_ns = 0
+        self.carried: trio.Event | None = None
 
     def describe(self) -> str:
         return f"setattr {self.fields}"
 
 
 class OpenInode:
-    """A gfid open here: its opens, its attributes as the bricks last answered, and
-    whether an open appends (its writes' offsets come from the bricks' size)."""
+    """A gfid open here: its opens, its attributes as the bricks last answered,
+    whether an open appends (its writes' offsets come from the bricks' size), and
+    whether it was created here and nothing was sent of it yet (``fresh``)."""
 
-    __slots__ = ("count", "iatt", "append")
+    __slots__ = ("count", "iatt", "append", "fresh")
 
     def __init__(self, iatt: Iatt) -> None:
         self.count = 1
         self.iatt = iatt
         self.append = False
+        self.fresh = False
 
 
 def take_batch(ino: InodeQueue) -> list[QueuedWrite]:
@@ -115,6 +119,21 @@ def take_batch(ino: InodeQueue) -> list[QueuedWrite]:
         ino.unsent = left
         ino.unsent_bytes -= nbytes
     return batch
+
+
+def carried_setattr(ino: InodeQueue, batch: list[QueuedWrite]) -> QueuedSetattr | None:
+    """The queued setattr that can ride with ``batch``: the inode's last queued
+    change, not sent, when everything else queued is in the batch."""
+    s = ino.queued[-1] if ino.queued else None
+    if (isinstance(s, QueuedSetattr) and not s.sent and not ino.unsent
+            and len(ino.queued) == len(batch) + 1):
+        return s
+    return None
+
+
+def setattr_args(fields: dict[str, int]) -> dict[str, int]:
+    """A queued setattr's fields as ``setattr`` arguments (the ones set)."""
+    return {k: fields[k] for k in ("mode", "uid", "gid", "atime_ns", "mtime_ns") if k in fields}
 
 
 def coalesce(batch: list[QueuedWrite]) -> list[tuple[int, bytes]]:

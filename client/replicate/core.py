@@ -194,16 +194,22 @@ class Replicate(ReadOps):
         return iatt
 
     async def writev(self, gfid: bytes, writes: list[tuple[int, bytes]],
-                     xattrop: dict[str, bytes] | None = None) -> Iatt:
-        """Several writes of ``gfid`` as one replicated change: one transaction
-        under the inode lock covering every span, one request per brick (the
-        dirty mark rides on the first write). A brick that fails at any write
-        is blamed for the data of the whole change, as for a single write."""
-        if len(writes) == 1:
+                     xattrop: dict[str, bytes] | None = None,
+                     attrs: dict[str, int] | None = None) -> Iatt:
+        """Several writes of ``gfid`` (and a setattr after them) as one replicated
+        change: one transaction under the inode lock covering every span, one
+        request per brick (the dirty mark rides on the first write). A brick
+        that fails at any part is blamed for the whole change (data, and
+        metadata with ``attrs``), as for a single write."""
+        if len(writes) == 1 and attrs is None:
             return await self.write(gfid, writes[0][0], writes[0][1], xattrop)
         spans = [(off, off + max(len(data), 1)) for off, data in writes]
+        kinds = _D
+        if attrs is not None:
+            kinds |= _M
+            spans.append(META_SPAN)
         out = await self.writer.inode_op(
-            gfid, _D, spans, lambda c, x: c.writev(gfid, writes, x), xattrop)
+            gfid, kinds, spans, lambda c, x: c.writev(gfid, writes, x, attrs), xattrop)
         iatt: Iatt = self._result(gfid, out)
         return iatt
 

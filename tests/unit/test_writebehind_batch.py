@@ -19,7 +19,7 @@ from test_replicate_compound import count_requests
 from test_writebehind import FakeFile, G
 
 from pyglfs.client import writebehind
-from pyglfs.client.layer import Layer
+from pyglfs.client.layer import EntryReply, Layer
 from pyglfs.client.replicate.changelog import decode
 from pyglfs.client.writebehind import BATCH_BYTES, BATCH_OPS, LINGER_WRITES, WriteBehind
 from pyglfs.rpc.brickops import ROOT_GFID, Iatt, afr_xattr
@@ -34,11 +34,15 @@ class BatchFake(FakeFile):
     def __init__(self) -> None:
         super().__init__()
         self.batches: list[list[tuple[int, int]]] = []
+        self.carried: list[dict[str, int]] = []
 
     async def writev(self, gfid: bytes, writes: list[tuple[int, bytes]],
-                     xattrop: dict[str, bytes] | None = None) -> Iatt:
+                     xattrop: dict[str, bytes] | None = None,
+                     attrs: dict[str, int] | None = None) -> Iatt:
         self.batches.append([(off, len(data)) for off, data in writes])
-        return await super().writev(gfid, writes, xattrop)
+        if attrs is not None:
+            self.carried.append(attrs)
+        return await super().writev(gfid, writes, xattrop, attrs)
 
 
 @pytest.fixture
@@ -250,9 +254,10 @@ class PartWrites(Layer):
         self.cut: int | None = None
 
     async def writev(self, gfid: bytes, writes: list[tuple[int, bytes]],
-                     xattrop: dict[str, bytes] | None = None) -> Iatt:
+                     xattrop: dict[str, bytes] | None = None,
+                     attrs: dict[str, int] | None = None) -> Iatt:
         if self.cut is None:
-            return await self.child.writev(gfid, writes, xattrop)
+            return await self.child.writev(gfid, writes, xattrop, attrs)
         if self.cut:
             await self.child.writev(gfid, writes[:self.cut], xattrop)
         raise OSError(errno.ENOSPC, "no space left on device")
@@ -359,3 +364,94 @@ async def test_a_batch_failing_on_every_brick_is_reported_by_fsync(tmp_path: Pat
         b0, b1 = env.bricks[0].root, env.bricks[1].root
         assert (b0 / "f").read_bytes() == (b1 / "f").read_bytes()
         assert not rep.needs_heal(f)
+
+
+# -- a new file's data and attributes in one request --------------------------------
+
+
+class CreatingFake(BatchFake):
+    async def create(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
+                     gid: int, flags: int = 0,
+                     xattrop: dict[str, bytes] | None = None) -> EntryReply:
+        self.data[gfid] = bytearray()
+        return EntryReply(await self.stat(gfid), None)
+
+    async def setattr(self, gfid: bytes, **kw: Any) -> Iatt:
+        self.calls.append(("setattr", {k: v for k, v in kw.items() if v}))
+        return await super().setattr(gfid, **kw)
+
+    async def write(self, gfid: bytes, offset: int, data: bytes,
+                    xattrop: dict[str, bytes] | None = None) -> Iatt:
+        self.calls.append(("write", {"offset": offset}))
+        return await super().write(gfid, offset, data, xattrop)
+
+
+@pytest.fixture
+async def cwb(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[WriteBehind, CreatingFake]]:
+    monkeypatch.setattr(writebehind, "LINGER", 30.0)  # only what waits sends
+    fake = CreatingFake()
+    fake.calls = []
+    fake.gate.set()
+    layer = WriteBehind("wb", fake)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(layer.serve_writes)
+        yield layer, fake
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_new_files_data_and_attributes_go_together_at_close(cwb: Any) -> None:
+    layer, fake = cwb
+    with trio.fail_after(5):
+        await layer.create(ROOT_GFID, b"f", G, 0o644, 0, 0, os.O_WRONLY)
+        await layer.write(G, 0, b"data")
+        await trio.testing.wait_all_tasks_blocked()
+        assert fake.batches == []  # a fresh file's first batch waits for its close
+        await layer.setattr(G, uid=7, mtime_ns=5)  # queued (setattr-behind)
+        await layer.setattr(G, mode=0o600)
+        await layer.flush(G)
+        await layer.release(G)
+    assert fake.batches == [[(0, 4)]]
+    assert fake.carried == [{"uid": 7, "mtime_ns": 5, "mode": 0o600}]
+    assert fake.calls == [("write", {"offset": 0}),
+                          ("setattr", {"uid": 7, "mtime_ns": 5, "mode": 0o600})]
+    assert layer.inodes == {} and bytes(fake.data[G]) == b"data"
+
+
+async def test_a_setattr_with_writes_after_it_goes_on_its_own(cwb: Any) -> None:
+    layer, fake = cwb
+    with trio.fail_after(5):
+        await layer.create(ROOT_GFID, b"f", G, 0o644, 0, 0, os.O_WRONLY)
+        await layer.write(G, 0, b"aaaa")
+        await layer.setattr(G, mtime_ns=5)
+        await layer.write(G, 2, b"bb")  # after the setattr: waits for it
+        await layer.fsync(G)
+    assert fake.carried == []
+    assert fake.calls == [("write", {"offset": 0}), ("setattr", {"mtime_ns": 5}),
+                          ("write", {"offset": 2})]
+    assert bytes(fake.data[G]) == b"aabb"
+
+
+async def test_a_created_file_is_one_request_per_brick_for_data_and_attributes(
+        tmp_path: Path) -> None:
+    async with open_replica(tmp_path, post_op_delay=30.0) as env:
+        rep = env.rep
+        wb = WriteBehind("wb", rep, flush_behind=True)
+        await env.nursery.start(wb.serve_writes)
+        seen = count_requests(env, rep)
+        f = uuid.uuid4().bytes
+        with trio.fail_after(10):
+            await wb.create(ROOT_GFID, b"f", f, 0o644, 0, 0, os.O_WRONLY)
+            await wb.write(f, 0, b"z" * K4)
+            await wb.setattr(f, mode=0o600, atime_ns=10**18, mtime_ns=2 * 10**18)
+            await wb.flush(f)
+            await wb.release(f)
+            await wb.settle()
+        for calls in seen:
+            assert [c for c in calls if "write" in c or "setattr" in c] == [
+                "compound:write+setattr"], calls
+        for b in env.bricks:
+            st = os.stat(b.root / "f")
+            assert (st.st_mode & 0o7777, st.st_mtime_ns) == (0o600, 2 * 10**18)
+            assert (b.root / "f").read_bytes() == b"z" * K4
+            assert index_dir(b.root) == set()
+            assert decode(os.getxattr(b.root / "f", "trusted.afr.dirty")) == (0, 0, 0)
