@@ -62,7 +62,9 @@ SLOW_BACKOFF = 2.0
 DIRECT_MIN = 256 * 1024
 DIRECT_ALIGN = 4096
 _DIRECT_MASK = DIRECT_ALIGN - 1
-_OPEN_TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM})
+# Why an O_DIRECT reopen can fail for every file of this brick: the filesystem
+# has no O_DIRECT, there is no /proc, a security module forbids the reopen.
+_OPEN_REFUSED = frozenset({errno.EINVAL, errno.ENOENT, errno.EACCES, errno.EOPNOTSUPP})
 _OFF_MAX = (1 << 63) - 1
 T = TypeVar("T")
 
@@ -113,11 +115,12 @@ def _pwrite_direct(fd: int, data: bytes, offset: int) -> bool:
     file; the caller checked the alignment. False, with nothing written, when
     O_DIRECT writes cannot work here: the filesystem refuses them (EINVAL), or
     the file cannot be reopened through /proc (not mounted, not permitted).
-    Short of descriptors or memory, this one write goes buffered."""
+    Any other failure to reopen (no fds left, an immutable file) sends this one
+    write the buffered way, which reports its own error if it has one."""
     try:
         dfd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
     except OSError as e:
-        if e.errno not in _OPEN_TRANSIENT:
+        if e.errno in _OPEN_REFUSED:
             return False
         _pwrite_all(fd, data, offset)
         return True

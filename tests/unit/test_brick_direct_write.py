@@ -223,9 +223,10 @@ async def test_refused_open_falls_back_to_buffered_for_good(
     assert (root / "f").read_bytes() == b"".join(blocks)
 
 
-async def test_short_of_descriptors_one_write_goes_buffered(
-        store: BrickStore, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    tried = refuse_direct_open(monkeypatch, errno.EMFILE)
+@pytest.mark.parametrize("code", [errno.EMFILE, errno.EPERM])
+async def test_other_reopen_failures_send_one_write_buffered(
+        store: BrickStore, root: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    tried = refuse_direct_open(monkeypatch, code)
     g = await mkfile(store, ROOT_GFID, b"f")
     blocks = [os.urandom(MIB) for _ in range(2)]
     for i, b in enumerate(blocks):
