@@ -185,6 +185,8 @@ def run(plan: MountPlan, foreground: bool) -> int:
     malloc re-exec and in the process that serves.
     """
     readiness = Readiness() if foreground else daemonize()
+    if plan.options.auto_unmount:
+        readiness.guard_unmount(plan.mountpoint)
     setup_logging(plan, foreground)
     try:
         import trio

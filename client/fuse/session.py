@@ -17,7 +17,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import re
 import signal
 import uuid
 from collections.abc import Awaitable, Callable
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING
 import pyfuse3
 import trio
 
+from pyglfs.client.daemon import mount_device
 from pyglfs.client.fuse.base import BridgeConfig
 from pyglfs.client.fuse.kernelinval import KernelInvalidator
 from pyglfs.client.fuse.operations import FuseOperations
@@ -184,28 +184,6 @@ async def _serve_in_scope(serve: Callable[[], Awaitable[None]], scope: trio.Canc
         done.set()
 
 
-def _mount_device(mountpoint: str) -> str | None:
-    """``major:minor`` of the newest mount on ``mountpoint``, from our mountinfo.
-
-    Read from /proc rather than by stat(): the mount's own requests are not
-    served yet while this runs, so a stat of it would wait on ourselves.
-    """
-    # realpath of the parent only: resolving the mount point itself would stat it
-    parent, name = os.path.split(os.path.abspath(mountpoint).rstrip("/") or "/")
-    target = os.path.join(os.path.realpath(parent), name)
-    found = None
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 4 and _unescape_octal(fields[4]) == target:
-                found = fields[2]
-    return found
-
-
-def _unescape_octal(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
 async def _raise_readahead(mountpoint: str, kb: int) -> None:
     """Let the kernel read ahead ``kb`` KiB: with its default (128 KiB) every
     sequential read is a 128 KiB round trip, and the bricks' cost per byte is
@@ -215,7 +193,7 @@ async def _raise_readahead(mountpoint: str, kb: int) -> None:
     which pyfuse3.main() sends once it runs; so the value is written, and
     written again if INIT put it back, for a bounded second.
     """
-    dev = _mount_device(mountpoint)
+    dev = mount_device(mountpoint)
     if dev is None:
         log.debug("no mountinfo line for %s; read-ahead left as it is", mountpoint)
         return
