@@ -1,6 +1,6 @@
 """Writes through a replica-2 mount whose bricks mix O_DIRECT and buffered writes.
 
-The bricks write big aligned blocks with O_DIRECT and everything else through
+The bricks (started with PYGLFS_BRICK_DIRECT_WRITES=1) write big aligned blocks with O_DIRECT and everything else through
 their page cache (brickd/fileio.py). Through a real mount: a file made of
 aligned blocks, unaligned overwrites inside them, aligned blocks over ranges
 written buffered just before, a sparse extension and a short tail ends up the
@@ -13,9 +13,12 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from helpers.mounts import Mount, Volume, fuse_skip_reason, mounted_volume, start_volume, wait_for
+
+from pyglfs.brickd.fileio import DIRECT_WRITES_ENV
 
 _skip = fuse_skip_reason()
 pytestmark = [pytest.mark.mount, pytest.mark.skipif(_skip is not None, reason=_skip or "")]
@@ -26,7 +29,9 @@ KIB = 1 << 10
 
 @pytest.fixture(scope="module")
 def replica(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Volume]:
-    vol = start_volume(tmp_path_factory.mktemp("brickdirect"), "replica2")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(DIRECT_WRITES_ENV, "1")
+        vol = start_volume(tmp_path_factory.mktemp("brickdirect"), "replica2")
     try:
         yield vol
     finally:
@@ -41,6 +46,16 @@ def mnt(replica: Volume) -> Iterator[Mount]:
 
 def digests(vol: Volume, name: str) -> list[str]:
     return [hashlib.sha256((b.brick / name).read_bytes()).hexdigest() for b in vol.bricks]
+
+
+def in_page_cache(path: Path, offset: int, size: int) -> bool:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.preadv(fd, [bytearray(size)], offset, os.RWF_NOWAIT) == size
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def test_mixed_direct_and_buffered_writes_agree_on_both_bricks(
@@ -61,6 +76,9 @@ def test_mixed_direct_and_buffered_writes_agree_on_both_bricks(
         put(3 * MIB + 100, os.urandom(5000))  # unaligned, inside a direct block
         put(5 * MIB + 4096, b"x" * 300)
         os.fsync(fd)
+        # Block 6 went O_DIRECT on both bricks: their page cache does not hold it.
+        assert [in_page_cache(b.brick / name, 6 * MIB, 64 * KIB)
+                for b in replica.bricks] == [False, False]
         put(2 * MIB, os.urandom(256 * KIB + 1))  # buffered (odd length) ...
         put(2 * MIB, os.urandom(256 * KIB))  # ... then direct over it
         put(12 * MIB, os.urandom(512 * KIB))  # sparse extension, direct

@@ -5,6 +5,8 @@ write put there, whichever path either took; sizes grow as with buffered
 writes; unaligned and small writes still work; a filesystem that refuses
 O_DIRECT gets buffered writes. What the brick should gain: an aligned 1 MiB
 write leaves nothing of its range in the page cache, and no descriptor behind.
+Direct writes are off unless the brick's environment turns them on; these
+tests turn them on per store.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import errno
 import fcntl
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,22 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="trusted.* xattrs need
 
 MIB = 1024 * 1024
 KIB = 1024
+
+
+@pytest.fixture(autouse=True)
+def direct_on(store: BrickStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "_direct_writes", True)
+
+
+def test_direct_writes_are_off_unless_the_environment_asks() -> None:
+    code = ("from pyglfs.brickd.fileio import FileOps; "
+            "print(FileOps._direct_writes)")
+    env = {k: v for k, v in os.environ.items() if k != fileio.DIRECT_WRITES_ENV}
+    off = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=60)
+    on = subprocess.run([sys.executable, "-c", code], env=env | {fileio.DIRECT_WRITES_ENV: "1"},
+                        capture_output=True, text=True, timeout=60)
+    assert (off.stdout.strip(), on.stdout.strip()) == ("False", "True")
 
 
 def direct_supported(root: Path) -> bool:
