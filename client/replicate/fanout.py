@@ -4,9 +4,9 @@ With ``split`` (children whose calls are protocol clients' brick requests)
 no task is spawned: the caller's task sends the request of every brick
 (``rpc.connection.start_split``), then awaits the replies in turn. Otherwise
 the first brick's call runs in the caller's task and only the others get a
-task of their own. Outcomes are ``OSError`` instances for failed bricks: a failure on one brick is
-data for replicate (blame it, fail over), not an exception. Anything else (a
-bug, ``Cancelled``) propagates.
+task of their own. Outcomes are ``OSError`` instances for failed bricks: a
+failure on one brick is data for replicate (blame it, fail over), not an
+exception. Anything else (a bug, ``Cancelled``) propagates.
 """
 
 from __future__ import annotations
