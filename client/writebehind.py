@@ -147,6 +147,8 @@ class WriteBehind(Layer):
         self.opened: dict[bytes, OpenInode] = {}
         self.nbytes = 0
         self._freed = trio.Event()
+        # > = 0: new files hold their first batch for their attributes (see _take_fresh)
+        self._carry_score = 0
         self._nursery: trio.Nursery | None = None
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -314,7 +316,7 @@ class WriteBehind(Layer):
         order: the layer below applies a batch in order)."""
         # A file created here waits for its close (or a linger) before its first
         # batch, so the attributes tar sets before closing ride with its data.
-        landed = self._take_fresh(gfid)
+        held = landed = self._take_fresh(gfid)
         try:
             while ino.unsent:
                 if (landed and not ino.urgent and ino.hurry is None
@@ -337,6 +339,9 @@ class WriteBehind(Layer):
                     ino.urgent = False
                 await self._land(gfid, ino, batch, self._send_batch, ino, batch)
                 landed = True
+                if held:
+                    held = False
+                    self._score(1 if ino.carried else -1)
         finally:
             ino.senders -= 1
             if ino.unsent and not ino.senders:  # cancelled: nobody sends them now
@@ -348,16 +353,29 @@ class WriteBehind(Layer):
                     self._retire(gfid, ino, w)
 
     def _take_fresh(self, gfid: bytes) -> bool:
+        """Whether the first batch of ``gfid`` waits for its close: a file created
+        here, while files created recently had attributes set before their close
+        (tar does; a plain create-write-close does not, and holding its write
+        until the close would only delay it)."""
         o = self.opened.get(gfid)
         if o is None or not o.fresh:
             return False
         o.fresh = False
-        return o.count == 1
+        if o.count != 1:
+            return False
+        if self._carry_score >= 0:
+            return True
+        o.missed = True
+        return False
+
+    def _score(self, delta: int) -> None:
+        self._carry_score = max(-8, min(8, self._carry_score + delta))
 
     async def _send_batch(self, gfid: bytes, ino: InodeQueue, batch: list[QueuedWrite]) -> None:
         """Send ``batch``, and the queued setattr after it when nothing else is
         queued (one request per brick for a file's data and attributes)."""
         s = carried_setattr(ino, batch)
+        ino.carried = s is not None
         if s is None:
             ino.last = await self.child.writev(gfid, coalesce(batch))
         else:
@@ -533,6 +551,9 @@ class WriteBehind(Layer):
         """Queue ``change`` (mode, owner, explicit times) and answer the attributes it
         will give; None when it must go through now."""
         o = self.opened.get(gfid)
+        if o is not None and o.missed:  # a new file's batch that could have waited
+            o.missed = False
+            self._score(1)
         if (o is None or self._nursery is None or not stat.S_ISREG(o.iatt.mode)
                 or change.get("mode", 0) & _SETID or self._queued_elsewhere(gfid)):
             return None

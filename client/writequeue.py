@@ -47,7 +47,7 @@ class InodeQueue:
     ``QueuedSetattr``."""
 
     __slots__ = ("queued", "nbytes", "error", "last", "flush_wanted", "unsent",
-                 "unsent_bytes", "senders", "urgent", "hurry", "setattrs")
+                 "unsent_bytes", "senders", "urgent", "hurry", "setattrs", "carried")
 
     def __init__(self) -> None:
         self.queued: list[QueuedWrite] = []
@@ -61,6 +61,7 @@ class InodeQueue:
         self.urgent = False
         self.hurry: trio.Event | None = None
         self.setattrs = 0
+        self.carried = False
 
 
 class QueuedSetattr(QueuedWrite):
@@ -86,15 +87,17 @@ class QueuedSetattr(QueuedWrite):
 class OpenInode:
     """A gfid open here: its opens, its attributes as the bricks last answered,
     whether an open appends (its writes' offsets come from the bricks' size), and
-    whether it was created here and nothing was sent of it yet (``fresh``)."""
+    whether it was created here and nothing was sent of it yet (``fresh``), and
+    whether its first batch went without waiting for its attributes (``missed``)."""
 
-    __slots__ = ("count", "iatt", "append", "fresh")
+    __slots__ = ("count", "iatt", "append", "fresh", "missed")
 
     def __init__(self, iatt: Iatt) -> None:
         self.count = 1
         self.iatt = iatt
         self.append = False
         self.fresh = False
+        self.missed = False
 
 
 def take_batch(ino: InodeQueue) -> list[QueuedWrite]:

@@ -455,3 +455,28 @@ async def test_a_created_file_is_one_request_per_brick_for_data_and_attributes(
             assert (b.root / "f").read_bytes() == b"z" * K4
             assert index_dir(b.root) == set()
             assert decode(os.getxattr(b.root / "f", "trusted.afr.dirty")) == (0, 0, 0)
+
+
+async def test_new_files_stop_waiting_for_attributes_that_do_not_come(cwb: Any) -> None:
+    layer, fake = cwb
+    a, b, c = (bytes([i]) * 16 for i in (1, 2, 3))
+    with trio.fail_after(5):
+        await layer.create(ROOT_GFID, b"a", a, 0o644, 0, 0, os.O_WRONLY)
+        await layer.write(a, 0, b"a")
+        await layer.flush(a)  # no attributes came: the next new file does not wait
+        await layer.release(a)
+        await layer.create(ROOT_GFID, b"b", b, 0o644, 0, 0, os.O_WRONLY)
+        await layer.write(b, 0, b"b")
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(fake.batches) == 2  # sent at once
+        await layer.setattr(b, mtime_ns=5)  # ...but attributes came after all
+        await layer.flush(b)
+        await layer.release(b)
+        await layer.create(ROOT_GFID, b"c", c, 0o644, 0, 0, os.O_WRONLY)
+        await layer.write(c, 0, b"c")
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(fake.batches) == 2  # waits again
+        await layer.setattr(c, mtime_ns=6)
+        await layer.flush(c)
+        await layer.release(c)
+    assert fake.carried == [{"mtime_ns": 6}] and len(fake.batches) == 3
