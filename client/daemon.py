@@ -32,6 +32,7 @@ _READY = b"ready\n"
 _ERROR = b"error "
 _ARM = b"armed\n"
 _DISARM = b"disarmed\n"
+_GROUP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGPIPE)
 UNMOUNT_CMD = ("fusermount3", "-u", "-z")
 
 
@@ -75,13 +76,17 @@ class Readiness:
             return
         r, w = os.pipe()
         mountpoint = os.path.abspath(mountpoint)
+        # Blocked across the fork: until the guard has its own session and
+        # ignores them, a signal to this process's group would end it too.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _GROUP_SIGNALS)
         pid = os.fork()
         if pid == 0:
             try:
                 os.close(w)
-                _guard(r, mountpoint)
+                _guard(r, mountpoint, mask)
             finally:
                 os._exit(0)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(r)
         self._guard, self.guard_pid = w, pid
         atexit.register(self._disarm)
@@ -161,11 +166,12 @@ def _describe(status: int) -> str:
     return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
-def _guard(r: int, mountpoint: str) -> None:
+def _guard(r: int, mountpoint: str, mask: set[int | signal.Signals]) -> None:
     """The guard process (see ``Readiness.guard_unmount``)."""
+    for sig in _GROUP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)  # which also drops one already pending
     os.setsid()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGPIPE):
-        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     os.chdir("/")
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
