@@ -397,7 +397,8 @@ class Replicate(ReadOps):
             self.writer.check_quorum()
         bflags = flags & ~_OPEN_DROP
         children = self.children
-        res = await fanout(self.n, up, lambda i: children[i].open(gfid, bflags))
+        res = await fanout(self.n, up, lambda i: children[i].open(gfid, bflags),
+                           self.writer.split)
         errors = {i: r for i in up if isinstance(r := res[i], OSError)}
         ok = [i for i in up if i not in errors]
         if not ok:
@@ -428,7 +429,8 @@ class Replicate(ReadOps):
             self.locks.want_release(gfid)
         up = bits(self._up())
         children = self.children
-        res = await fanout(self.n, up, lambda i: children[i].release(gfid))
+        res = await fanout(self.n, up, lambda i: children[i].release(gfid),
+                           self.writer.split)
         for i in up:
             if isinstance(res[i], OSError):
                 log.debug("release of %s on brick %s: %s", gfid.hex(), i, res[i])
@@ -457,7 +459,8 @@ class Replicate(ReadOps):
         if not up:
             raise OSError(errno.ENOTCONN, "no brick is connected")
         children = self.children
-        res = await fanout(self.n, up, lambda i: children[i].fsync(gfid, datasync))
+        res = await fanout(self.n, up, lambda i: children[i].fsync(gfid, datasync),
+                           self.writer.split)
         errors = {i: r for i in up if isinstance(r := res[i], OSError)}
         if len(errors) == len(up):
             raise pick_error(errors)
@@ -467,7 +470,8 @@ class Replicate(ReadOps):
                         self.name, gfid.hex(), failed)
             ok = [i for i in up if i not in errors]
             xop = {self.names[j]: changelog.delta(_D) for j in failed}
-            await fanout(self.n, ok, lambda i: children[i].xattrop(gfid, xop))
+            await fanout(self.n, ok, lambda i: children[i].xattrop(gfid, xop),
+                         self.writer.split)
             self.inodes.blame(gfid, _D, _mask(failed))
         await self.locks.post_op_now(gfid)
 
@@ -477,7 +481,8 @@ class Replicate(ReadOps):
         if not up:
             raise OSError(errno.ENOTCONN, "no brick is connected")
         children = self.children
-        res = await fanout(self.n, up, lambda i: getattr(children[i], op)(*args))
+        res = await fanout(self.n, up, lambda i: getattr(children[i], op)(*args),
+                           self.writer.split)
         errors = {i: r for i in up if isinstance(r := res[i], OSError)}
         ok = [i for i in up if i not in errors]
         if not ok:

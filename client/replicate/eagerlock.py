@@ -42,7 +42,7 @@ from typing import Any
 import trio
 
 from pyglfs.client.layer import Layer
-from pyglfs.client.replicate.fanout import bits, fanout, pick_error
+from pyglfs.client.replicate.fanout import bits, fanout, pick_error, splittable
 from pyglfs.client.replicate.giveback import Ops, give_back_ops, send_ops, take_marks
 from pyglfs.rpc.brickops import COMPOUND_MAX
 
@@ -127,6 +127,8 @@ class EagerLocks:
                  delay: float = 1.0, eager: bool = True, parallel: int = 64) -> None:
         self.children = children
         self.n = len(children)
+        # Protocol clients: a fan-out sends to every brick from the caller's task.
+        self.split = splittable(children)
         self.domain = domain
         self.owner = owner
         self.delay = delay if eager else 0.0
@@ -295,7 +297,8 @@ class EagerLocks:
         targets = bits(self.up_mask())
         if not targets:
             raise OSError(errno.ENOTCONN, "no brick is connected")
-        res = await fanout(self.n, targets, lambda i: self._lock(st, i, "wr", False))
+        res = await fanout(self.n, targets, lambda i: self._lock(st, i, "wr", False),
+                           self.split)
         errors = {i: r for i in targets if isinstance(r := res[i], OSError)}
         got = [i for i in targets if i not in errors]
         if any(e.errno == errno.EAGAIN for e in errors.values()):
@@ -320,7 +323,8 @@ class EagerLocks:
         return m
 
     async def _unlock(self, st: LockState, targets: list[int]) -> None:
-        res = await fanout(self.n, targets, lambda i: self._lock(st, i, "un", False))
+        res = await fanout(self.n, targets, lambda i: self._lock(st, i, "un", False),
+                           self.split)
         for i in targets:
             if isinstance(res[i], OSError):
                 log.debug("unlock %r on brick %s: %s", st, i, res[i])
@@ -369,7 +373,8 @@ class EagerLocks:
                                                 st.closed >> i & 1, self.domain, self.owner)
                 targets = [i for i in range(self.n) if ops[i]]
                 children = self.children
-                await fanout(self.n, targets, lambda i: send_ops(children[i], i, ops[i]))
+                await fanout(self.n, targets, lambda i: send_ops(children[i], i, ops[i]),
+                             self.split)
         finally:
             for st in states:
                 self._forget(st)
@@ -429,7 +434,7 @@ class EagerLocks:
                 if xop is not None:
                     await self.children[i].xattrop(st.key, xop)
 
-            await fanout(self.n, targets, one)
+            await fanout(self.n, targets, one, self.split)
         finally:
             self.done(st)
 
