@@ -68,36 +68,27 @@ class _Handling:
 
     def __await__(self) -> Generator[Any, Any, Any]:
         coro = self.coro
-        try:
-            msg = coro.send(None)
-        except StopIteration as stop:
-            return stop.value
-        except pyfuse3.FUSEError:
-            raise
-        except Exception as exc:
-            raise to_fuse_error(exc, self.what) from None
-        handler_blocks()
+        step: Callable[[Any], Any] = coro.send
+        value: Any = None
+        first = True
         while True:
             try:
-                sent = yield msg
+                msg = step(value)
+            except StopIteration as stop:
+                return stop.value
+            except pyfuse3.FUSEError:
+                raise
+            except Exception as exc:
+                raise to_fuse_error(exc, self.what) from None
+            if first:
+                first = False
+                handler_blocks()
+            try:
+                value = yield msg
+                step = coro.send
             except BaseException as exc:  # trio's cancellation, or a close
-                try:
-                    msg = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-                except pyfuse3.FUSEError:
-                    raise
-                except Exception as exc2:
-                    raise to_fuse_error(exc2, self.what) from None
-            else:
-                try:
-                    msg = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
-                except pyfuse3.FUSEError:
-                    raise
-                except Exception as exc:
-                    raise to_fuse_error(exc, self.what) from None
+                value = exc
+                step = coro.throw
 
 
 def fuse_handler(

@@ -8,6 +8,7 @@ import errno
 import os
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -305,8 +306,11 @@ async def test_a_batch_is_one_request_per_brick_and_lands_on_both(tmp_path: Path
         assert await rep.read(f, 0, len(expect)) == expect
 
 
-async def test_a_brick_failing_part_way_through_a_batch_is_blamed_and_indexed(
-        tmp_path: Path) -> None:
+@asynccontextmanager
+async def _cuttable_file(tmp_path: Path) -> AsyncIterator[tuple[Any, Any, WriteBehind,
+                                                                 list[PartWrites], bytes]]:
+    """A replica-2 write-behind over bricks whose writes can be cut short, and
+    a file created through it: (env, replicate, write-behind, cutters, gfid)."""
     parts: list[PartWrites] = []
 
     def wrap(i: int, child: Layer) -> Layer:
@@ -320,6 +324,12 @@ async def test_a_brick_failing_part_way_through_a_batch_is_blamed_and_indexed(
         await env.nursery.start(wb.serve_writes)
         f = uuid.uuid4().bytes
         await wb.create(ROOT_GFID, b"f", f, 0o644, 0, 0, os.O_WRONLY)
+        yield env, rep, wb, parts, f
+
+
+async def test_a_brick_failing_part_way_through_a_batch_is_blamed_and_indexed(
+        tmp_path: Path) -> None:
+    async with _cuttable_file(tmp_path) as (env, rep, wb, parts, f):
         parts[1].cut = 3
         with trio.fail_after(10):
             expect = await _queue_random(wb, f, 20)
@@ -336,19 +346,7 @@ async def test_a_brick_failing_part_way_through_a_batch_is_blamed_and_indexed(
 
 
 async def test_a_batch_failing_on_every_brick_is_reported_by_fsync(tmp_path: Path) -> None:
-    parts: list[PartWrites] = []
-
-    def wrap(i: int, child: Layer) -> Layer:
-        p = PartWrites(child)
-        parts.append(p)
-        return p
-
-    async with open_replica(tmp_path, client=False) as env:
-        rep = await env.new_client(wrap=wrap, post_op_delay=30.0)
-        wb = WriteBehind("wb", rep)
-        await env.nursery.start(wb.serve_writes)
-        f = uuid.uuid4().bytes
-        await wb.create(ROOT_GFID, b"f", f, 0o644, 0, 0, os.O_WRONLY)
+    async with _cuttable_file(tmp_path) as (env, rep, wb, parts, f):
         with trio.fail_after(10):
             await wb.write(f, 0, b"a" * K4)
             await wb.fsync(f)
