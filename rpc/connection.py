@@ -128,49 +128,6 @@ class _Call:
         self.sent = perf_counter()
 
 
-class PendingReply:
-    """A request already sent by ``RpcConnection.start_call``; its reply is awaited later."""
-
-    __slots__ = ("_conn", "_rid", "_call", "_op", "_timeout", "_error")
-
-    def __init__(self, conn: RpcConnection | None, rid: int, call: _Call | None, op: str,
-                 timeout: float | None, error: OSError | None = None) -> None:
-        self._conn = conn
-        self._rid = rid
-        self._call = call
-        self._op = op
-        self._timeout = timeout
-        self._error = error
-
-    @classmethod
-    def failed(cls, error: OSError) -> PendingReply:
-        """A handle whose ``result()`` raises ``error`` (the request was never sent)."""
-        return cls(None, 0, None, "", None, error)
-
-    async def result(self) -> Any:
-        """The reply's ``ok`` value; raises what ``RpcConnection.call`` would.
-
-        Cancelled while waiting, the request is given up as by ``abandon``.
-        """
-        conn = self._conn
-        c = self._call
-        if conn is None or c is None:
-            await trio.lowlevel.checkpoint_if_cancelled()
-            assert self._error is not None
-            raise self._error
-        try:
-            reply = await conn._wait(self._rid, c)
-        except BaseException:
-            conn._pending.pop(self._rid, None)
-            raise
-        return conn._outcome(reply, self._op, self._timeout)
-
-    def abandon(self) -> None:
-        """Forget the request: a reply that still comes is dropped."""
-        if self._conn is not None:
-            self._conn._pending.pop(self._rid, None)
-
-
 class RpcConnection:
     """One established, handshaken connection. Create it with ``open_rpc_connection``."""
 
@@ -241,25 +198,6 @@ class RpcConnection:
             self._pending.pop(rid, None)
             raise
         return self._outcome(reply, op, timeout)
-
-    async def start_call(self, op: str, args: dict[str, Any], *,
-                         timeout: float | None = None) -> PendingReply:
-        """Send one request now and return a handle whose ``result()`` waits for the reply.
-
-        One task can so have requests in flight on several connections without a
-        task per connection. ``result()`` returns or raises exactly what ``call``
-        would (ENOTCONN too when the connection was already down here). A reply
-        that will not be awaited must be given up with ``abandon()``.
-        """
-        if self.close_reason is not None:
-            return PendingReply.failed(self._lost_error())
-        rid, c = self._send(op, args, timeout)
-        try:
-            await self._writer.flush()
-        except BaseException:
-            self._pending.pop(rid, None)
-            raise
-        return PendingReply(self, rid, c, op, timeout)
 
     def _send(self, op: str, args: dict[str, Any], timeout: float | None) -> tuple[int, _Call]:
         """Queue the request and register its pending entry (the caller flushes)."""
