@@ -27,6 +27,7 @@ import trio
 
 from pyglfs.brickd.auth import AuthFileError, Credentials, load_credentials
 from pyglfs.brickd.layout import BrickRefused
+from pyglfs.brickd.localfds import LocalFdServer
 from pyglfs.brickd.server import serve_brick
 from pyglfs.brickd.store import open_store
 from pyglfs.rpc.tuning import reexec_with_tuned_malloc
@@ -86,15 +87,20 @@ def setup_logging(level: str, log_file: str | None) -> None:
 
 async def run_brick(
     brick: Path, volume: str, volume_id: str, host: str, port: int,
-    credentials: Credentials | None,
+    credentials: Credentials | None, local_reads: bool = True,
 ) -> None:
     """Serve until SIGTERM/SIGINT. Store refusals propagate to the caller."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         store = open_store(brick, volume_id)
         try:
             async with trio.open_nursery() as nursery:
+                localfds = None
+                if local_reads:
+                    localfds = LocalFdServer(store.handles_fd, volume, str(brick))
+                    await nursery.start(localfds.serve)
                 bound = await nursery.start(partial(
                     serve_brick, store, volume, host, port, credentials=credentials,
+                    localfds=localfds,
                 ))
                 address = format_address(host, bound)
                 log.info("brick %s of volume %s listening on %s", brick, volume, address)
@@ -116,12 +122,14 @@ async def run_brick(
               help="The volume's UUID, recorded in the brick on first start.")
 @click.option("--auth-file", default=None,
               help='JSON {"username": ..., "password": ...} clients must present.')
+@click.option("--local-reads/--no-local-reads", default=True, show_default=True,
+              help="Hand clients on this host read-only fds of files (short-circuit reads).")
 @click.option("--log-file", default=None, help="Log here instead of stderr.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(LOG_LEVELS, case_sensitive=False))
 def cli(
     brick: str, listen: tuple[str, int], volume: str, volume_id: str, auth_file: str | None,
-    log_file: str | None, log_level: str,
+    local_reads: bool, log_file: str | None, log_level: str,
 ) -> None:
     """Serve one brick directory of a pyglfs volume."""
     try:
@@ -140,7 +148,7 @@ def cli(
             raise click.ClickException(str(e)) from None
     host, port = listen
     try:
-        trio.run(run_brick, path, volume, volume_id, host, port, credentials)
+        trio.run(run_brick, path, volume, volume_id, host, port, credentials, local_reads)
     except KeyboardInterrupt:
         pass
     except Exception as e:

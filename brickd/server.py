@@ -30,6 +30,7 @@ import trio
 
 from pyglfs.brickd.auth import Credentials
 from pyglfs.brickd.changelog import HealIndex
+from pyglfs.brickd.localfds import LocalFdServer
 from pyglfs.brickd.locks import LockManager
 from pyglfs.brickd.upcall import CHANGING_OPS, Upcall
 from pyglfs.rpc.brickops import OPS, ArgError, validate, validate_compound
@@ -48,6 +49,8 @@ INDEX_PAGE_MAX = 4096
 _INLINE_OWN = frozenset({"null", "index_list"})
 # Never wait inside a compound: a compound refuses blocking lock requests.
 _NONBLOCKING_LOCK_OPS = frozenset({"inodelk", "entrylk"})
+# Where a connection's hello keeps its local-read token (set by the brick).
+_LOCAL_TOKEN = "_local_read_token"
 
 
 async def _null(args: dict[str, Any], conn: ServerConnection) -> dict[str, Any]:
@@ -72,8 +75,10 @@ class BrickService:
         credentials: Credentials | None = None,
         index: HealIndex | None = None,
         server_name: str | None = None,
+        localfds: LocalFdServer | None = None,
     ) -> None:
         self.store = store
+        self.localfds = localfds
         self.volume = volume
         self.credentials = credentials
         self.server_name = server_name
@@ -102,8 +107,19 @@ class BrickService:
                 f"authentication failed for volume {self.volume!r}: wrong or missing credentials"
             )
 
+    def welcome_extra(self, hello: dict[str, Any]) -> dict[str, Any]:
+        """A client's welcome offers local reads (``brickd.localfds``) with a
+        token that lives as long as this connection (kept in its hello)."""
+        offer = None
+        if self.localfds is not None and hello.get("role") == "client":
+            offer = self.localfds.offer(str(hello.get("client_id")))
+        hello[_LOCAL_TOKEN] = offer["token"] if offer is not None else None
+        return {"local_read": offer} if offer is not None else {}
+
     def disconnected(self, conn: ServerConnection) -> None:
         """Release everything the connection held: locks at once, open files soon."""
+        if self.localfds is not None:
+            self.localfds.revoke(conn.hello.get(_LOCAL_TOKEN))
         self.upcall.gone(conn)
         self.locks.release_all(conn)
         release = getattr(self.store, "release_all", None)
@@ -286,12 +302,13 @@ async def open_brick_service(
     credentials: Credentials | None = None,
     index: HealIndex | None = None,
     server_name: str | None = None,
+    localfds: LocalFdServer | None = None,
 ) -> AsyncIterator[BrickService]:
     """A BrickService whose background sends stop when the block exits."""
     async with trio.open_nursery() as nursery:
         service = BrickService(
             store, volume, nursery=nursery, credentials=credentials, index=index,
-            server_name=server_name,
+            server_name=server_name, localfds=localfds,
         )
         try:
             yield service
@@ -307,10 +324,12 @@ async def serve_brick(
     *,
     credentials: Credentials | None = None,
     index: HealIndex | None = None,
+    localfds: LocalFdServer | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``store`` on host:port until cancelled; reports the bound port."""
+    """Serve ``store`` on host:port until cancelled; reports the bound port.
+    With ``localfds`` (serving) clients are offered local reads."""
     async with open_brick_service(
-        store, volume, credentials=credentials, index=index,
+        store, volume, credentials=credentials, index=index, localfds=localfds,
     ) as service:
         await serve_rpc(service, host, port, task_status=task_status)

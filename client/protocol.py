@@ -27,6 +27,7 @@ from pyglfs.client.layer import (
     RenameReply,
     run_each,
 )
+from pyglfs.client.localfds import LocalReader
 from pyglfs.client.mdcache import EVENT as INVALIDATION_EVENT
 from pyglfs.rpc.brickops import Iatt
 from pyglfs.rpc.errors import oserror_from_name
@@ -49,8 +50,11 @@ class ProtocolClient(Layer):
 
     def __init__(self, name: str, *, host: str, port: int, volume: str, brick_path: str,
                  client_id: str, username: str | None = None, password: str | None = None,
-                 ping_timeout: float = 10.0, call_timeout: float | None = None) -> None:
+                 ping_timeout: float = 10.0, call_timeout: float | None = None,
+                 local_read: bool = True) -> None:
         super().__init__(name)
+        # Short-circuit reads of a brick on this host (client/localfds.py).
+        self.local: LocalReader | None = LocalReader(name) if local_read else None
         self.host = host
         self.port = port
         self.brick_path = brick_path
@@ -65,7 +69,16 @@ class ProtocolClient(Layer):
         return f"<ProtocolClient {self.name} {self.host}:{self.port}:{self.brick_path}>"
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        await self.rpc.serve(task_status=task_status)
+        try:
+            await self.rpc.serve(task_status=task_status)
+        finally:
+            if self.local is not None:
+                self.local.reset()
+
+    @property
+    def is_local(self) -> bool:
+        """Whether reads of this brick are served here (its fd channel is up)."""
+        return self.local is not None and self.local.active
 
     @property
     def is_up(self) -> bool:
@@ -73,6 +86,9 @@ class ProtocolClient(Layer):
 
     def _up(self) -> None:
         log.info("connected to brick %s:%s brick=%s", self.host, self.port, self.brick_path)
+        conn = self.rpc.connection
+        if self.local is not None and conn is not None:
+            self.local.connect(conn.welcome.get("local_read"))
         if self.parent is not None:
             self.parent.child_up(self)
             # Invalidations this brick pushed while we were away are lost:
@@ -82,10 +98,22 @@ class ProtocolClient(Layer):
     def _down(self, reason: str) -> None:
         log.warning("disconnected from brick %s:%s brick=%s: %s",
                     self.host, self.port, self.brick_path, reason)
+        if self.local is not None:
+            self.local.reset()
         if self.parent is not None:
             self.parent.child_down(self, reason)
 
     def _event(self, name: str, args: dict[str, Any]) -> None:
+        local = self.local
+        if local is not None and local.fds and name == INVALIDATION_EVENT:
+            # The inode may have been replaced (heal): read from a fresh fd.
+            if args.get("all"):
+                local.drop_all()
+            else:
+                gfids = args.get("gfids")
+                for g in gfids if type(gfids) is list else ():
+                    if type(g) is bytes:
+                        local.drop(g)
         if self.parent is not None:
             self.parent.on_event(self, name, args)
 
@@ -113,6 +141,8 @@ class ProtocolClient(Layer):
                      xattrop: dict[str, bytes] | None = None) -> EntryReply:
         r = await self._call_opt("create", pgfid=pgfid, name=name, gfid=gfid, mode=mode,
                                  uid=uid, gid=gid, flags=flags, xattrop=xattrop)
+        if self.local is not None:
+            self.local.opened(gfid)
         return _entry(r)
 
     async def create_locked(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int,
@@ -124,6 +154,8 @@ class ProtocolClient(Layer):
         r = await self._call_opt("create", pgfid=pgfid, name=name, gfid=gfid, mode=mode,
                                  uid=uid, gid=gid, flags=flags, xattrop=xattrop,
                                  lock={"domain": domain, "owner": owner})
+        if self.local is not None:
+            self.local.opened(gfid)
         return _entry(r), r.get("locked") is True
 
     async def mkdir(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
@@ -196,9 +228,14 @@ class ProtocolClient(Layer):
         return target
 
     async def open(self, gfid: bytes, flags: int) -> Iatt:
-        return Iatt(*(await self._call("open", {"gfid": gfid, "flags": flags}))["iatt"])
+        r = await self._call("open", {"gfid": gfid, "flags": flags})
+        if self.local is not None:
+            self.local.opened(gfid)
+        return Iatt(*r["iatt"])
 
     async def release(self, gfid: bytes) -> None:
+        if self.local is not None:
+            self.local.released(gfid)
         await self._call("release", {"gfid": gfid})
 
     async def flush(self, gfid: bytes) -> None:
@@ -208,6 +245,13 @@ class ProtocolClient(Layer):
         await self._call("fsync", {"gfid": gfid, "datasync": datasync})
 
     async def read(self, gfid: bytes, offset: int, size: int) -> bytes:
+        """From the local fd when there is one (``LocalReader``), else the brick.
+        A brick that is down fails the read with ENOTCONN either way."""
+        local = self.local
+        if local is not None and local.active and self.rpc.is_up:
+            got = await local.read(gfid, offset, size)
+            if got is not None:
+                return got
         data: bytes = (await self._call("read", {"gfid": gfid, "offset": offset,
                                                  "size": size}))["data"]
         return data
@@ -292,6 +336,11 @@ class ProtocolClient(Layer):
         to know the op gets them as separate requests from then on."""
         if self._compound_unsupported:
             return await run_each(self, ops)
+        local = self.local
+        if local is not None and local.opens:
+            for op, args in ops:
+                if op == "release":
+                    local.released(args["gfid"])
         try:
             r = await self._call("compound", {"ops": [[op, args] for op, args in ops]})
         except OSError as e:

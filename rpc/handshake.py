@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 
 
 class Authenticator(Protocol):
+    """``authenticate`` judges a hello. A service may also define
+    ``welcome_extra(hello) -> dict``: fields added to an accepted client's
+    welcome (a brick's local-read offer), asked only after ``authenticate``
+    accepted it."""
+
     def authenticate(self, hello: dict[str, Any]) -> None: ...
 
 
@@ -92,7 +97,14 @@ async def server_handshake(
         log.exception("authenticate failed for client %s from %s", client_id, peer)
         await _refuse(writer, peer, client_id, "internal error while checking credentials")
         return None
-    writer.put(messages.welcome(server_name, hello["volume"]))
+    welcome = messages.welcome(server_name, hello["volume"])
+    extra = getattr(service, "welcome_extra", None)
+    if extra is not None:
+        try:
+            welcome["welcome"].update(extra(hello))
+        except Exception:
+            log.exception("welcome_extra failed for client %s from %s", client_id, peer)
+    writer.put(welcome)
     await writer.flush()
     return hello, msgs[1:]
 

@@ -125,6 +125,9 @@ VOLUME_OPTIONS: dict[str, VolumeOption] = _opts(
      "seconds before an unanswered request fails"),
     ("client.ssl", "client", "transport.socket.ssl-enabled", _bool, "off",
      "TLS on client-to-brick connections"),
+    ("client.local-read", "client", "local-read", _bool, "on",
+     "a client reads the files of a brick on its own host itself, through a "
+     "read-only descriptor the brick hands over (short-circuit read)"),
     ("cluster.quorum-type", RP, "quorum-type", _choice("none", "auto", "fixed"), "auto",
      "how many bricks must be up for writes: auto = more than half (replica 2: the first)"),
     ("cluster.quorum-count", RP, "quorum-count", _int(1), "1",
@@ -146,6 +149,9 @@ VOLUME_OPTIONS: dict[str, VolumeOption] = _opts(
      "seconds a post-op may be delayed for batching"),
     ("cluster.read-subvolume-index", RP, "read-subvolume-index", _int(-1), "-1",
      "brick to read from (-1: choose)"),
+    ("cluster.choose-local", RP, "choose-local", _bool, "on",
+     "read from a brick on the client's own host when it is a good copy "
+     "(read-subvolume-index, when set, wins)"),
     ("cluster.self-heal-daemon", RP, "self-heal-daemon", _bool, "on",
      "the heal daemon crawls this volume"),
     ("cluster.heal-timeout", RP, "heal-timeout", _int(1), "600",

@@ -43,6 +43,14 @@ class ReadOps(Layer):
     def _up(self) -> int:
         return self.locks.up_mask()
 
+    def _local(self) -> int:
+        """Bricks whose reads this client serves itself (same host)."""
+        mask = 0
+        for i, c in enumerate(self.children):
+            if getattr(c, "is_local", False):
+                mask |= 1 << i
+        return mask
+
     async def _info(self, gfid: bytes) -> InodeInfo:
         info = self.inodes.get(gfid)
         if info is None:
@@ -56,7 +64,7 @@ class ReadOps(Layer):
                     failover: bool = True, also: int = -1) -> Any:
         """Call ``op`` on a good brick for ``kind`` of ``gfid``; fail over if unreachable."""
         info = await self._info(gfid)
-        order = self.inodes.order(gfid, info, kind, self._up(), also)
+        order = self.inodes.order(gfid, info, kind, self._up(), also, self._local)
         if not order:
             raise self._no_source(gfid, info, kind)
         last: OSError | None = None
@@ -159,7 +167,7 @@ class ReadOps(Layer):
         info = self.inodes.learn(gfid, bad, pending)
         first = next(iter(found.values()))
         kind = DATA if first.iatt.mode & _S_IFMT == _S_IFREG else METADATA
-        order = self.inodes.order(gfid, info, kind, _mask(found))
+        order = self.inodes.order(gfid, info, kind, _mask(found), local=self._local)
         src = order[0] if order else min(found)
         return Lookup(found[src].iatt, {})
 

@@ -14,6 +14,7 @@ them). ``learn`` replaces what a lookup saw; ``blame`` only adds.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from pyglfs.client.replicate.changelog import Masks
 
@@ -36,13 +37,18 @@ class InodeTable:
     """Bounded map gfid -> ``InodeInfo`` for a replica set of ``n`` bricks.
 
     ``prefer`` is ``read-subvolume-index``: the brick to read from when it is a
-    good source (-1: spread reads over the good bricks by gfid).
+    good source (-1: spread reads over the good bricks by gfid). Without it,
+    ``choose_local`` (``cluster.choose-local``) spreads them over the good
+    bricks on this host when there are any (their reads skip the network:
+    ``client/localfds.py``), else over all good bricks.
     """
 
-    def __init__(self, n: int, limit: int = 65536, prefer: int = -1) -> None:
+    def __init__(self, n: int, limit: int = 65536, prefer: int = -1,
+                 choose_local: bool = True) -> None:
         self.n = n
         self.limit = max(limit, 16)
         self.prefer = prefer if 0 <= prefer < n else -1
+        self.choose_local = choose_local
         self._map: OrderedDict[bytes, InodeInfo] = OrderedDict()
 
     def __len__(self) -> int:
@@ -89,13 +95,14 @@ class InodeTable:
         self._map.pop(gfid, None)
 
     def order(self, gfid: bytes, info: InodeInfo, kind: int, up: int,
-              also: int = -1) -> list[int]:
+              also: int = -1, local: Callable[[], int] | None = None) -> list[int]:
         """Bricks to try for a read of ``kind``, best first; empty when none is good.
 
         With ``also``, bricks good for both kinds come first if there are any
         (a stat wants size and mode from one good copy). The first choice
         sticks (``read_child``) while it stays good, so a directory listing
-        keeps to one brick and its cookies stay valid.
+        keeps to one brick and its cookies stay valid. ``local`` gives the
+        mask of bricks on this host, asked only when a first choice is made.
         """
         good = up & ~info.bad[kind]
         if also >= 0 and good & ~info.bad[also]:
@@ -107,7 +114,10 @@ class InodeTable:
             if self.prefer >= 0 and good >> self.prefer & 1:
                 first = self.prefer
             else:
-                cands = [i for i in range(self.n) if good >> i & 1]
+                pool = good
+                if self.choose_local and local is not None:
+                    pool = good & local() or good
+                cands = [i for i in range(self.n) if pool >> i & 1]
                 first = cands[int.from_bytes(gfid[-4:], "big") % len(cands)]
             info.read_child = first
         rest = [i for i in range(self.n) if good >> i & 1 and i != first]

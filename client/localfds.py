@@ -1,0 +1,272 @@
+"""Short-circuit local reads, the client side (see ``brickd/localfds.py``).
+
+When a brick's welcome offers local reads and its fd channel is reachable
+(same host: the abstract socket exists in this network namespace, its
+listener has the uid the brick announced, and that uid is root or ours), the
+protocol client asks the brick once per open gfid for a read-only fd of the
+file and from then on answers reads of that brick with a ``pread`` of its own:
+no round trip, no copy through a socket.
+
+Contract with ``ProtocolClient``: only gfids it holds open on the brick get an
+fd (``opened``/``released`` count them; the last release closes it), at most
+``limit`` fds are kept (least recently read go first), and everything is
+closed when the brick's connection goes down or comes back (``reset``) and at
+unmount. ``read`` returns None whenever it cannot answer (no channel, the
+brick refused, any error of the fd): the caller then asks the brick as before,
+so a failure here costs speed, never a result.
+
+Coherency: every write to the file, by any client, goes through a brick
+process into the same inode, so a pread sees it as soon as the write was
+answered; an fd is dropped when the brick says the inode changed
+(``drop``: cache invalidations), which also covers a file that heal replaced.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import socket
+import stat
+import struct
+from collections import OrderedDict
+from typing import Any
+
+import trio
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIMIT = 1024
+# Reads under this size are one blocking pread on the event loop, as a
+# passthrough filesystem does; bigger ones try the page cache first
+# (RWF_NOWAIT) and go to a worker thread when it misses.
+SMALL_READ = 64 * 1024
+FETCH_TIMEOUT = 5.0
+_TOKEN_LEN = 16
+_REPLY = struct.Struct("!i")
+_UCRED = struct.Struct("3i")
+_FD = struct.Struct("i")
+_GFID_XATTR = "trusted.gfid"
+
+
+def _recv_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % _FD.size
+            fds.extend(x[0] for x in _FD.iter_unpack(data[:usable]))
+    return fds
+
+
+class LocalReader:
+    """Local reads of one brick for one protocol client (see the module docstring)."""
+
+    def __init__(self, name: str, *, limit: int = DEFAULT_LIMIT,
+                 fetch_timeout: float = FETCH_TIMEOUT) -> None:
+        self.name = name
+        self.limit = max(1, limit)
+        self.fetch_timeout = fetch_timeout
+        self.fds: OrderedDict[bytes, int] = OrderedDict()
+        self.opens: dict[bytes, int] = {}
+        self.reads = 0
+        self.fetches = 0
+        self.fallbacks = 0
+        self._sock: trio.socket.SocketType | None = None
+        self._token = b""
+        self._lock = trio.Lock()
+        self._limiter = trio.CapacityLimiter(4)
+        self._nowait = True
+
+    @property
+    def active(self) -> bool:
+        return self._sock is not None
+
+    def __repr__(self) -> str:
+        return f"<LocalReader {self.name} active={self.active} fds={len(self.fds)}>"
+
+    # -- channel ------------------------------------------------------------
+    def connect(self, offer: Any) -> bool:
+        """Start over with the brick's new ``offer`` (its welcome's ``local_read``);
+        True when its fd channel is reachable and trusted. Never raises."""
+        self.reset()
+        if (type(offer) is not dict or type(offer.get("socket")) is not str
+                or type(offer.get("token")) is not bytes or len(offer["token"]) != _TOKEN_LEN
+                or type(offer.get("uid")) is not int):
+            return False
+        uid = offer["uid"]
+        if uid not in (0, os.geteuid()):
+            log.info("%s: local reads not used: the brick runs as uid %d", self.name, uid)
+            return False
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            s.setblocking(False)
+            s.connect("\0" + offer["socket"])
+            peer = _UCRED.unpack(s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                              _UCRED.size))[1]
+            if peer != uid:
+                raise OSError(errno.EACCES, f"the channel's listener runs as uid {peer}")
+        except OSError as e:
+            s.close()
+            # ECONNREFUSED/ENOENT: the brick is on another host (or netns).
+            log.debug("%s: local reads not used: %s", self.name, e)
+            return False
+        self._sock = trio.socket.from_stdlib_socket(s)
+        self._token = offer["token"]
+        log.info("%s: reads served locally through @%s", self.name, offer["socket"])
+        return True
+
+    def reset(self) -> None:
+        """Close the channel and every fd; forget the opens (a new connection
+        to the brick opens again)."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        self.opens.clear()
+        self.drop_all()
+
+    def _disable(self, why: str) -> None:
+        if self._sock is not None:
+            log.warning("%s: local reads off until the brick reconnects: %s", self.name, why)
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        self.drop_all()
+
+    # -- open files -----------------------------------------------------------
+    def opened(self, gfid: bytes) -> None:
+        if self._sock is not None:
+            self.opens[gfid] = self.opens.get(gfid, 0) + 1
+
+    def released(self, gfid: bytes) -> None:
+        n = self.opens.get(gfid)
+        if n is None:
+            return
+        if n > 1:
+            self.opens[gfid] = n - 1
+            return
+        del self.opens[gfid]
+        self.drop(gfid)
+
+    def drop(self, gfid: bytes) -> None:
+        fd = self.fds.pop(gfid, None)
+        if fd is not None:
+            os.close(fd)
+
+    def drop_all(self) -> None:
+        while self.fds:
+            os.close(self.fds.popitem()[1])
+
+    # -- reads ----------------------------------------------------------------
+    async def read(self, gfid: bytes, offset: int, size: int) -> bytes | None:
+        """``size`` bytes at ``offset`` read here, or None: ask the brick."""
+        fd = self.fds.get(gfid)
+        if fd is None:
+            if gfid not in self.opens or self._sock is None:
+                return None
+            fd = await self._fetch(gfid)
+            if fd is None:
+                self.fallbacks += 1
+                return None
+        else:
+            self.fds.move_to_end(gfid)
+        try:
+            if size < SMALL_READ:
+                data = os.pread(fd, size, offset)
+            else:
+                data = await self._read_big(fd, offset, size)
+        except OSError as e:
+            log.info("%s: local read of %s failed, asking the brick: %s", self.name,
+                     gfid.hex(), e)
+            if self.fds.get(gfid) == fd:
+                self.drop(gfid)
+            self.fallbacks += 1
+            return None
+        self.reads += 1
+        return data
+
+    async def _read_big(self, fd: int, offset: int, size: int) -> bytes:
+        if self._nowait:
+            buf = bytearray(size)
+            try:
+                n = os.preadv(fd, [buf], offset, os.RWF_NOWAIT)
+            except BlockingIOError:
+                n = -1
+            except OSError as e:
+                if e.errno != errno.EOPNOTSUPP:
+                    raise
+                self._nowait = False
+                n = -1
+            if n == size:
+                return bytes(buf)
+        # Not all cached (or the end of the file): a dup, since the fd may be
+        # closed by a release while the thread reads.
+        dup = os.dup(fd)
+        try:
+            return await trio.to_thread.run_sync(os.pread, dup, size, offset,
+                                                 limiter=self._limiter)
+        finally:
+            os.close(dup)
+
+    async def _fetch(self, gfid: bytes) -> int | None:
+        """Ask the brick for ``gfid``'s fd (one request at a time on the channel)."""
+        async with self._lock:
+            fd = self.fds.get(gfid)
+            sock = self._sock
+            if fd is not None or sock is None:
+                return fd
+            try:
+                with trio.move_on_after(self.fetch_timeout) as scope:
+                    await sock.send(self._token + gfid)
+                    msg, anc, flags, _ = await sock.recvmsg(
+                        _REPLY.size + 1, socket.CMSG_SPACE(4 * _FD.size))
+                if scope.cancelled_caught:
+                    self._disable("the brick did not answer")
+                    return None
+            except OSError as e:
+                self._disable(f"channel failed: {e}")
+                return None
+            except BaseException:
+                # Cancelled between request and reply: the channel is out of step.
+                self._disable("a request was cancelled")
+                raise
+            fds = _recv_fds(anc)
+            fd = fds.pop(0) if fds else None
+            for extra in fds:
+                os.close(extra)
+            if len(msg) != _REPLY.size:
+                if fd is not None:
+                    os.close(fd)
+                self._disable("the channel closed" if not msg else "malformed reply")
+                return None
+            code = _REPLY.unpack(msg)[0]
+            if code or fd is None:
+                if fd is not None:
+                    os.close(fd)
+                if code == errno.EACCES or not code:
+                    self._disable(f"the brick refused: {os.strerror(code) if code else 'no fd'}")
+                else:
+                    log.debug("%s: no local fd for %s: %s", self.name, gfid.hex(),
+                              os.strerror(code))
+                return None
+            if not self._trusted(fd, gfid):
+                os.close(fd)
+                self._disable(f"the fd handed over for {gfid.hex()} is not that file")
+                return None
+            self.fetches += 1
+            self.fds[gfid] = fd
+            while len(self.fds) > self.limit:
+                os.close(self.fds.popitem(last=False)[1])
+            return fd
+
+    @staticmethod
+    def _trusted(fd: int, gfid: bytes) -> bool:
+        """The fd is a regular file opened read-only whose gfid xattr is ``gfid``."""
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY:
+                return False
+            return os.getxattr(fd, _GFID_XATTR) == gfid
+        except OSError:
+            return False

@@ -1,0 +1,107 @@
+"""Local reads without daemons: choose-local in read selection, the volume
+options, the brick's read-only open of a gfid handle and the client's handling
+of an offer it cannot use."""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pyglfs.brickd.localfds import open_readonly
+from pyglfs.brickd.names import handle_rel
+from pyglfs.client.localfds import LocalReader
+from pyglfs.client.replicate.changelog import DATA
+from pyglfs.client.replicate.readsel import InodeInfo, InodeTable
+from pyglfs.volfiles.generator import BrickSpec, VolumeSpec, client_graph
+from pyglfs.volfiles.model import VolfileError
+from pyglfs.volfiles.options import validate_option
+
+
+def _info() -> InodeInfo:
+    return InodeInfo([0, 0, 0], False)
+
+
+def test_choose_local_prefers_the_local_good_brick() -> None:
+    t = InodeTable(3)
+    for _ in range(50):
+        gfid = uuid.uuid4().bytes
+        assert t.order(gfid, _info(), DATA, 0b111, local=lambda: 0b100)[0] == 2
+    # A local brick that is not a good source is not chosen.
+    bad = InodeInfo([0b100, 0, 0], True)
+    assert t.order(uuid.uuid4().bytes, bad, DATA, 0b111, local=lambda: 0b100)[0] != 2
+
+
+def test_choose_local_spreads_without_local_bricks_and_when_off() -> None:
+    firsts = set()
+    off = InodeTable(2, choose_local=False)
+    for _ in range(64):
+        gfid = uuid.uuid4().bytes
+        firsts.add(InodeTable(2).order(gfid, _info(), DATA, 0b11, local=lambda: 0)[0])
+        assert off.order(gfid, _info(), DATA, 0b11, local=lambda: 0b01) == \
+            InodeTable(2).order(gfid, _info(), DATA, 0b11)
+    assert firsts == {0, 1}
+
+
+def test_read_subvolume_index_wins_over_choose_local() -> None:
+    t = InodeTable(2, prefer=1)
+    assert t.order(uuid.uuid4().bytes, _info(), DATA, 0b11, local=lambda: 0b01)[0] == 1
+
+
+def test_volume_options() -> None:
+    assert validate_option("cluster.choose-local", "no") == "off"
+    assert validate_option("client.local-read", "1") == "on"
+    for key in ("cluster.choose-local", "client.local-read"):
+        with pytest.raises(VolfileError):
+            validate_option(key, "sometimes")
+    spec = VolumeSpec("v", str(uuid.uuid4()), 2,
+                      [BrickSpec("127.0.0.2", 49750, "/b0"), BrickSpec("127.0.0.3", 49751, "/b1")],
+                      options={"client.local-read": "off", "cluster.choose-local": "off"})
+    g = client_graph(spec)
+    assert g.get("v-client-0").opt("local-read") == "off"  # type: ignore[union-attr]
+    assert g.get("v-replicate-0").opt("choose-local") == "off"  # type: ignore[union-attr]
+
+
+def test_open_readonly_only_regular_files(tmp_path: Path) -> None:
+    hdir = tmp_path / "handles"
+    gf, gfifo, gdir = (uuid.uuid4().bytes for _ in range(3))
+    for gfid in (gf, gfifo, gdir):
+        (hdir / handle_rel(gfid).decode()).parent.mkdir(parents=True, exist_ok=True)
+    (hdir / handle_rel(gf).decode()).write_bytes(b"hello")
+    os.mkfifo(hdir / handle_rel(gfifo).decode())
+    os.symlink("../../x/y", hdir / handle_rel(gdir).decode())
+    hfd = os.open(hdir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fd = open_readonly(hfd, gf)
+        try:
+            assert os.pread(fd, 5, 0) == b"hello"
+            with pytest.raises(OSError) as ei:
+                os.pwrite(fd, b"x", 0)
+            assert ei.value.errno == errno.EBADF
+        finally:
+            os.close(fd)
+        for gfid in (gfifo, gdir):
+            with pytest.raises(OSError) as ei:
+                open_readonly(hfd, gfid)
+            assert ei.value.errno == errno.EINVAL
+        with pytest.raises(OSError) as ei:
+            open_readonly(hfd, uuid.uuid4().bytes)
+        assert ei.value.errno == errno.ENOENT
+    finally:
+        os.close(hfd)
+
+
+@pytest.mark.parametrize("offer", [
+    None, "x", {}, {"socket": "pyglfs-no-such-socket-" + uuid.uuid4().hex, "token": b"t" * 16,
+                    "uid": os.geteuid()},
+    {"socket": "s", "token": b"short", "uid": 0}, {"socket": "s", "token": b"t" * 16, "uid": 12345},
+])
+async def test_unusable_offer_leaves_local_reads_off(offer: object) -> None:
+    r = LocalReader("c0")
+    assert r.connect(offer) is False
+    assert not r.active
+    r.opened(b"g" * 16)
+    assert await r.read(b"g" * 16, 0, 10) is None
