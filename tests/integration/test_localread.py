@@ -240,3 +240,61 @@ async def test_hostile_channel_input(tmp_path: Path) -> None:
         assert got == b"data"
         assert env.bricks[0].running
         assert await rep.read(f, 0, 4) == b"data"
+
+
+async def test_unlinked_open_file_still_reads(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, processes=True) as env:
+        rep = env.rep
+        f = await make_file(rep, b"f", b"kept" * 1000)
+        assert await rep.read(f, 0, 4) == b"kept"
+        other = g()
+        await rep.create(ROOT_GFID, b"late", other, 0o644, 0, 0, os.O_RDWR)
+        await rep.write(other, 0, b"late")
+        await rep.unlink(ROOT_GFID, b"f")
+        await rep.unlink(ROOT_GFID, b"late")
+        # Fetched before the unlink, and fetched only after it: both still read.
+        assert await rep.read(f, 3996, 4) == b"kept"
+        assert await rep.read(other, 0, 4) == b"late"
+        assert sum(pc.local.fetches for pc in clients(env, rep) if pc.local) == 2
+
+
+async def test_choose_local_reads_from_the_local_brick(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, processes=True, client=False) as env:
+        rep = await env.new_client()
+        pcs = clients(env, rep)
+        assert pcs[1].local is not None
+        pcs[1].local.reset()  # brick 1 now counts as another host's
+        counts = count_calls(pcs[1])
+        files = [await make_file(rep, f"f{i}".encode(), bytes([i]) * 100) for i in range(16)]
+        for i, f in enumerate(files):
+            assert await rep.read(f, 0, 100) == bytes([i]) * 100
+        assert counts["read"] == 0
+        assert pcs[0].local is not None and pcs[0].local.reads == 16
+
+
+_OTHER_UID_CLIENT = """
+import socket, struct, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.settimeout(5)
+s.connect("\\0" + sys.argv[1])
+s.send(bytes.fromhex(sys.argv[2]))
+msg, fds, _f, _a = socket.recv_fds(s, 16, 4)
+print(struct.unpack("!i", msg)[0] if msg else -1, len(fds))
+"""
+
+
+# The system's Python: the test venv may sit where another uid cannot read.
+_SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.access(_SYSTEM_PYTHON, os.X_OK),
+                    reason="needs root and /usr/bin/python3 to run a client as another uid")
+async def test_peer_of_another_uid_is_refused(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, processes=True, n=1) as env:
+        pc = env.brick_client(env.rep, 0)
+        f = await make_file(env.rep, b"f", b"secret")
+        name, token = _channel(pc)
+        r = await trio.run_process(
+            [_SYSTEM_PYTHON, "-c", _OTHER_UID_CLIENT, name, (token + f).hex()],
+            capture_stdout=True, user=65534, group=65534, extra_groups=[], cwd="/")
+        assert r.stdout.decode().split() == [str(errno.EACCES), "0"]
