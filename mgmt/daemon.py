@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,6 +39,8 @@ from pyglfs.rpc.server import serve_rpc
 log = logging.getLogger(__name__)
 
 DEFAULT_LOG_FILE = "/var/log/pyglfs/pyglfsd.log"
+# Longer than a client's ping interval (half its ping timeout: 5 s by default).
+DEFAULT_IDLE_TIMEOUT = 42.0
 LOG_FORMAT = "[%(asctime)s] %(levelname)s %(name)s: %(message)s"
 
 
@@ -45,14 +48,24 @@ class MgmtDaemon:
     """One node's management daemon: the pool, the transaction engine, the rpc server.
 
     Build it from a store that is already open and read (so state errors surface
-    before it exists); ``serve`` runs until cancelled.
+    before it exists); ``serve`` runs until cancelled. A connection (a peer's
+    link, a mount's volfile watch, the CLI) that sends nothing, not even a ping,
+    for ``idle_timeout`` seconds while none of its requests runs is dropped, so
+    a client whose host vanished or whose process stopped does not stay
+    subscribed (see rpc/server.py). By default the limit is 42 s or twice
+    ``ping_timeout`` (the pool's peers ping each other every half of it),
+    whichever is longer; 0: never.
     """
 
     def __init__(self, state: NodeState, host: str, port: int, *,
                  retry_interval: float = 3.0, ping_timeout: float = 10.0,
-                 brick_port: int = DEFAULT_BRICK_PORT) -> None:
+                 brick_port: int = DEFAULT_BRICK_PORT,
+                 idle_timeout: float | None = None) -> None:
         self.store = state.store
         self.host = host
+        if idle_timeout is None:
+            idle_timeout = max(DEFAULT_IDLE_TIMEOUT, 2 * ping_timeout)
+        self.idle_timeout = idle_timeout
         self.monitor = PeerMonitor(state.uuid, retry_interval=retry_interval,
                                    ping_timeout=ping_timeout)
         self.peers = PeerManager(state.store, state.uuid, state.peers, self.monitor,
@@ -76,8 +89,9 @@ class MgmtDaemon:
                     ) -> None:
         """Listen, watch the peers, record where we listen; reports the bound port."""
         async with trio.open_nursery() as nursery:
-            bound: int = await nursery.start(serve_rpc, self.service, self.host,
-                                             self.peers.port)
+            bound: int = await nursery.start(
+                partial(serve_rpc, idle_timeout=self.idle_timeout), self.service, self.host,
+                self.peers.port)
             self.peers.port = bound
             self.monitor.hello_args = {"port": bound}
             await nursery.start(self.monitor.serve)
@@ -229,8 +243,12 @@ def listen_address(text: str) -> tuple[str, int]:
               help="Seconds between reconnection attempts to a peer that is down.")
 @click.option("--brick-port", default=DEFAULT_BRICK_PORT, show_default=True,
               type=click.IntRange(1, 65535), help="First port to try for a local brick.")
+@click.option("--idle-timeout", default=None, type=click.FloatRange(0),
+              help="Drop a client or peer connection that sends nothing (clients ping) for "
+              "this many seconds; 0 never drops one.  [default: 42 or twice --ping-timeout]")
 def main(state_dir: str, listen: str, log_file: str | None, log_level: str, foreground: bool,
-         ping_timeout: float, retry_interval: float, brick_port: int) -> None:
+         ping_timeout: float, retry_interval: float, brick_port: int,
+         idle_timeout: float | None) -> None:
     """The pyglfs management daemon."""
     try:
         host, port = listen_address(listen)
@@ -266,7 +284,8 @@ def main(state_dir: str, listen: str, log_file: str | None, log_level: str, fore
         pipe = None
 
     daemon = MgmtDaemon(state, host, port, retry_interval=retry_interval,
-                        ping_timeout=ping_timeout, brick_port=brick_port)
+                        ping_timeout=ping_timeout, brick_port=brick_port,
+                        idle_timeout=idle_timeout)
     code = 1
     try:
         code = trio.run(_run, daemon, report)

@@ -22,6 +22,16 @@ bricks' CPU per file of a create loop by about a third, with no gain in random
 reads that stood out of the noise. The polling goes through
 the event loop (a checkpoint between two non-blocking receives), so every other
 connection and task is served as usual meanwhile.
+
+A server may drop connections whose peer went silent (``idle_timeout``; the
+management daemon does, bricks do not): a live client pings whenever it heard
+nothing for its ping interval, so a connection that sent nothing for the limit,
+with none of its requests being handled, belongs to a host that vanished or a
+process that stopped, which TCP alone notices only when a send to it fails.
+How long the peer has been silent comes from the kernel (``TCP_INFO``), so the
+read path does no bookkeeping for it. One caveat: a client that keeps hearing
+from the server (a stream of events) need not ping; keep the limit for
+servers whose pushes are rare.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import itertools
 import logging
 import select
 import socket
+import struct
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -47,6 +58,9 @@ log = logging.getLogger(__name__)
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_MAX_IN_FLIGHT = 1024
 _MAX_HELLO = 64 * 1024
+# struct tcp_info (linux/tcp.h): tcpi_last_data_recv, in ms, after 8 bytes and 11 u32s.
+_TCPI_LAST_DATA_RECV = 52
+_TCP_INFO_LEN = 104
 
 
 class Service(Protocol):
@@ -96,7 +110,7 @@ class ServerConnection:
     def __init__(
         self, service: Service, reader: FrameReader, writer: FrameWriter, hello: dict[str, Any],
         peer: str, max_in_flight: int, busy_poll: float = 0.0,
-        sock: socket.socket | None = None,
+        sock: socket.socket | None = None, idle_timeout: float | None = None,
     ) -> None:
         self.conn_id = next(_conn_ids)
         self.client_id: str = hello["client_id"]
@@ -119,6 +133,7 @@ class ServerConnection:
         self.busy_poll = BusyPoll(busy_poll if reader.can_poll else 0.0)
         self._out_poll: select.poll | None = None
         self._sock = sock
+        self._idle_timeout = idle_timeout if sock is not None else None
 
     def __repr__(self) -> str:
         return f"<ServerConnection {self.conn_id} client={self.client_id} peer={self.peer}>"
@@ -159,6 +174,8 @@ class ServerConnection:
     async def _serve(self, pending: list[Any]) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            if self._idle_timeout:
+                nursery.start_soon(self._close_when_silent, self._idle_timeout)
             try:
                 await self._read_loop(pending)
             except FrameTooLarge as exc:
@@ -169,6 +186,24 @@ class ServerConnection:
                 log.debug("%r: transport ended: %r", self, exc)
             finally:
                 self.close()
+
+    async def _close_when_silent(self, limit: float) -> None:
+        """Close the connection once the peer sent nothing for ``limit`` seconds
+        with none of its requests in flight (checked every ``limit / 4``)."""
+        assert self._sock is not None
+        sock = self._sock
+        while not self.closed:
+            await trio.sleep(limit / 4)
+            try:
+                info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+                (silent_ms,) = struct.unpack_from("I", info, _TCPI_LAST_DATA_RECV)
+            except (OSError, struct.error):
+                return
+            if silent_ms >= limit * 1000 and self._in_flight == 0:
+                log.warning("%r sent nothing for %.1fs; closing the connection", self,
+                            silent_ms / 1000)
+                self.close()
+                return
 
     async def _read_loop(self, pending: list[Any]) -> None:
         reader = self._reader
@@ -271,12 +306,14 @@ async def serve_rpc_stream(
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     busy_poll: float = DEFAULT_BUDGET,
+    idle_timeout: float | None = None,
 ) -> None:
     """Serve one accepted stream until the client leaves or misbehaves; closes it.
 
     Returns normally whatever the client sent; only cancellation propagates.
     ``busy_poll`` is how long, in seconds, an idle connection polls for the next
-    request before it sleeps (0: never; only over TCP).
+    request before it sleeps (0: never; only over TCP). ``idle_timeout``: drop a
+    TCP peer silent that long (see the module doc; None or 0: never).
     """
     transport = fast_transport(stream)
     peer = peer_name(transport)
@@ -304,7 +341,7 @@ async def serve_rpc_stream(
         hello, pending = done
         sock = transport.socket if isinstance(transport, SocketTransport) else None
         conn = ServerConnection(service, reader, writer, hello, peer, max_in_flight, busy_poll,
-                                sock)
+                                sock, idle_timeout)
         holder.append(conn)
         log.debug("%r: connected (role=%s volume=%s)", conn, conn.role, conn.volume)
         await conn._serve(pending)
@@ -337,6 +374,7 @@ async def serve_rpc(
     max_frame: int = DEFAULT_MAX_FRAME,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
     busy_poll: float = DEFAULT_BUDGET,
+    idle_timeout: float | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on host:port and serve every connection until cancelled.
@@ -349,7 +387,7 @@ async def serve_rpc(
     async def handler(stream: trio.SocketStream) -> None:
         await serve_rpc_stream(
             service, stream, max_frame=max_frame, handshake_timeout=handshake_timeout,
-            busy_poll=busy_poll,
+            busy_poll=busy_poll, idle_timeout=idle_timeout,
         )
 
     async with trio.open_nursery() as nursery:

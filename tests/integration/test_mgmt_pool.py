@@ -58,6 +58,7 @@ class Node:
         self.log = root / f"{ip}.log"
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_args: list[str] = []
         self._pids = pids
 
     @property
@@ -66,7 +67,8 @@ class Node:
 
     def daemon_args(self, port: int) -> list[str]:
         return [PYGLFSD, "--state-dir", str(self.state), "--listen", f"{self.ip}:{port}",
-                "--log-file", str(self.log), "--retry-interval", "0.2", "--ping-timeout", "3"]
+                "--log-file", str(self.log), "--retry-interval", "0.2", "--ping-timeout", "3",
+                *self.extra_args]
 
     def listen_record(self) -> dict[str, Any] | None:
         try:
@@ -368,3 +370,86 @@ def test_silent_peer_is_disconnected_after_ping_timeout(two: tuple[Node, Node]) 
     finally:
         b.proc.send_signal(signal.SIGCONT)
     wait_for(lambda: a.peers_connected() == {ub: True}, timeout=15, what="b back")
+
+
+# A volfile watcher as a mount keeps one (pinging every ~0.8 s); it writes
+# "ready" to argv[4] once subscribed, then waits for the end of the connection.
+# The volume is not started: pyglfsd refuses the volfile and keeps the watch.
+WATCHER = """
+import sys, trio
+from pathlib import Path
+from pyglfs.rpc.connection import open_rpc_connection
+async def main(host, port, volume, ready):
+    async with open_rpc_connection(host, int(port), volume=volume, client_id="mount:h4",
+                                   ping_timeout=0.8) as conn:
+        try:
+            await conn.call("getspec", {"volume": volume, "watch": True}, timeout=10)
+        except OSError:  # not started: a mount waits, subscribed, for the start
+            pass
+        Path(ready).write_text("ready")
+        await conn.wait_closed()
+trio.run(main, *sys.argv[1:])
+"""
+TCP_STATES = {"01": "ESTABLISHED", "08": "CLOSE_WAIT"}
+
+
+def _hexaddr(ip: str, port: int) -> str:
+    packed = int.from_bytes(bytes(map(int, ip.split("."))), "little")
+    return f"{packed:08X}:{port:04X}"
+
+
+def tcp_states(pid: int, remote: tuple[str, int]) -> list[str]:
+    """States of ``pid``'s TCP sockets connected to ``remote`` (/proc/net/tcp)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    want = _hexaddr(*remote)
+    states = []
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            cols = line.split()
+            if cols[2] == want and cols[9] in inodes:
+                states.append(TCP_STATES.get(cols[3], cols[3]))
+    return states
+
+
+def test_a_stopped_volfile_watcher_is_dropped_after_the_idle_limit(
+        cluster: Callable[[str], Node], tmp_path: Path) -> None:
+    """A client that vanishes without closing its socket (here: stopped) sends no
+    more pings; pyglfsd drops it after --idle-timeout instead of keeping it
+    subscribed until a send fails. A live client pinging is kept."""
+    limit = 2.0
+    a = cluster("127.0.0.2")
+    a.extra_args = ["--idle-timeout", str(limit)]
+    a.start()
+    r = a.cli("volume", "create", "gv", f"{a.ip}:{tmp_path}/b1", "force")
+    assert r.returncode == 0, r.stderr
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen([sys.executable, "-c", WATCHER, a.ip, str(a.port), "gv", str(ready)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    a._pids.append(proc.pid)
+    try:
+        wait_for(lambda: ready.exists() or proc.poll() is not None,
+                 what="the watcher subscribed")
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+        assert tcp_states(proc.pid, (a.ip, a.port)) == ["ESTABLISHED"]
+        deadline = time.monotonic() + limit * 1.5
+        while time.monotonic() < deadline:  # alive and pinging: kept past the limit
+            assert tcp_states(proc.pid, (a.ip, a.port)) == ["ESTABLISHED"]
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        wait_for(lambda: tcp_states(proc.pid, (a.ip, a.port)) == ["CLOSE_WAIT"],
+                 timeout=limit * 5, what="pyglfsd closing the stopped watcher's connection")
+        took = time.monotonic() - t0
+        assert took < limit * 1.25 + 1.5, took
+        assert "sent nothing for" in a.log.read_text()
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    proc.wait(10)  # resumed, it finds its connection ended and exits
+    assert proc.returncode == 0, proc.stderr.read() if proc.stderr else b""
