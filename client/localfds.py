@@ -11,7 +11,7 @@ Contract with ``ProtocolClient``: only gfids it holds open on the brick get an
 fd (``opened``/``released`` count them; the last release closes it), at most
 ``limit`` fds are kept (least recently read go first), and everything is
 closed when the brick's connection goes down or comes back (``reset``) and at
-unmount. ``read`` returns None whenever it cannot answer (no channel, the
+unmount (``limit`` is also held to a quarter of the process's fd limit). ``read`` returns None whenever it cannot answer (no channel, the
 brick refused, any error of the fd): the caller then asks the brick as before,
 so a failure here costs speed, never a result.
 
@@ -27,6 +27,7 @@ import errno
 import fcntl
 import logging
 import os
+import resource
 import socket
 import stat
 import struct
@@ -65,6 +66,11 @@ class LocalReader:
     def __init__(self, name: str, *, limit: int = DEFAULT_LIMIT,
                  fetch_timeout: float = FETCH_TIMEOUT) -> None:
         self.name = name
+        # A quarter of the process's fd limit at most: a mount started with the
+        # usual soft limit of 1,024 keeps room for its sockets and the kernel's.
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft != resource.RLIM_INFINITY:
+            limit = min(limit, soft // 4)
         self.limit = max(1, limit)
         self.fetch_timeout = fetch_timeout
         self.fds: OrderedDict[bytes, int] = OrderedDict()
@@ -243,11 +249,12 @@ class LocalReader:
             if code or fd is None:
                 if fd is not None:
                     os.close(fd)
-                if code == errno.EACCES or not code:
-                    self._disable(f"the brick refused: {os.strerror(code) if code else 'no fd'}")
+                if code == errno.EACCES:
+                    self._disable(f"the brick refused: {os.strerror(code)}")
                 else:
+                    # No fd with success: this process is out of fds (MSG_CTRUNC).
                     log.debug("%s: no local fd for %s: %s", self.name, gfid.hex(),
-                              os.strerror(code))
+                              os.strerror(code) if code else "none came (out of fds?)")
                 return None
             if not self._trusted(fd, gfid):
                 os.close(fd)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import uuid
 from pathlib import Path
 
@@ -105,3 +106,13 @@ async def test_unusable_offer_leaves_local_reads_off(offer: object) -> None:
     assert not r.active
     r.opened(b"g" * 16)
     assert await r.read(b"g" * 16, 0, 10) is None
+
+
+def test_fd_limit_follows_the_process_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (400, hard))
+    try:
+        assert LocalReader("c0").limit == 100
+        assert LocalReader("c0", limit=50).limit == 50
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
