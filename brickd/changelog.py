@@ -21,6 +21,7 @@ import errno
 import logging
 import os
 import struct
+from collections.abc import Iterable
 
 from sortedcontainers import SortedList
 
@@ -39,10 +40,15 @@ XATTROP_DIR = "xattrop"
 _BASE_PREFIX = "base-"
 
 
+_unpack = _COUNTERS.unpack
+_pack = _COUNTERS.pack
+_AFR_PREFIX_LEN = len(AFR_PREFIX)
+
+
 def _decode(name: str, value: bytes) -> tuple[int, int, int]:
     if len(value) != COUNTERS_LEN:
         raise OSError(errno.EINVAL, f"{name}: changelog value must be {COUNTERS_LEN} bytes")
-    data, meta, entry = _COUNTERS.unpack(value)
+    data, meta, entry = _unpack(value)
     return data, meta, entry
 
 
@@ -64,22 +70,29 @@ def apply_xattrop(fd: int, deltas: dict[str, bytes],
     """
     updates: dict[str, bytes] = {}
     for name, delta in deltas.items():
-        if not name.startswith(AFR_PREFIX) or len(name) <= len(AFR_PREFIX):
+        if not name.startswith(AFR_PREFIX) or len(name) <= _AFR_PREFIX_LEN:
             raise OSError(errno.EPERM, f"{name}: not a changelog xattr")
-        d = _decode(name, delta)
+        x, y, z = _decode(name, delta)
         if current is not None:
-            now = _decode(name, current.get(name, ZERO))
+            now = current.get(name)
         else:
             try:
-                now = _decode(name, os.getxattr(fd, name))
+                now = os.getxattr(fd, name)
             except OSError as e:
                 if e.errno != errno.ENODATA:
                     raise
-                now = (0, 0, 0)
-        new = tuple(a + b for a, b in zip(now, d, strict=True))
-        if any(v < _INT32_MIN or v > _INT32_MAX for v in new):
+                now = None
+        if now is None:
+            a, b, c = x, y, z
+        else:
+            a, b, c = _decode(name, now)
+            a += x
+            b += y
+            c += z
+        if not (_INT32_MIN <= a <= _INT32_MAX and _INT32_MIN <= b <= _INT32_MAX
+                and _INT32_MIN <= c <= _INT32_MAX):
             raise OSError(errno.EINVAL, f"{name}: changelog counter out of range")
-        updates[name] = _COUNTERS.pack(*new)
+        updates[name] = _pack(a, b, c)
     for name, value in updates.items():
         os.setxattr(fd, name, value)
     return updates
@@ -110,9 +123,19 @@ def is_pending(xattrs: dict[str, bytes]) -> bool:
     Only ``trusted.afr.`` names count; values of another length are treated as
     pending, so a damaged changelog gets looked at rather than forgotten.
     """
-    return any(
-        name.startswith(AFR_PREFIX) and value != ZERO for name, value in xattrs.items()
-    )
+    for name, value in xattrs.items():
+        if value != ZERO and name.startswith(AFR_PREFIX):
+            return True
+    return False
+
+
+def any_nonzero(values: Iterable[bytes]) -> bool:
+    """``is_pending`` for values known to be changelog xattrs' (their names
+    checked already, as ``apply_xattrop`` does)."""
+    for value in values:
+        if value != ZERO:
+            return True
+    return False
 
 
 class HealIndex:
@@ -140,6 +163,9 @@ class HealIndex:
             dir_fd=internal_dir_fd,
         )
         self._gfids: SortedList = SortedList()
+        # The same gfids, for membership tests at the cost of a hash lookup: every
+        # changelog update asks (a SortedList answers by bisection).
+        self._members: set[bytes] = set()
         self._base = ""
         for name in os.listdir(self._fd):
             if name.startswith(_BASE_PREFIX):
@@ -151,6 +177,7 @@ class HealIndex:
                 gfid = b""
             if len(gfid) == GFID_LEN:
                 self._gfids.add(gfid)
+                self._members.add(gfid)
             else:
                 log.warning("heal index: ignoring stray entry %r", name)
         if not self._base:
@@ -166,7 +193,7 @@ class HealIndex:
         return len(self._gfids)
 
     def __contains__(self, gfid: object) -> bool:
-        return gfid in self._gfids
+        return gfid in self._members
 
     def _new_base(self) -> None:
         name = f"{_BASE_PREFIX}{os.urandom(8).hex()}"
@@ -196,7 +223,7 @@ class HealIndex:
         """Index ``gfid`` (idempotent)."""
         if len(gfid) != GFID_LEN:
             raise OSError(errno.EINVAL, "gfid must be 16 bytes")
-        if gfid in self._gfids:
+        if gfid in self._members:
             return
         name = gfid.hex()
         for _ in range(3):
@@ -215,16 +242,18 @@ class HealIndex:
         else:
             raise OSError(errno.EIO, "heal index: cannot link an entry")
         self._gfids.add(gfid)
+        self._members.add(gfid)
 
     def discard(self, gfid: bytes) -> None:
         """Unindex ``gfid`` (idempotent); for clean counters or a deleted inode."""
-        if gfid not in self._gfids:
+        if gfid not in self._members:
             return
         try:
             os.unlink(gfid.hex(), dir_fd=self._fd)
         except FileNotFoundError:
             pass
         self._gfids.remove(gfid)
+        self._members.discard(gfid)
 
     def list(self, cookie: int, count: int) -> tuple[builtins.list[bytes], int, bool]:
         """Up to about ``count`` indexed gfids from ``cookie`` on (0 = start).

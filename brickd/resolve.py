@@ -16,8 +16,8 @@ import logging
 import os
 import stat
 from collections import OrderedDict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
+from types import TracebackType
 from typing import Any
 
 from pyglfs.brickd import changelog
@@ -38,7 +38,6 @@ DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 FILE_OPEN = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_DEPTH = 1 << 20
 _KEEP_ANCESTORS = 64
-_ZERO_COUNTERS = b"\x00" * 12
 # New inodes whose changelog the brick knows without reading it (see _afr_known).
 _KNOWN_MAX = 4096
 
@@ -373,9 +372,8 @@ class StoreCore:
 
     # -- changelog -------------------------------------------------------------
 
-    @contextmanager
     def _entry_change(self, parents: list[tuple[bytes, int]],
-                      deltas: dict[str, bytes] | None) -> Iterator[None]:
+                      deltas: dict[str, bytes] | None) -> AbstractContextManager[None]:
         """Mark the parent directories (gfid, fd) before the entry change in the block.
 
         If the change fails, the marks are taken back: the client counts a dirty
@@ -383,22 +381,8 @@ class StoreCore:
         change (EEXIST, ENOTEMPTY) would never be cleared.
         """
         if not deltas:
-            yield
-            return
-        done: list[tuple[bytes, int]] = []
-        try:
-            for gfid, fd in parents:
-                self._xattrop_fd(gfid, fd, deltas)
-                done.append((gfid, fd))
-            yield
-        except BaseException:
-            for gfid, fd in done:
-                try:
-                    self._xattrop_fd(gfid, fd, changelog.negate(deltas))
-                except OSError as e:
-                    log.error("gfid=%s: cannot take back the changelog mark of a failed "
-                              "entry change: %s", gfid_str(gfid), e)
-            raise
+            return _NO_MARKS
+        return _EntryMarks(self, parents, deltas)
 
     def _xattrop_inode(self, gfid: bytes, deltas: dict[str, bytes] | None) -> dict[str, bytes]:
         """Apply a data or metadata op's changelog deltas to the inode itself."""
@@ -434,15 +418,55 @@ class StoreCore:
             raise
         if known is not None:
             known.update(new)
-            pending = any(v != _ZERO_COUNTERS for v in known.values())
-            self.heal_index.note(gfid, known)
-            if not pending:
+            if changelog.any_nonzero(known.values()):
+                self.heal_index.add(gfid)
+            else:
+                self.heal_index.discard(gfid)
                 del self._afr_known[gfid]
-        elif any(v != _ZERO_COUNTERS for v in new.values()):
-            self.heal_index.note(gfid, new)
+        elif changelog.any_nonzero(new.values()):
+            self.heal_index.add(gfid)
         else:
             self.heal_index.note(gfid, read_afr(fd if afr_target is None else afr_target))
         return new
+
+
+class _EntryMarks:
+    """``StoreCore._entry_change`` with marks to set (a class, not a generator:
+    entered once per entry op)."""
+
+    __slots__ = ("store", "parents", "deltas", "done")
+
+    def __init__(self, store: StoreCore, parents: list[tuple[bytes, int]],
+                 deltas: dict[str, bytes]) -> None:
+        self.store = store
+        self.parents = parents
+        self.deltas = deltas
+        self.done: list[tuple[bytes, int]] = []
+
+    def __enter__(self) -> None:
+        try:
+            for gfid, fd in self.parents:
+                self.store._xattrop_fd(gfid, fd, self.deltas)
+                self.done.append((gfid, fd))
+        except BaseException:
+            self._take_back()
+            raise
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if typ is not None:
+            self._take_back()
+
+    def _take_back(self) -> None:
+        for gfid, fd in self.done:
+            try:
+                self.store._xattrop_fd(gfid, fd, changelog.negate(self.deltas))
+            except OSError as e:
+                log.error("gfid=%s: cannot take back the changelog mark of a failed "
+                          "entry change: %s", gfid_str(gfid), e)
+
+
+_NO_MARKS = nullcontext()
 
 
 def read_afr(target: XattrTarget) -> dict[str, bytes]:

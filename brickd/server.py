@@ -24,7 +24,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -33,7 +33,7 @@ from pyglfs.brickd.changelog import HealIndex
 from pyglfs.brickd.localfds import LocalFdServer
 from pyglfs.brickd.locks import LockManager
 from pyglfs.brickd.upcall import CHANGING_OPS, Upcall
-from pyglfs.rpc.brickops import OPS, ArgError, validate, validate_compound
+from pyglfs.rpc.brickops import OPS, VALIDATORS, ArgError, validate, validate_compound
 from pyglfs.rpc.errors import HandshakeRefused
 from pyglfs.rpc.messages import error_fields
 from pyglfs.rpc.server import ServerConnection, serve_rpc
@@ -87,6 +87,11 @@ class BrickService:
         self._nursery = nursery
         self.upcall = Upcall(nursery)
         self._table: dict[str, Handler] = self._build_table()
+        # op -> (validator, handler, whether it changes something others cache)
+        self._ops: dict[str, tuple[Callable[[Any], Any], Handler, bool]] = {
+            op: (VALIDATORS[op], handler, op in CHANGING_OPS)
+            for op, handler in self._table.items()
+        }
         self.inline_ops = _INLINE_OWN | frozenset(getattr(store, "inline_ops", ()))
         # (op, args) -> bool: ops run inline only for some arguments (small reads).
         self._store_inline_when: Callable[[str, dict[str, Any]], bool] | None = getattr(
@@ -138,19 +143,18 @@ class BrickService:
 
     async def handle(self, op: str, args: dict[str, Any], conn: ServerConnection) -> Any:
         """Validate, then dispatch; errors leave as OSError (errno names on the wire)."""
+        entry = self._ops.get(op)
+        if entry is None:
+            _refuse(op, args)
+        check, handler, changing = entry
         try:
-            validate(op, args)
-        except KeyError:
-            raise OSError(errno.ENOSYS, f"unknown operation {op!r}") from None
+            check(args)
         except ArgError as e:
             raise OSError(errno.EINVAL, str(e)) from None
-        handler = self._table.get(op)
-        if handler is None:
-            raise OSError(errno.ENOSYS, f"operation {op!r} is not supported by this brick")
         upcall = self.upcall
         upcall.seen(conn)
         result = await handler(args, conn)
-        if op in CHANGING_OPS:
+        if changing:
             upcall.changed(op, args, result, conn)
         if upcall.ready:
             await upcall.deliver()
@@ -227,6 +231,18 @@ class BrickService:
         count = min(args.get("count") or INDEX_PAGE_MAX, INDEX_PAGE_MAX)
         gfids, cookie, eof = self.index.list(args.get("cookie") or 0, count)
         return {"gfids": gfids, "cookie": cookie, "eof": eof}
+
+
+def _refuse(op: Any, args: Any) -> NoReturn:
+    """The error for an op this brick has no handler for: ENOSYS, or EINVAL for
+    a known op whose arguments are bad anyway."""
+    try:
+        validate(op, args)
+    except KeyError:
+        raise OSError(errno.ENOSYS, f"unknown operation {op!r}") from None
+    except ArgError as e:
+        raise OSError(errno.EINVAL, str(e)) from None
+    raise OSError(errno.ENOSYS, f"operation {op!r} is not supported by this brick")
 
 
 def _lock_handler(meth: Callable[..., Awaitable[Any]]) -> Handler:

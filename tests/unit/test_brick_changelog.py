@@ -193,3 +193,29 @@ def test_add_survives_a_full_base_file(internal: int, monkeypatch: pytest.Monkey
     idx2 = HealIndex(internal)
     assert idx2.list(0, 10) == ([gfid(1), gfid(2)], 0, True)
     idx2.close()
+
+
+def test_membership_follows_adds_discards_and_reopen(internal: int) -> None:
+    idx = HealIndex(internal)
+    gs = [gfid(i) for i in range(1, 40)]
+    for i, g in enumerate(gs):
+        idx.add(g)
+        if i % 3 == 0:
+            idx.discard(g)
+        idx.add(gs[0]) if i % 5 == 0 else idx.discard(gs[1])
+    want = {g for i, g in enumerate(gs) if i % 3 != 0 and g != gs[1]} | {gs[0]}
+    assert {g for g in gs if g in idx} == want
+    assert set(idx.list(0, 1000)[0]) == want and len(idx) == len(want)
+    idx.close()
+    idx2 = HealIndex(internal)
+    assert {g for g in gs if g in idx2} == want
+    idx2.discard(gs[0])
+    assert gs[0] not in idx2 and gs[0] not in idx2.list(0, 1000)[0]
+    idx2.close()
+
+
+def test_any_nonzero() -> None:
+    assert not changelog.any_nonzero([])
+    assert not changelog.any_nonzero([ctr(0), ctr(0, 0, 0)])
+    assert changelog.any_nonzero([ctr(0), ctr(0, 0, -1)])
+    assert changelog.any_nonzero([b"short"])

@@ -76,3 +76,34 @@ async def test_failed_entry_ops_leave_no_mark(store: BrickStore, root: Path) -> 
     await store.unlink(pgfid=d, name=b"f", xattrop=marks)
     assert counters(root / "d") == DIRTY_ENTRY[AFR_DIRTY]
     assert d in store.heal_index
+
+
+async def test_a_mark_the_second_parent_refuses_is_taken_back_from_the_first(
+        store: BrickStore, root: Path) -> None:
+    a, b = g(), g()
+    await store.mkdir(pgfid=ROOT_GFID, name=b"a", gfid=a, mode=0o755, uid=0, gid=0)
+    await store.mkdir(pgfid=ROOT_GFID, name=b"b", gfid=b, mode=0o755, uid=0, gid=0)
+    f = g()
+    await store.create(pgfid=a, name=b"f", gfid=f, mode=0o644, uid=0, gid=0)
+    await store.release(gfid=f)
+    # b's entry counter at the int32 maximum: one more does not fit.
+    top = (0).to_bytes(8, "big") + (2**31 - 1).to_bytes(4, "big")
+    await store.xattrop(gfid=b, xattrop={AFR_DIRTY: top})
+    with pytest.raises(OSError) as e:
+        await store.rename(old_pgfid=a, old_name=b"f", new_pgfid=b, new_name=b"f",
+                           xattrop=DIRTY_ENTRY)
+    assert e.value.errno == errno.EINVAL
+    assert clean(counters(root / "a"))
+    assert a not in store.heal_index
+    assert counters(root / "b") == top
+    assert (root / "a" / "f").exists() and not (root / "b" / "f").exists()
+    # Marks on both parents of a rename that succeeds stay on both.
+    await store.xattrop(gfid=b, xattrop={AFR_DIRTY: bytes(8) + (-(2**31 - 1)).to_bytes(
+        4, "big", signed=True)})
+    assert b not in store.heal_index
+    await store.rename(old_pgfid=a, old_name=b"f", new_pgfid=b, new_name=b"f",
+                       xattrop=DIRTY_ENTRY)
+    for gfid, name in ((a, "a"), (b, "b")):
+        assert counters(root / name) == DIRTY_ENTRY[AFR_DIRTY]
+        assert gfid in store.heal_index
+    assert store.heal_index.list(0, 100)[0] == sorted([a, b])
