@@ -14,29 +14,28 @@ every other request of the brick. Reads up to ``INLINE_IO_MAX`` are tried
 inline with ``RWF_NOWAIT`` (served only from the page cache, never waiting on
 the disk) and go to a thread when the data is not cached.
 
-Big writes aligned to ``DIRECT_ALIGN`` in offset and length (a sequential
-writer's 1 MiB blocks) bypass the brick's page cache. A 1 MiB write costs the
-brick ~0.4 ms of CPU that way (thread hop, a copy into an aligned buffer, the
-direct I/O itself) and leaves nothing for writeback or ``fsync`` to do later;
-a buffered one costs ~0.2 ms into recycled page cache but ~1.8 ms into pages
-the machine has not touched lately (a VM whose free memory went back to the
-host: a big file written into mostly free memory), and its writeback and
-``fsync`` come on top. Each direct write opens its own O_DIRECT description of
-the file (through ``/proc/self/fd``; a dup would share the cached fd's flags)
-in a worker thread and closes it afterwards, so no extra fd outlives a write.
-Linux keeps direct and buffered I/O of one file coherent (a direct write first
-writes back and then drops the cached pages of its range), so later buffered
-reads and writes see the data; ``fsync`` still syncs the file, which persists
-the size and allocation that O_DIRECT alone does not. Unaligned and small
-writes stay buffered (under ``DIRECT_MIN`` the fixed costs of a direct write
-do not pay); a filesystem that refuses O_DIRECT turns it off for good.
+Sequential writes of ``BIG_IO`` or more are tracked for drop-behind
+(``dropbehind.py``, the ``storage.drop-behind`` volume option, on by default):
+every 8 MiB of a stream the brick starts writeback and drops the clean pages
+16 MiB behind, so a big file's data recycles a few MiB of page cache instead
+of faulting in fresh memory for all of it. The data is then not cached in the
+brick after the write; fsync semantics do not change.
 
-Direct writes are off unless the brick's environment has
-``PYGLFS_BRICK_DIRECT_WRITES=1``: on the benchmark VM they took a sequential
-write + fsync from ~0.3 to ~0.5-0.85 x local disk, but the cold read that
-follows lost its lead over the passthrough (1.2 -> 0.4-1.2 x): its page cache
-then lands on memory the guest had given back to the host, where the buffered
-writes' pages, just freed by the cache drop, used to serve it.
+With ``direct_writes`` (the ``storage.direct-writes`` volume option, off by
+default), big writes aligned to ``DIRECT_ALIGN`` in offset and length (a
+sequential writer's 1 MiB blocks) bypass the brick's page cache instead. A
+1 MiB write costs the brick ~0.4 ms of CPU that way (thread hop, a copy into an
+aligned buffer, the direct I/O itself, which the request waits for) and leaves
+nothing for writeback or ``fsync`` to do later. Each direct write opens its own
+O_DIRECT description of the file (through ``/proc/self/fd``; a dup would share
+the cached fd's flags) in a worker thread and closes it afterwards, so no extra
+fd outlives a write. Linux keeps direct and buffered I/O of one file coherent
+(a direct write first writes back and then drops the cached pages of its
+range), so later buffered reads and writes see the data; ``fsync`` still syncs
+the file, which persists the size and allocation that O_DIRECT alone does not.
+Unaligned and small writes stay buffered (under ``DIRECT_MIN`` the fixed costs
+of a direct write do not pay); a filesystem that refuses O_DIRECT turns it off
+for good.
 
 ``open`` and ``release`` are counted per connection (``conn_id``): a file whose
 last name is unlinked while a connection holds it open keeps its handle, and so
@@ -52,12 +51,14 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import trio
 
 from pyglfs.brickd import linux
 from pyglfs.brickd.checksum import block_checksums
+from pyglfs.brickd.dropbehind import DropBehind, advise
 from pyglfs.brickd.names import handle_rel
 from pyglfs.brickd.resolve import StoreCore
 from pyglfs.rpc.brickops import MAX_IO
@@ -72,7 +73,6 @@ _DIRECT_MASK = DIRECT_ALIGN - 1
 # Why an O_DIRECT reopen can fail for every file of this brick: the filesystem
 # has no O_DIRECT, there is no /proc, a security module forbids the reopen.
 _OPEN_REFUSED = frozenset({errno.EINVAL, errno.ENOENT, errno.EACCES, errno.EOPNOTSUPP})
-DIRECT_WRITES_ENV = "PYGLFS_BRICK_DIRECT_WRITES"
 _OFF_MAX = (1 << 63) - 1
 T = TypeVar("T")
 
@@ -177,7 +177,11 @@ class FileOps(StoreCore):
     io_limiter: trio.CapacityLimiter
     _inline_writes_after = 0.0
     _nowait_reads = True
-    _direct_writes = os.environ.get(DIRECT_WRITES_ENV, "") == "1"
+    # Switches set per brick from the volume options (brickd/main.py); see the
+    # module doc.
+    direct_writes = False
+    drop_behind = True
+    streams: DropBehind | None = None
 
     async def _in_thread(self, fd: int, fn: Callable[[int], T]) -> T:
         """Run ``fn(dup of fd)`` in a worker thread."""
@@ -289,15 +293,17 @@ class FileOps(StoreCore):
         if size < BIG_IO:
             _pwrite_all(fd, data, offset)
             st = os.stat(fd)
-        elif size >= DIRECT_MIN and not (offset | size) & _DIRECT_MASK and self._direct_writes:
+        elif size >= DIRECT_MIN and not (offset | size) & _DIRECT_MASK and self.direct_writes:
             def direct(f: int) -> tuple[bool, os.stat_result]:
                 if _pwrite_direct(f, data, offset):
                     return True, os.stat(f)
                 _pwrite_all(f, data, offset)
                 return False, os.stat(f)
             done, st = await self._in_thread(fd, direct)
-            if not done and self._direct_writes:
-                self._direct_writes = False
+            if done:
+                return {"iatt": self._iatt(gfid, st, False)}
+            if self.direct_writes:
+                self.direct_writes = False
                 log.info("brick=%s: O_DIRECT writes refused here; big writes stay buffered",
                          self.root)
         elif size <= INLINE_IO_MAX and time.monotonic() >= self._inline_writes_after:
@@ -312,6 +318,12 @@ class FileOps(StoreCore):
                 _pwrite_all(f, data, offset)
                 return os.stat(f)
             st = await self._in_thread(fd, work)
+        if self.drop_behind and size >= BIG_IO:
+            if self.streams is None:
+                self.streams = DropBehind()
+            advice = self.streams.note(gfid, offset, size)
+            if advice is not None:
+                await self._in_thread(fd, partial(advise, advice=advice))
         return {"iatt": self._iatt(gfid, st, False)}
 
     async def fallocate(self, gfid: bytes, mode: int, offset: int, length: int,

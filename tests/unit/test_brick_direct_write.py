@@ -5,8 +5,9 @@ write put there, whichever path either took; sizes grow as with buffered
 writes; unaligned and small writes still work; a filesystem that refuses
 O_DIRECT gets buffered writes. What the brick should gain: an aligned 1 MiB
 write leaves nothing of its range in the page cache, and no descriptor behind.
-Direct writes are off unless the brick's environment turns them on; these
-tests turn them on per store.
+Direct writes are off unless the volume option storage.direct-writes turns
+them on (brickd/main.py sets the store's ``direct_writes``); these tests turn
+them on per store.
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ import errno
 import fcntl
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +35,11 @@ KIB = 1024
 
 @pytest.fixture(autouse=True)
 def direct_on(store: BrickStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store, "_direct_writes", True)
+    monkeypatch.setattr(store, "direct_writes", True)
 
 
-def test_direct_writes_are_off_unless_the_environment_asks() -> None:
-    code = ("from pyglfs.brickd.fileio import FileOps; "
-            "print(FileOps._direct_writes)")
-    env = {k: v for k, v in os.environ.items() if k != fileio.DIRECT_WRITES_ENV}
-    off = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, timeout=60)
-    on = subprocess.run([sys.executable, "-c", code], env=env | {fileio.DIRECT_WRITES_ENV: "1"},
-                        capture_output=True, text=True, timeout=60)
-    assert (off.stdout.strip(), on.stdout.strip()) == ("False", "True")
+def test_direct_writes_are_off_by_default() -> None:
+    assert fileio.FileOps.direct_writes is False
 
 
 def direct_supported(root: Path) -> bool:
@@ -238,7 +230,7 @@ async def test_refused_open_falls_back_to_buffered_for_good(
             r = await store.write(gfid=g, offset=i * MIB, data=b)
             assert r["iatt"][F["size"]] == (i + 1) * MIB
     assert len(tried) == 1
-    assert store._direct_writes is False
+    assert store.direct_writes is False
     assert sum("O_DIRECT writes refused" in m for m in caplog.messages) == 1
     assert (root / "f").read_bytes() == b"".join(blocks)
 
@@ -252,7 +244,7 @@ async def test_other_reopen_failures_send_one_write_buffered(
     for i, b in enumerate(blocks):
         await store.write(gfid=g, offset=i * MIB, data=b)
     assert len(tried) == 2
-    assert store._direct_writes is True
+    assert store.direct_writes is True
     assert (root / "f").read_bytes() == b"".join(blocks)
 
 
@@ -274,7 +266,7 @@ async def test_refused_write_falls_back_to_buffered(
     await store.write(gfid=g, offset=0, data=block)
     await store.write(gfid=g, offset=MIB, data=block)
     assert refused == [0]
-    assert store._direct_writes is False
+    assert store.direct_writes is False
     assert open_fds() == fds
     assert (root / "f").read_bytes() == block + block
 
@@ -294,5 +286,5 @@ async def test_a_failing_direct_write_reports_its_error(
     with pytest.raises(OSError) as e:
         await store.write(gfid=g, offset=0, data=os.urandom(MIB))
     assert e.value.errno == errno.ENOSPC
-    assert store._direct_writes is True
+    assert store.direct_writes is True
     assert open_fds() == fds
