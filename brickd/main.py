@@ -88,10 +88,17 @@ def setup_logging(level: str, log_file: str | None) -> None:
 async def run_brick(
     brick: Path, volume: str, volume_id: str, host: str, port: int,
     credentials: Credentials | None, local_reads: bool = True,
+    direct_writes: bool = False, drop_behind: bool = True,
 ) -> None:
-    """Serve until SIGTERM/SIGINT. Store refusals propagate to the caller."""
+    """Serve until SIGTERM/SIGINT. Store refusals propagate to the caller.
+
+    ``direct_writes`` and ``drop_behind`` are the storage.direct-writes and
+    storage.drop-behind volume options (brickd/fileio.py).
+    """
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         store = open_store(brick, volume_id)
+        store.direct_writes = direct_writes
+        store.drop_behind = drop_behind
         try:
             async with trio.open_nursery() as nursery:
                 localfds = None
@@ -124,12 +131,19 @@ async def run_brick(
               help='JSON {"username": ..., "password": ...} clients must present.')
 @click.option("--local-reads/--no-local-reads", default=True, show_default=True,
               help="Hand clients on this host read-only fds of files (short-circuit reads).")
+@click.option("--direct-writes/--no-direct-writes", default=False, show_default=True,
+              envvar="PYGLFS_BRICK_DIRECT_WRITES",
+              help="Big aligned writes bypass the page cache (storage.direct-writes).")
+@click.option("--drop-behind/--no-drop-behind", default=True, show_default=True,
+              envvar="PYGLFS_BRICK_DROP_BEHIND", help="Sequential writers' pages are written back early and dropped "
+                   "behind them (storage.drop-behind).")
 @click.option("--log-file", default=None, help="Log here instead of stderr.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(LOG_LEVELS, case_sensitive=False))
 def cli(
     brick: str, listen: tuple[str, int], volume: str, volume_id: str, auth_file: str | None,
-    local_reads: bool, log_file: str | None, log_level: str,
+    local_reads: bool, direct_writes: bool, drop_behind: bool, log_file: str | None,
+    log_level: str,
 ) -> None:
     """Serve one brick directory of a pyglfs volume."""
     try:
@@ -148,7 +162,8 @@ def cli(
             raise click.ClickException(str(e)) from None
     host, port = listen
     try:
-        trio.run(run_brick, path, volume, volume_id, host, port, credentials, local_reads)
+        trio.run(run_brick, path, volume, volume_id, host, port, credentials, local_reads,
+                 direct_writes, drop_behind)
     except KeyboardInterrupt:
         pass
     except Exception as e:

@@ -1,6 +1,7 @@
 """Writes through a replica-2 mount whose bricks mix O_DIRECT and buffered writes.
 
-The bricks (started with PYGLFS_BRICK_DIRECT_WRITES=1) write big aligned blocks with O_DIRECT and everything else through
+The bricks (started with PYGLFS_BRICK_DIRECT_WRITES=1, the environment form of
+brickd's --direct-writes) write big aligned blocks with O_DIRECT and everything else through
 their page cache (brickd/fileio.py). Through a real mount: a file made of
 aligned blocks, unaligned overwrites inside them, aligned blocks over ranges
 written buffered just before, a sparse extension and a short tail ends up the
@@ -18,13 +19,12 @@ from pathlib import Path
 import pytest
 from helpers.mounts import Mount, Volume, fuse_skip_reason, mounted_volume, start_volume, wait_for
 
-from pyglfs.brickd.fileio import DIRECT_WRITES_ENV
-
 _skip = fuse_skip_reason()
 pytestmark = [pytest.mark.mount, pytest.mark.skipif(_skip is not None, reason=_skip or "")]
 
 MIB = 1 << 20
 KIB = 1 << 10
+DIRECT_WRITES_ENV = "PYGLFS_BRICK_DIRECT_WRITES"
 
 
 @pytest.fixture(scope="module")

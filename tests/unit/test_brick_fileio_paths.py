@@ -43,7 +43,7 @@ async def test_writes_up_to_the_limit_run_inline(store: BrickStore, root: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     threads = count_threads(store, monkeypatch)
     # Aligned big writes go O_DIRECT through a thread (test_brick_direct_write.py).
-    monkeypatch.setattr(store, "_direct_writes", False)
+    monkeypatch.setattr(store, "direct_writes", False)
     g = await mkfile(store, ROOT_GFID, b"f")
     one = os.urandom(fileio.INLINE_IO_MAX)
     r = await store.write(gfid=g, offset=0, data=one)
