@@ -180,6 +180,16 @@ VOLUME_OPTIONS: dict[str, VolumeOption] = _opts(
      "percent of the brick's disk kept free"),
     ("storage.health-check-interval", "posix", "health-check-interval", _int(0), "30",
      "seconds between brick health checks (0: off)"),
+    ("storage.direct-writes", "posix", "direct-writes", _bool, "off",
+     "writes of 256 KiB or more, aligned to 4 KiB in offset and length, skip the "
+     "brick's page cache (O_DIRECT) and return once on the disk; other writes stay "
+     "buffered; fsync is still needed for durability; the data is not cached in "
+     "the brick afterwards. Applied when the brick (re)starts"),
+    ("storage.drop-behind", "posix", "drop-behind", _bool, "on",
+     "a file's sequential writes of 64 KiB or more start writeback every 8 MiB "
+     "and drop the written pages 16 MiB behind from the brick's page cache, so a "
+     "big file recycles a few MiB of memory instead of filling the cache; no "
+     "change to what write or fsync guarantee. Applied when the brick (re)starts"),
     ("performance.write-behind", _WB, None, _bool, "on",
      "write-behind translator: a write returns once queued, close and fsync wait "
      "for the bricks (the mount option write-behind=no makes it write through)"),
