@@ -11,44 +11,26 @@ none of the aligned blocks, and with both off the whole file stays cached.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
-import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers.mounts import Volume, fuse_skip_reason, mounted_volume, start_volume
+from helpers.pagecache import resident_mib
 
 _skip = fuse_skip_reason()
 pytestmark = [pytest.mark.mount, pytest.mark.skipif(_skip is not None, reason=_skip or "")]
 
 MIB = 1 << 20
 BLOCKS = 32
-_libc = ctypes.CDLL(None, use_errno=True)
 
 SETTINGS = {
     "drop-behind": {"PYGLFS_BRICK_DROP_BEHIND": "1", "PYGLFS_BRICK_DIRECT_WRITES": "0"},
     "direct": {"PYGLFS_BRICK_DROP_BEHIND": "0", "PYGLFS_BRICK_DIRECT_WRITES": "1"},
     "buffered": {"PYGLFS_BRICK_DROP_BEHIND": "0", "PYGLFS_BRICK_DIRECT_WRITES": "0"},
 }
-
-
-def resident_mib(path: Path) -> float:
-    """How much of ``path`` is in the page cache (mincore; reads nothing)."""
-    size = path.stat().st_size
-    vec = (ctypes.c_ubyte * ((size + mmap.PAGESIZE - 1) // mmap.PAGESIZE))()
-    with open(path, "r+b") as f, mmap.mmap(f.fileno(), size) as m:
-        anchor = ctypes.c_char.from_buffer(m)
-        try:
-            rc = _libc.mincore(ctypes.c_void_p(ctypes.addressof(anchor)),
-                               ctypes.c_size_t(size), vec)
-        finally:
-            del anchor
-    if rc != 0:
-        raise OSError(ctypes.get_errno(), "mincore")
-    return sum(v & 1 for v in vec) * mmap.PAGESIZE / MIB
 
 
 @pytest.fixture(params=list(SETTINGS), scope="module")

@@ -9,12 +9,11 @@ writes leave theirs cached.
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 import os
 from pathlib import Path
 
 import pytest
+from helpers.pagecache import resident_mib
 from test_brick_store import F, mkfile
 
 from pyglfs.brickd import dropbehind
@@ -25,25 +24,6 @@ from pyglfs.rpc.brickops import ROOT_GFID
 MIB = 1024 * 1024
 G1, G2 = b"\x01" * 16, b"\x02" * 16
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def resident_mib(path: Path) -> float:
-    """How much of ``path`` is in the page cache now (mincore of a shared
-    mapping, which reads nothing and dirties nothing)."""
-    size = path.stat().st_size
-    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
-    vec = (ctypes.c_ubyte * pages)()
-    with open(path, "r+b") as f, mmap.mmap(f.fileno(), size) as m:
-        anchor = ctypes.c_char.from_buffer(m)
-        try:
-            rc = _libc.mincore(ctypes.c_void_p(ctypes.addressof(anchor)),
-                               ctypes.c_size_t(size), vec)
-        finally:
-            del anchor
-        if rc != 0:
-            raise OSError(ctypes.get_errno(), "mincore")
-    return sum(v & 1 for v in vec) * mmap.PAGESIZE / MIB
 
 
 def test_a_stream_gets_advice_every_window_and_drops_lag_behind() -> None:
