@@ -159,10 +159,9 @@ class LocalFdServer:
 
     async def _serve_conn(self, conn: trio.socket.SocketType) -> None:
         try:
-            if peer_uid(conn) != self.uid:
-                log.warning("local reads: refused a peer of another uid")
-                await self._reply(conn, errno.EACCES)
-                return
+            # Judged once its first request is read: a connection closed with
+            # a request still queued would reset the peer before it saw why.
+            same_uid = peer_uid(conn) == self.uid
             authed = False
             while True:
                 with trio.move_on_after(math.inf if authed else self.idle_unauth) as scope:
@@ -172,6 +171,10 @@ class LocalFdServer:
                               self.idle_unauth)
                     return
                 if not msg:
+                    return
+                if not same_uid:
+                    log.warning("local reads: refused a peer of another uid")
+                    await self._reply(conn, errno.EACCES)
                     return
                 code = self._check(msg, flags)
                 if code:
