@@ -12,9 +12,11 @@ Contracts:
   brick. ``flush`` (close) does too with ``flush_behind=False``; with
   ``flush_behind`` (GlusterFS's ``performance.flush-behind``, on by default in
   volfiles) it returns at once and the layer below gets its ``flush`` after
-  the inode's queued writes, in the task of the last one. ``release`` always
-  waits for the queued writes and that flush, so replicate's post-op and
-  unlock come after the data.
+  the inode's queued writes, in the task of the last one. The layer below
+  gets ``release`` after the queued writes and that flush, so replicate's
+  post-op and unlock come after the data: with ``flush_behind`` a release
+  returns at once (the kernel never waits for one; release-behind) and the
+  task of the last queued change sends it, else it waits for them.
 - A queued write that fails is reported once, by the next ``write``,
   ``flush`` or ``fsync`` of the same inode (per inode, not per open, unlike
   GlusterFS's per-fd bookkeeping); a failure nobody collects before the last
@@ -391,12 +393,15 @@ class WriteBehind(Layer):
 
     async def _finish(self, gfid: bytes, ino: InodeQueue, ws: list[QueuedWrite]) -> None:
         try:
-            # The flush a flush-behind close left for the last queued writes:
-            # they stay queued meanwhile, so release and settle wait for the
-            # flush too.
+            # The flush a flush-behind close left for the last queued writes, and
+            # the releases that came after it: they stay queued meanwhile, so
+            # settle waits for them too.
             while ino.flush_wanted and len(ino.queued) == len(ws):
                 ino.flush_wanted = False
                 await self._flush_behind(gfid)
+            while ino.releases and len(ino.queued) == len(ws):
+                ino.releases -= 1
+                await self._release_behind(gfid, ino)
         finally:
             for w in ws:
                 self._retire(gfid, ino, w)
@@ -481,17 +486,42 @@ class WriteBehind(Layer):
         await self.child.fsync(gfid, datasync)
 
     async def release(self, gfid: bytes) -> None:
+        """After the queued writes and flush of ``gfid``; with ``flush_behind``,
+        when changes are queued here (and nowhere else in the group), returns
+        at once and leaves the release to the task of the last one (the kernel
+        never waits for a release)."""
+        self._kick(gfid)
+        self._hurry(gfid)
+        ino = self.inodes.get(gfid)
+        self._closed(gfid)
+        if (self.flush_behind and ino is not None and ino.queued and self._nursery is not None
+                and not self._queued_elsewhere(gfid)):
+            ino.releases += 1
+            return
         await self._drain(gfid)
+        self._report_lost(gfid)
+        await self.child.release(gfid)
+
+    async def _release_behind(self, gfid: bytes, ino: InodeQueue) -> None:
+        if ino.error is not None:
+            _log_lost(gfid, ino.error)
+            ino.error = None
+        try:
+            await self.child.release(gfid)
+        except OSError as e:
+            log.warning("write-behind: release of gfid=%s after its writes failed: %s",
+                        gfid.hex(), e)
+        except Exception:
+            log.exception("write-behind: release of gfid=%s after its writes failed",
+                          gfid.hex())
+
+    def _report_lost(self, gfid: bytes) -> None:
         for m in self._members():
             ino = m.inodes.get(gfid)
             if ino is not None and ino.error is not None and not ino.queued:
-                log.error("write-behind: a failed write to gfid=%s was never reported "
-                          "(it failed after a flush-behind close, or no flush came): %s",
-                          gfid.hex(), ino.error)
+                _log_lost(gfid, ino.error)
                 ino.error = None
                 m._forget_if_idle(gfid, ino)
-        self._closed(gfid)
-        await self.child.release(gfid)
 
     # -- setattr-behind -------------------------------------------------------------
     async def create(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
@@ -681,6 +711,11 @@ class WriteBehind(Layer):
             entries = [e._replace(iatt=self._cover(e.iatt)) if e.iatt is not None else e
                        for e in entries]
         return entries, eof
+
+
+def _log_lost(gfid: bytes, err: OSError) -> None:
+    log.error("write-behind: a failed write to gfid=%s was never reported "
+              "(it failed after a flush-behind close, or no flush came): %s", gfid.hex(), err)
 
 
 def _writable_check(layer: Layer) -> Callable[[], Any] | None:

@@ -44,10 +44,12 @@ class InodeQueue:
     """Queued writes of one gfid, in the order they were made, and a failure to
     report. ``unsent``: the small writes among them not yet in a batch, in order;
     ``senders``: tasks sending batches of them; ``setattrs``: how many of them are
-    ``QueuedSetattr``."""
+    ``QueuedSetattr``; ``releases``: closes of the inode whose release waits for
+    the last queued change (release-behind)."""
 
     __slots__ = ("queued", "nbytes", "error", "last", "flush_wanted", "unsent",
-                 "unsent_bytes", "senders", "urgent", "hurry", "setattrs", "carried")
+                 "unsent_bytes", "senders", "urgent", "hurry", "setattrs", "carried",
+                 "releases")
 
     def __init__(self) -> None:
         self.queued: list[QueuedWrite] = []
@@ -62,6 +64,7 @@ class InodeQueue:
         self.hurry: trio.Event | None = None
         self.setattrs = 0
         self.carried = False
+        self.releases = 0
 
 
 class QueuedSetattr(QueuedWrite):

@@ -53,24 +53,19 @@ async def fb() -> AsyncIterator[tuple[WriteBehind, Recorder]]:
         nursery.cancel_scope.cancel()
 
 
-async def test_close_returns_before_the_bricks_and_release_waits(fb: Any) -> None:
+async def test_close_and_release_return_before_the_bricks(fb: Any) -> None:
+    """Release-behind: the layer below gets the release after the writes and
+    the flush, from the task of the last write."""
     layer, fake = fb
     with trio.fail_after(5):
         await layer.write(G, 0, b"hello")
         await layer.write(G, 4096, b"world")
         await layer.flush(G)  # returns although the bricks hold both writes back
-        assert fake.calls == [] and fake.flushed == 0
-        released: list[bool] = []
-
-        async def release() -> None:
-            await layer.release(G)
-            released.append(True)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(release)
-            await trio.testing.wait_all_tasks_blocked()
-            assert released == [] and fake.calls == []
-            fake.gate.set()
+        await layer.release(G)  # and so does release
+        await trio.testing.wait_all_tasks_blocked()
+        assert fake.calls == [] and fake.flushed == 0 and layer.opened == {}
+        fake.gate.set()
+        await layer.settle()
     assert sorted(fake.calls[:2]) == ["write@0", "write@4096"]
     assert fake.calls[2:] == ["flush", "release"]
     assert bytes(fake.data[G][:5]) == b"hello" and layer.inodes == {}
@@ -100,6 +95,7 @@ async def test_a_failure_after_close_is_logged_as_an_error(
         fake.gate.set()
         with caplog.at_level(logging.ERROR, logger="pyglfs.client.writebehind"):
             await layer.release(G)
+            await layer.settle()
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert any("never reported" in r.getMessage() and "bad disk" in r.getMessage()
                for r in errors)
@@ -150,6 +146,7 @@ async def test_closes_while_writes_keep_coming_flush_once_after_the_last(fb: Any
         await layer.flush(G)
         fake.gate.set()
         await layer.release(G)
+        await layer.settle()
     assert fake.calls == [f"write@{2 * big}", "write@0", "flush", "release"]
 
 
@@ -164,6 +161,7 @@ async def test_small_writes_and_closes_flush_once_after_the_last_batch(fb: Any) 
         await layer.flush(G)
         fake.gate.set()
         await layer.release(G)
+        await layer.settle()
     assert fake.calls == ["write@0", "write@10", "write@20", "flush", "release"]
 
 
@@ -172,3 +170,39 @@ def test_the_volfile_default_is_flush_behind() -> None:
     (off,) = write_behinds(build_graph(volfile(" option flush-behind off\n"),
                                        client_id="c", volume="v"))
     assert on.flush_behind and not off.flush_behind
+
+
+async def test_without_flush_behind_release_waits_for_the_writes() -> None:
+    fake = Recorder()
+    layer = WriteBehind("wb", fake, window=64 * 1024)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(layer.serve_writes)
+        with trio.fail_after(5):
+            await layer.write(G, 0, b"x")
+            released: list[bool] = []
+
+            async def release() -> None:
+                await layer.release(G)
+                released.append(True)
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(release)
+                await trio.testing.wait_all_tasks_blocked()
+                assert released == [] and fake.calls == []
+                fake.gate.set()
+            assert released == [True] and fake.calls == ["write@0", "release"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_release_behind_counts_every_close(fb: Any) -> None:
+    """Two opens closed while a write is queued: two releases, after the write."""
+    layer, fake = fb
+    with trio.fail_after(5):
+        await layer.write(G, 0, b"x")
+        await layer.release(G)
+        await layer.release(G)
+        await trio.testing.wait_all_tasks_blocked()
+        assert fake.calls == []
+        fake.gate.set()
+        await layer.settle()
+    assert fake.calls == ["write@0", "release", "release"] and layer.inodes == {}
