@@ -78,7 +78,7 @@ class ProtocolClient(Layer):
     @property
     def is_local(self) -> bool:
         """Whether reads of this brick are served here (its fd channel is up)."""
-        return self.local is not None and self.local.active
+        return self.local is not None and self.local.active and self.rpc.is_up
 
     @property
     def is_up(self) -> bool:
