@@ -179,6 +179,8 @@ class LocalReader:
                 return None
         else:
             self.fds.move_to_end(gfid)
+        # Released while the fd was on its way: used for this read only.
+        once = self.fds.get(gfid) != fd
         try:
             if size <= INLINE_READ:
                 data = os.pread(fd, size, offset)
@@ -187,10 +189,13 @@ class LocalReader:
         except OSError as e:
             log.info("%s: local read of %s failed, asking the brick: %s", self.name,
                      gfid.hex(), e)
-            if self.fds.get(gfid) == fd:
+            if not once and self.fds.get(gfid) == fd:
                 self.drop(gfid)
             self.fallbacks += 1
             return None
+        finally:
+            if once:
+                os.close(fd)
         self.reads += 1
         return data
 
@@ -264,9 +269,10 @@ class LocalReader:
                 self._disable(f"the fd handed over for {gfid.hex()} is not that file")
                 return None
             self.fetches += 1
-            self.fds[gfid] = fd
-            while len(self.fds) > self.limit:
-                os.close(self.fds.popitem(last=False)[1])
+            if gfid in self.opens and self._sock is not None:
+                self.fds[gfid] = fd
+                while len(self.fds) > self.limit:
+                    os.close(self.fds.popitem(last=False)[1])
             return fd
 
     @staticmethod
