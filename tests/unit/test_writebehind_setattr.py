@@ -19,7 +19,8 @@ import trio
 import trio.testing
 
 from pyglfs.client.layer import DirEntry, EntryReply, Layer, Lookup
-from pyglfs.client.writebehind import SETATTR_DELAY, WriteBehind
+from pyglfs.client.setattrbehind import SETATTR_DELAY
+from pyglfs.client.writebehind import WriteBehind
 from pyglfs.rpc.brickops import Iatt
 
 P = b"p" * 16
