@@ -105,6 +105,11 @@ def _is_bytes(v: Any) -> bool:
     return type(v) is bytes and len(v) <= MAX_IO
 
 
+def _is_data(v: Any) -> bool:
+    # A write's data may come as a view of the received frame (rpc/framing.py).
+    return (type(v) is bytes or type(v) is memoryview) and len(v) <= MAX_IO
+
+
 def _is_str(v: Any) -> bool:
     return type(v) is str and len(v) <= 4096
 
@@ -221,7 +226,7 @@ OPS: dict[str, dict[str, Check]] = {
     "flush": {"gfid": _is_gfid},
     "fsync": {"gfid": _is_gfid, "datasync": _opt(_is_bool)},
     "read": {"gfid": _is_gfid, "offset": _is_uint, "size": _is_uint},
-    "write": {"gfid": _is_gfid, "offset": _is_uint, "data": _is_bytes, "xattrop": _XOP},
+    "write": {"gfid": _is_gfid, "offset": _is_uint, "data": _is_data, "xattrop": _XOP},
     "fallocate": {
         "gfid": _is_gfid, "mode": _is_uint, "offset": _is_uint, "length": _is_uint,
         "xattrop": _XOP,

@@ -9,13 +9,21 @@ the connection's life: a fresh 256 KiB ``bytes`` per receive costs a malloc (an
 mmap and munmap, in a process without tuned malloc thresholds) per round trip.
 The writer coalesces whatever was queued while a send was in progress into one
 ``send_all``; bodies of 64 KiB or more go out as their own buffer so they are not
-copied again.
+copied again, and a message's bulk data (a bin of 64 KiB or more, the last value
+of its args or reply) goes out as one more buffer of its own, never copied into
+a frame.
+
+The reader hands a ``write`` request's data to the brick as a memoryview of the
+buffer the frame was received into, instead of the copy msgpack would make
+(``VIEW_OPS``; see ``_decode_with_view``). Such a buffer is reused only once no
+view of it is left.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +43,15 @@ _EMPTY_BIN = b"\xc4\x00"
 _KEEP_BIG = 4 * 1024 * 1024
 _LOWAT_MAX = 1024 * 1024
 HIGH_WATER = 32 * 1024 * 1024
+# Requests whose bulk data the reader hands over as a memoryview: their
+# receivers accept one (rpc/brickops.py).
+VIEW_OPS = frozenset({"write"})
+_HEAD_MAX = 4096
+_BIN32 = 0xC6
+_POOL = 4
+# References to an idle pooled buffer while _take_big looks at it: the pool
+# list, the loop variable, getrefcount's argument.
+_IDLE_REFS = 3
 
 _HDR = struct.Struct(">I")
 _unpack_hdr = _HDR.unpack_from
@@ -64,10 +81,11 @@ class FrameReader:
     server's hello comes from a client that has not proven anything yet).
 
     Over a SocketTransport, the rest of a frame of 64 KiB or more is received
-    straight into a buffer of the frame's size (kept for reuse up to 4 MiB) rather
-    than through intermediate chunks, with the socket's receive low-water mark set
-    to what is missing (up to 1 MiB), so the frame costs one wake-up, not one per
-    TCP burst.
+    straight into a buffer of the frame's size (a few, up to 4 MiB each, are
+    kept for reuse) rather than through intermediate chunks, with the socket's
+    receive low-water mark set to what is missing (up to 1 MiB), so the frame
+    costs one wake-up, not one per TCP burst. A request of ``VIEW_OPS`` received
+    that way gets its ``args["data"]`` as a memoryview of that buffer.
     """
 
     def __init__(
@@ -80,6 +98,7 @@ class FrameReader:
         self._buf = bytearray()
         self._want = 0
         self._big: bytearray | None = None
+        self._bigs: list[bytearray] = []
         self._big_pos = 0
         # As big as a receive was before it was kept: a 128 KiB write still comes
         # in with one receive, not as 64 KiB plus the big-frame path.
@@ -145,15 +164,25 @@ class FrameReader:
                 return msgs
         return None
 
+    def _take_big(self, total: int) -> bytearray:
+        """A buffer of at least ``total`` bytes that no view refers to."""
+        for big in self._bigs:
+            if len(big) >= total and sys.getrefcount(big) == _IDLE_REFS:
+                return big
+        # Rounded up: frames of one size of data differ by a few header bytes.
+        big = bytearray((total + _BIG - 1) & -_BIG)
+        if total <= _KEEP_BIG:
+            if len(self._bigs) >= _POOL:
+                self._bigs.pop(0)
+            self._bigs.append(big)
+        return big
+
     async def _receive_big(self, fast: SocketTransport) -> list[Any]:
         total = self._want
         if not self._big_pos:
-            big = self._big
-            if big is None or len(big) < total:
-                big = bytearray(total)
-            self._big = big
+            self._big = self._take_big(total)
             have = len(self._buf)
-            big[:have] = self._buf
+            self._big[:have] = self._buf
             self._buf.clear()
             self._big_pos = have
         big = self._big
@@ -168,11 +197,12 @@ class FrameReader:
                     )
                 self._big_pos += n
             fast.set_receive_lowat(1)
-            msg = decode_body(view[4:total])
+            msg = _decode_with_view(big, total)
+            if msg is None:
+                msg = decode_body(view[4:total])
+        self._big = None
         self._big_pos = 0
         self._want = 0
-        if len(big) > _KEEP_BIG:
-            self._big = None
         return [msg]
 
     def _feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
@@ -369,6 +399,46 @@ class FrameWriter:
                 if small:
                     await send_all(b"".join(small))
             self._wake_drained()
+
+
+def _unique_pairs(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise ValueError("duplicate map key")
+    return d
+
+
+def _decode_with_view(big: bytearray, total: int) -> Any:
+    """The request in ``big[4:total]`` with its ``args["data"]`` as a view of
+    ``big``, or None when it is not a ``VIEW_OPS`` request ending in that data.
+
+    The data is found without decoding it: a frame ends in a bin32 of length n
+    starting at p exactly when decoding the bytes before p plus an empty bin
+    gives one whole object (msgpack is decoded front to back, so the bytes at p
+    are then read as the last value of every map still open). Each ``0xc6`` in
+    the first ``_HEAD_MAX`` bytes whose length field fits is tried. Maps with a
+    repeated key are refused here (their last pair would not be the dict's
+    last), and such a frame is decoded the usual way.
+    """
+    end = min(total - 5, 4 + _HEAD_MAX)
+    p = big.find(_BIN32, 4, end)
+    while p >= 0:
+        if int.from_bytes(big[p + 1:p + 5], "big") == total - p - 5:
+            try:
+                msg = _unpackb(bytes(big[4:p]) + _EMPTY_BIN, object_pairs_hook=_unique_pairs)
+            except Exception:
+                p = big.find(_BIN32, p + 1, end)
+                continue
+            if type(msg) is dict:
+                args = msg.get("args")
+                if (msg.get("op") in VIEW_OPS and type(args) is dict
+                        and next(reversed(msg)) == "args" and next(reversed(args)) == "data"
+                        and args["data"] == b""):
+                    args["data"] = memoryview(big)[p + 5:total]
+                    return msg
+            return None
+        p = big.find(_BIN32, p + 1, end)
+    return None
 
 
 def _find_blob(obj: Any) -> tuple[Any, Any, bytes] | None:
