@@ -22,8 +22,9 @@ clean pages; pages still dirty or under writeback stay cached.
 The cost: a stream's data is not in the brick's page cache afterwards, so
 reading it back soon after goes to the disk, and the writer's dirty data
 stays under ~``lag`` bytes per file (writeback starts early instead of at the
-kernel's dirty thresholds). Writes under ``MIN_WRITE`` and writes that do not
-continue where the file's last one ended are left alone.
+kernel's dirty thresholds). Writes under ``MIN_WRITE`` are left alone; a
+write more than a window away from where the file's stream is (a rewind, a
+jump) starts a new stream, as the first write of a file does.
 """
 
 from __future__ import annotations
@@ -92,12 +93,16 @@ class DropBehind:
         streams = self._streams
         end = offset + size
         s = streams.get(gfid)
-        if s is None or offset != s.end:
+        # Within a window of the stream's front counts as the stream: a brick
+        # may finish the writes of one writer a little out of order.
+        if s is None or not s.kicked - self.window <= offset <= s.end + self.window:
             if s is None and len(streams) >= self.keep:
                 streams.popitem(last=False)
             streams[gfid] = _Stream(offset, end)
             return None
         streams.move_to_end(gfid)
+        if end <= s.end:
+            return None
         s.end = end
         if end - s.kicked < self.window:
             return None

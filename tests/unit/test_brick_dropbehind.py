@@ -53,9 +53,18 @@ def test_small_random_and_interleaved_writes() -> None:
     assert [i for i, (a, b) in enumerate(got) if a and b] == [3]
 
 
+def test_writes_finished_a_little_out_of_order_stay_one_stream() -> None:
+    db = DropBehind(window=4 * MIB, lag=8 * MIB)
+    order = [0, 2, 1, 3, 5, 4, 7, 6, 9, 8, 10, 11, 13, 12, 15, 14]
+    got = [db.note(G1, i * MIB, MIB) for i in order]
+    due = [a for a in got if a is not None]
+    assert [(a.write_from, a.write_to) for a in due] == [
+        (0, 4 * MIB), (4 * MIB, 8 * MIB), (8 * MIB, 12 * MIB), (12 * MIB, 16 * MIB)]
+
+
 def test_a_rewind_starts_a_new_stream_and_old_files_are_forgotten() -> None:
     db = DropBehind(window=2 * MIB, lag=2 * MIB, keep=2)
-    for i in range(3):
+    for i in range(6):
         db.note(G1, i * MIB, MIB)
     assert db.note(G1, 0, MIB) is None  # rewound: a new stream from 0
     assert db.note(G1, MIB, MIB) == Advice(0, 2 * MIB, 0, 0)
@@ -64,6 +73,8 @@ def test_a_rewind_starts_a_new_stream_and_old_files_are_forgotten() -> None:
     db.note(G2, 0, MIB)
     db.note(b"\x03" * 16, 0, MIB)  # keep=2: G1, the least recently written, goes
     assert db.note(G1, 3 * MIB, MIB) is None
+    assert db.note(G1, 40 * MIB, MIB) is None  # a jump ahead: a new stream too
+    assert db.note(G1, 41 * MIB, MIB) == Advice(40 * MIB, 42 * MIB, 40 * MIB, 40 * MIB)
     with pytest.raises(ValueError):
         DropBehind(window=4 * MIB, lag=2 * MIB)
 
