@@ -23,6 +23,7 @@ import trio
 import trio.lowlevel
 
 from pyglfs.rpc import framing
+from pyglfs.rpc.brickops import MAX_IO, ArgError, validate
 from pyglfs.rpc.errors import FrameTooLarge, ProtocolError
 from pyglfs.rpc.framing import FrameReader, FrameWriter
 from pyglfs.rpc.transport import SocketTransport
@@ -221,3 +222,14 @@ async def test_garbage_and_oversized_frames_still_fail_cleanly() -> None:
     finally:
         t1.close()
         t2.close()
+
+
+def test_the_brick_accepts_a_view_as_write_data_and_nothing_else_new() -> None:
+    args = {"gfid": b"g" * 16, "offset": 0, "data": memoryview(bytearray(b"x" * 10))[2:]}
+    assert validate("write", args) is args
+    for bad in (bytearray(10), "text", memoryview(bytearray(MAX_IO + 1))):
+        with pytest.raises(ArgError):
+            validate("write", {**args, "data": bad})
+    # Other bulk arguments stay bytes only.
+    with pytest.raises(ArgError):
+        validate("setxattr", {"gfid": b"g" * 16, "name": "user.x", "value": memoryview(b"v")})
