@@ -3,10 +3,11 @@
 Translator types map to layers:
 
 - ``protocol/client`` -> ``ProtocolClient`` (``remote-host``, ``remote-port``,
-  ``remote-subvolume``, ``username``/``password``, ``ping-timeout``);
+  ``remote-subvolume``, ``username``/``password``, ``ping-timeout``,
+  ``local-read``);
 - ``cluster/replicate`` -> ``Replicate`` (``afr-pending-xattr``, ``quorum-type``,
   ``quorum-count``, ``post-op-delay-secs``, ``eager-lock``,
-  ``read-subvolume-index``);
+  ``read-subvolume-index``, ``choose-local``);
 - ``performance/md-cache`` -> ``MdCache`` (``md-cache-timeout``,
   ``cache-invalidation``; see ``pyglfs.client.mdcache``);
 - ``performance/nl-cache`` -> ``NlCache`` (``nl-cache-timeout``,
@@ -124,7 +125,7 @@ class _Builder:
             volume=self.volume, brick_path=brick, client_id=self.client_id,
             username=xl.opt("username"), password=xl.opt("password"),
             ping_timeout=xl.opt_float("ping-timeout", 10.0, min=0.1),
-            call_timeout=self.call_timeout)
+            call_timeout=self.call_timeout, local_read=xl.opt_bool("local-read", True))
 
     def replicate(self, xl: Xlator, children: list[Layer]) -> Replicate:
         if not children:
@@ -138,12 +139,14 @@ class _Builder:
         if qtype == "fixed" and count > len(children):
             raise self.error(xl, f"quorum-count {count} is more than the {len(children)} "
                                  "subvolumes")
-        return Replicate(
+        rep = Replicate(
             xl.name, children, pending_xattrs=names, quorum_type=qtype, quorum_count=count,
             post_op_delay=xl.opt_float("post-op-delay-secs", 1.0, min=0.0),
             eager_lock=xl.opt_bool("eager-lock", True),
             read_child=xl.opt_int("read-subvolume-index", -1, min=-1,
                                   max=len(children) - 1))
+        rep.inodes.choose_local = xl.opt_bool("choose-local", True)
+        return rep
 
     def mdcache(self, xl: Xlator, child: Layer) -> MdCache:
         invalidation, timeout = _coherence(xl, "md-cache-timeout")
