@@ -269,6 +269,11 @@ class RpcConnection:
         """One non-blocking receive, for a reply that may be in already: the
         second reply a fan-out awaits usually came while it handled the first,
         and taking it here saves the reader task's step and this task's."""
+        self._take_in()
+        return c.reply
+
+    def _take_in(self) -> None:
+        """Deliver what is in the socket now, without waiting (see ``take_in_all``)."""
         try:
             msgs = self._reader.poll(0.0)
             if msgs:
@@ -276,7 +281,6 @@ class RpcConnection:
                 self._deliver(msgs)
         except ProtocolError as exc:
             self._close(self._bad_frame(exc))
-        return c.reply
 
     def _poll_reply(self, c: _Call, budget: float) -> dict[str, Any] | None:
         """Busy-poll the socket for ``c``'s reply for at most ``budget`` seconds
@@ -385,6 +389,11 @@ class RpcConnection:
                 self._event(m)
             elif "pong" in m:
                 self._ping_sent = None
+                # The watchdog sleeps until the ping's timeout: wake it when the
+                # next ping is due, an interval after this pong.
+                due = self._last_rx + self.ping_interval
+                if due < self._watch_scope.deadline:
+                    self._watch_scope.deadline = due
             else:
                 raise ProtocolError(f"expected a reply or event, got {messages.describe(m)}")
 
@@ -455,6 +464,22 @@ class RpcConnection:
             elif c.deadline < earliest:
                 earliest = c.deadline
         self._next_deadline = earliest
+
+
+def take_in_all() -> None:
+    """Deliver the replies and events already in the sockets of every open
+    connection of this process, with one non-blocking receive each.
+
+    For a cache about to answer from what it knows: a server pushes an
+    invalidation before it answers the change that caused it, so once the
+    changer heard "done", the event is in this process's socket even if the
+    reader task has not taken it yet. Calling this first makes the event's
+    handlers run before the answer. A connection that is not a socket, or is
+    in the middle of a big frame, is left to its reader.
+    """
+    for conn in list(_open):
+        if conn._can_look:
+            conn._take_in()
 
 
 def calls_in_flight() -> int:

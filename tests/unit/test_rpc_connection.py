@@ -284,3 +284,11 @@ async def test_malformed_reply_closes_the_connection_not_the_owner() -> None:
             await _expect_errno(conn.call("null", {}), errno.ENOTCONN)
             assert "bad frame" in (await conn.wait_closed())
         nursery.cancel_scope.cancel()
+
+
+async def test_an_idle_connection_pings_every_interval(autojump_clock: Any) -> None:
+    """Not once per ping timeout: after a pong the next ping is an interval away,
+    so a peer that vanished is declared down within interval + timeout."""
+    async with open_memory_connection(EchoService(), ping_interval=1, ping_timeout=10) as conn:
+        await trio.sleep(5.5)
+        assert conn._ping_seq == 5
