@@ -197,6 +197,22 @@ def mount_device(mountpoint: str) -> str | None:
     Read from /proc rather than by stat(): a FUSE mount whose daemon is not
     serving (not yet, or never again) would leave a stat waiting.
     """
+    fields = _newest_mount(mountpoint)
+    return fields[2] if fields else None
+
+
+def mount_fstype(mountpoint: str) -> str | None:
+    """The type (``fuse.pyglfs``) of the newest mount on ``mountpoint``, read
+    as ``mount_device`` reads it; None when nothing is mounted there."""
+    fields = _newest_mount(mountpoint)
+    if not fields or "-" not in fields[6:]:
+        return None
+    sep = fields.index("-", 6)
+    return fields[sep + 1] if sep + 1 < len(fields) else None
+
+
+def _newest_mount(mountpoint: str) -> list[str] | None:
+    """The mountinfo fields of the newest mount on ``mountpoint``."""
     # realpath of the parent only: resolving the mount point itself would stat it
     parent, name = os.path.split(os.path.abspath(mountpoint).rstrip("/") or "/")
     target = os.path.join(os.path.realpath(parent), name)
@@ -205,7 +221,7 @@ def mount_device(mountpoint: str) -> str | None:
         for line in f:
             fields = line.split()
             if len(fields) > 4 and _unescape_octal(fields[4]) == target:
-                found = fields[2]
+                found = fields
     return found
 
 

@@ -8,7 +8,8 @@ Start-up, in order, each step failing with one clear line and exit status 1
 
 1. re-exec with glibc malloc tuned (``pyglfs.rpc.tuning``): large write buffers
    otherwise go back to the kernel after every request;
-2. parse the options and the source, check the mount point and the log file,
+2. parse the options and the source, check the mount point (a directory, not
+   a pyglfs mount already: mounting over it would hide it) and the log file,
    then read the volfile, or fetch it from pyglfsd (``getspec``: the source's
    host, then ``backup-volfile-servers``, all on ``volfile-server-port``);
 3. fork into the background (``client.daemon``) unless ``--foreground``;
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 
 import click
 
-from pyglfs.client.daemon import Readiness, daemonize
+from pyglfs.client.daemon import Readiness, daemonize, mount_fstype
 from pyglfs.client.options import (
     MountOptionError,
     MountOptions,
@@ -43,6 +44,7 @@ from pyglfs.volfiles.parser import parse_file
 log = logging.getLogger("pyglfs.client.mount")  # also when run as __main__
 
 LOG_DIR = "/var/log/pyglfs"
+FSTYPE = "fuse.pyglfs"  # the type mount(8) and /proc/mounts show (subtype=pyglfs)
 UP_TIMEOUT = 10.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -129,6 +131,9 @@ def prepare(mountpoint: str, volfile: str | None, option_strings: tuple[str, ...
         raise MountError("nothing to mount: give HOST:/VOLUME[/SUBDIR] MOUNTPOINT, "
                          "or --volfile FILE (-o volfile=FILE) MOUNTPOINT")
     mp = os.path.abspath(mountpoint)
+    if mount_fstype(mp) == FSTYPE:
+        # as mount.glusterfs refuses: a second mount would hide the first
+        raise MountError(f"{mp} is already a pyglfs mount; nothing mounted")
     try:
         st = os.stat(mp)
     except OSError as e:
