@@ -52,6 +52,7 @@ _REPLY = struct.Struct("!i")
 _UCRED = struct.Struct("3i")
 _FD = struct.Struct("i")
 _GFID_XATTR = "trusted.gfid"
+_CLOSED_BY_PEER = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN})
 
 
 def _recv_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
@@ -82,6 +83,8 @@ class LocalReader:
         self.fetches = 0
         self.fallbacks = 0
         self._sock: trio.socket.SocketType | None = None
+        self._address = ""
+        self._uid = -1
         self._token = b""
         self._lock = trio.Lock()
         self._limiter = trio.CapacityLimiter(4)
@@ -107,22 +110,44 @@ class LocalReader:
         if uid not in (0, os.geteuid()):
             log.info("%s: local reads not used: the brick runs as uid %d", self.name, uid)
             return False
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        self._address = "\0" + offer["socket"]
+        self._uid = uid
         try:
-            s.setblocking(False)
-            s.connect("\0" + offer["socket"])
-            peer = _UCRED.unpack(s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                              _UCRED.size))[1]
-            if peer != uid:
-                raise OSError(errno.EACCES, f"the channel's listener runs as uid {peer}")
+            self._sock = self._dial()
         except OSError as e:
-            s.close()
             # ECONNREFUSED/ENOENT: the brick is on another host (or netns).
             log.debug("%s: local reads not used: %s", self.name, e)
             return False
-        self._sock = trio.socket.from_stdlib_socket(s)
         self._token = offer["token"]
         log.info("%s: reads served locally through @%s", self.name, offer["socket"])
+        return True
+
+    def _dial(self) -> trio.socket.SocketType:
+        """A connection to the channel whose listener runs as the brick's uid."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            s.setblocking(False)
+            s.connect(self._address)
+            peer = _UCRED.unpack(s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                              _UCRED.size))[1]
+            if peer != self._uid:
+                raise OSError(errno.EACCES, f"the channel's listener runs as uid {peer}")
+        except BaseException:
+            s.close()
+            raise
+        return trio.socket.from_stdlib_socket(s)
+
+    def _redial(self) -> bool:
+        """The brick closed our idle channel (it does so after a while without a
+        request): connect again, once per request; False if that fails too."""
+        old, self._sock = self._sock, None
+        if old is not None:
+            old.close()
+        try:
+            self._sock = self._dial()
+        except OSError as e:
+            self._disable(f"cannot reconnect the channel: {e}")
+            return False
         return True
 
     def reset(self) -> None:
@@ -226,24 +251,36 @@ class LocalReader:
         """Ask the brick for ``gfid``'s fd (one request at a time on the channel)."""
         async with self._lock:
             fd = self.fds.get(gfid)
-            sock = self._sock
-            if fd is not None or sock is None:
+            if fd is not None or self._sock is None:
                 return fd
-            try:
-                with trio.move_on_after(self.fetch_timeout) as scope:
-                    await sock.send(self._token + gfid)
-                    msg, anc, flags, _ = await sock.recvmsg(
-                        _REPLY.size + 1, socket.CMSG_SPACE(4 * _FD.size))
-                if scope.cancelled_caught:
-                    self._disable("the brick did not answer")
+            for retry in (True, False):
+                sock = self._sock
+                if sock is None:
                     return None
-            except OSError as e:
-                self._disable(f"channel failed: {e}")
-                return None
-            except BaseException:
-                # Cancelled between request and reply: the channel is out of step.
-                self._disable("a request was cancelled")
-                raise
+                try:
+                    with trio.move_on_after(self.fetch_timeout) as scope:
+                        await sock.send(self._token + gfid)
+                        msg, anc, flags, _ = await sock.recvmsg(
+                            _REPLY.size + 1, socket.CMSG_SPACE(4 * _FD.size))
+                    if scope.cancelled_caught:
+                        self._disable("the brick did not answer")
+                        return None
+                except OSError as e:
+                    if retry and e.errno in _CLOSED_BY_PEER:
+                        if self._redial():
+                            continue
+                        return None
+                    self._disable(f"channel failed: {e}")
+                    return None
+                except BaseException:
+                    # Cancelled between request and reply: the channel is out of step.
+                    self._disable("a request was cancelled")
+                    raise
+                if not msg and not anc and retry:
+                    if self._redial():
+                        continue
+                    return None
+                break
             fds = _recv_fds(anc)
             fd = fds.pop(0) if fds else None
             for extra in fds:

@@ -11,8 +11,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+import trio
 
-from pyglfs.brickd.localfds import open_readonly
+from pyglfs.brickd.localfds import LocalFdServer, open_readonly
 from pyglfs.brickd.names import handle_rel
 from pyglfs.client.localfds import LocalReader
 from pyglfs.client.replicate.changelog import DATA
@@ -116,3 +117,32 @@ def test_fd_limit_follows_the_process_limit() -> None:
         assert LocalReader("c0", limit=50).limit == 50
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+async def test_reader_redials_a_channel_the_brick_closed(tmp_path: Path) -> None:
+    hdir = tmp_path / "handles"
+    gfid = uuid.uuid4().bytes
+    f = hdir / handle_rel(gfid).decode()
+    f.parent.mkdir(parents=True)
+    f.write_bytes(b"hello")
+    os.setxattr(f, "trusted.gfid", gfid)
+    hfd = os.open(hdir, os.O_RDONLY | os.O_DIRECTORY)
+    server = LocalFdServer(hfd, "v", str(tmp_path), idle_unauth=0.2,
+                           name=f"pyglfs-test-{uuid.uuid4().hex}")
+    try:
+        async with trio.open_nursery() as nursery:
+            assert await nursery.start(server.serve) is True
+            r = LocalReader("c0")
+            assert r.connect(server.offer("test"))
+            with trio.fail_after(5):
+                while not server._conns:
+                    await trio.sleep(0.01)
+                while server._conns:  # the brick drops a channel idle since connect
+                    await trio.sleep(0.01)
+            r.opened(gfid)
+            assert await r.read(gfid, 0, 5) == b"hello"
+            assert r.active and r.fetches == 1 and r.fallbacks == 0
+            r.reset()
+            nursery.cancel_scope.cancel()
+    finally:
+        os.close(hfd)
