@@ -38,17 +38,29 @@ _MKNOD_TYPES = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_I
 _RENAME_FLAGS = linux.RENAME_NOREPLACE | linux.RENAME_EXCHANGE
 
 
+def _same_inode(a: os.stat_result, b: os.stat_result) -> bool:
+    return a.st_ino == b.st_ino and a.st_dev == b.st_dev
+
+
 class EntryOps(StoreCore):
     async def lookup(self, pgfid: bytes, name: bytes) -> dict[str, Any]:
         """The inode ``name`` in ``pgfid``: iatt and its ``trusted.afr.*`` changelog."""
         pfd = self._parent(pgfid, name, errno.ENOENT)
         st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
-        path = proc_path(pfd, name)
         gfid = self._entry_gfid(pfd, name)
         if gfid is None or len(gfid) != GFID_LEN:
             log.warning("lookup: %r in %s has no valid gfid", name, gfid_str(pgfid))
             raise OSError(errno.ENODATA, "entry has no gfid")
-        return {"iatt": self._iatt(gfid, st, stat.S_ISDIR(st.st_mode)), "xattrs": read_afr(path)}
+        is_dir = stat.S_ISDIR(st.st_mode)
+        # The changelog from what the brick holds for that gfid when it holds this
+        # very inode (a cached fd): no path walks through /proc.
+        fd = (self.dirs if is_dir else self.files).get(gfid)
+        if fd is not None and _same_inode(os.stat(fd), st):
+            known = self._afr_known.get(gfid)
+            xattrs = dict(known) if known is not None else read_afr(fd)
+        else:
+            xattrs = read_afr(proc_path(pfd, name))
+        return {"iatt": self._iatt(gfid, st, is_dir), "xattrs": xattrs}
 
     async def lookup_gfid(self, gfid: bytes) -> dict[str, Any]:
         """Like lookup, by gfid (ESTALE if the brick has no such inode)."""
@@ -291,7 +303,7 @@ class EntryOps(StoreCore):
                 os.rename(old_name, new_name, src_dir_fd=opfd, dst_dir_fd=npfd)
         self._dir_changed(old_pgfid)
         self._dir_changed(new_pgfid)
-        same = dst is not None and (dst.st_ino, dst.st_dev) == (src.st_ino, src.st_dev)
+        same = dst is not None and _same_inode(dst, src)
         if not same and dst is not None and src_gfid is not None and dst_gfid == src_gfid:
             # Two inodes claiming one gfid (made behind the brick's back): leave the
             # handle alone rather than drop the survivor's.

@@ -118,8 +118,9 @@ class _FairLocks:
         q = self._res.get(key)
         if q is None:
             q = self._res[key] = _Queue()
-        if not any(self._conflict(req, g) for g in q.granted) and not any(
-            self._conflict(req, w) for w in q.waiting
+        if (not q.granted and not q.waiting) or (
+            not any(self._conflict(req, g) for g in q.granted)
+            and not any(self._conflict(req, w) for w in q.waiting)
         ):
             req.granted = True
             q.granted.append(req)

@@ -131,7 +131,6 @@ class StoreCore:
     def _ensure_fanout(self, gfid: bytes, missing: bool = False) -> None:
         """Make the gfid's fan-out directories, skipping those known to exist;
         ``missing``: a call just found them missing (whatever was known)."""
-        top, sub = handle_dirs(gfid)
         i1 = gfid[0]
         i2 = (i1 << 8) | gfid[1]
         f1, f2 = self._fanout1, self._fanout2
@@ -139,6 +138,7 @@ class StoreCore:
             f2[i2 >> 3] &= ~(1 << (i2 & 7))
         elif f2[i2 >> 3] & (1 << (i2 & 7)):
             return
+        top, sub = handle_dirs(gfid)
         for _ in range(2):
             if not f1[i1 >> 3] & (1 << (i1 & 7)):
                 try:
@@ -208,7 +208,7 @@ class StoreCore:
         self._afr_known.pop(gfid, None)
         self.dirs.drop(gfid)
         self._listings.pop(gfid, None)
-        self.heal_index.note(gfid, {})
+        self.heal_index.discard(gfid)
 
     def _count_open(self, gfid: bytes, conn_id: int) -> None:
         """Record one open of ``gfid`` by ``conn_id``: its data outlives its names."""
@@ -229,7 +229,7 @@ class StoreCore:
         self._unlink_handle(gfid)
         self.files.drop(gfid)
         self._afr_known.pop(gfid, None)
-        self.heal_index.note(gfid, {})
+        self.heal_index.discard(gfid)
 
     # -- resolution ------------------------------------------------------------
 

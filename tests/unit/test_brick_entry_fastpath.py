@@ -184,3 +184,48 @@ async def test_a_new_files_write_cycle_reads_no_changelog(
         if g == new:
             assert reads == []
     assert reads  # the same cycle on a file the brick did not just make reads
+
+
+def _disk_afr(path: Path) -> dict[str, bytes]:
+    return {n: os.getxattr(path, n, follow_symlinks=False)
+            for n in os.listxattr(path, follow_symlinks=False) if n.startswith("trusted.afr.")}
+
+
+async def test_lookup_answers_the_changelog_on_disk_by_every_path(
+        store: BrickStore, root: Path) -> None:
+    g = await mkfile(store, ROOT_GFID, b"f")
+    d = new_gfid()
+    await store.mkdir(pgfid=ROOT_GFID, name=b"d", gfid=d, mode=0o755, uid=0, gid=0)
+    await store.write(gfid=g, offset=0, data=b"x", xattrop={DIRTY: delta(data=1)})
+    await store.xattrop(gfid=d, xattrop={PEER: delta(entry=2)})
+
+    async def check(name: bytes, gfid: bytes) -> None:
+        got = await store.lookup(pgfid=ROOT_GFID, name=name)
+        assert got["iatt"][0] == gfid
+        assert got["xattrs"] == _disk_afr(root / name.decode())
+
+    for name, gfid in ((b"f", g), (b"d", d)):
+        assert gfid in store._afr_known  # from memory
+        await check(name, gfid)
+        store._afr_known.pop(gfid)  # from the cached fd
+        await check(name, gfid)
+        (store.files if name == b"f" else store.dirs).drop(gfid)  # through /proc
+        await check(name, gfid)
+    assert _disk_afr(root / "f") == {DIRTY: delta(data=1)}
+    assert _disk_afr(root / "d") == {PEER: delta(entry=2)}
+
+
+async def test_lookup_of_another_inode_claiming_a_cached_gfid_reads_its_own_changelog(
+        store: BrickStore, root: Path) -> None:
+    g = await mkfile(store, ROOT_GFID, b"f")
+    await store.open(gfid=g, flags=os.O_RDWR, conn_id=1)  # g's fd cached, changelog known
+    assert store.files.get(g) is not None and g in store._afr_known
+    impostor = root / "impostor"
+    impostor.write_bytes(b"")
+    os.setxattr(impostor, "trusted.gfid", g)
+    os.setxattr(impostor, PEER, delta(data=5))
+    got = await store.lookup(pgfid=ROOT_GFID, name=b"impostor")
+    assert got["iatt"][0] == g and got["iatt"][1] == impostor.stat().st_ino
+    assert got["xattrs"] == {PEER: delta(data=5)}
+    mine = await store.lookup(pgfid=ROOT_GFID, name=b"f")
+    assert mine["xattrs"] == {}
