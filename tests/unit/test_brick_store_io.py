@@ -407,3 +407,23 @@ async def test_local_fs_errors_pass_through(store: BrickStore, root: Path,
                                            new_name=b"f"))
     assert (root / "d" / "f").read_bytes() == b"x"
     assert (await store.lookup(pgfid=d, name=b"f"))["iatt"][F["gfid"]] == g
+
+
+async def test_setattr_both_times_at_and_past_the_plain_range(store: BrickStore,
+                                                               root: Path) -> None:
+    g = await mkfile(store, ROOT_GFID, b"t", b"")
+    d = await mkdir(store, ROOT_GFID, b"td")
+    for gfid, path in ((g, root / "t"), (d, root / "td")):
+        # (times ext4 can store: 1901 to 2446)
+        for a, m in ((-7_000_000_001, 3_000_000_000_999), ((1 << 62) - 1, 5),
+                     (1 << 62, 5), (5, (1 << 62) + 7)):
+            r = await store.setattr(gfid=gfid, atime_ns=a, mtime_ns=m)
+            st = os.lstat(path)
+            assert (r["iatt"][F["atime_ns"]], r["iatt"][F["mtime_ns"]]) == (a, m)
+            assert (st.st_atime_ns, st.st_mtime_ns) == (a, m)
+        before = os.lstat(path)
+        for a, m in ((1 << 100, 5), (5, -(1 << 100)), (1 << 100, 1 << 100)):
+            await expect(errno.EINVAL, store.setattr(gfid=gfid, atime_ns=a, mtime_ns=m))
+        after = os.lstat(path)
+        assert (after.st_atime_ns, after.st_mtime_ns) == (before.st_atime_ns,
+                                                          before.st_mtime_ns)
