@@ -338,9 +338,17 @@ def _compile(op: str, schema: dict[str, Check]) -> Callable[[Any], dict[str, Any
     return fn
 
 
-VALIDATORS: dict[str, Callable[[Any], dict[str, Any]]] = {
-    op: _compile(op, schema) for op, schema in OPS.items()
-}
+class _Validators(dict[str, Callable[[Any], dict[str, Any]]]):
+    """Compiles an op's validator the first time it is asked for (compiling all
+    of them costs an import ~15 ms, which processes that never validate need
+    not pay); KeyError for an op that is not in OPS."""
+
+    def __missing__(self, op: str) -> Callable[[Any], dict[str, Any]]:
+        fn = self[op] = _compile(op, OPS[op])
+        return fn
+
+
+VALIDATORS: dict[str, Callable[[Any], dict[str, Any]]] = _Validators()
 """op -> its validator (``validate`` for that op alone): the brick's dispatch
 looks one up per request."""
 

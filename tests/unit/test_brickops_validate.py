@@ -106,6 +106,11 @@ def test_messages_name_the_argument() -> None:
 
 
 def test_every_op_has_a_validator_and_inline_tests_match_their_functions() -> None:
+    for op in OPS:
+        assert brickops.VALIDATORS[op].__name__ == f"validate_{op}"
+        assert brickops.VALIDATORS[op] is brickops.VALIDATORS[op]  # compiled once
+    with pytest.raises(KeyError):
+        brickops.VALIDATORS["format_disk"]
     assert set(brickops.VALIDATORS) == set(OPS)
     for check, expr in brickops._INLINE.items():
         for v in CANDIDATES + WRONG:
