@@ -114,9 +114,6 @@ class DropBehind:
         s.dropped = advice.drop_to
         return advice
 
-    def forget(self, gfid: bytes) -> None:
-        self._streams.pop(gfid, None)
-
 
 def advise(fd: int, advice: Advice) -> None:
     """Carry out ``advice`` on ``fd``. Errors are left out: this is only a hint, and
