@@ -37,6 +37,11 @@ Coherence
   ``present`` or narrow ``absent``, so they are safe at any time.
 - An entry operation that fails with an error that leaves the name's state
   unknown drops its directory.
+- The table answers "absent" only after the events already in the brick
+  sockets were taken in (``take_in_all``, one non-blocking receive per
+  connection): a brick pushes an invalidation before it answers the change,
+  so a name another client made and was told is made is not denied here
+  just because the reader task has not run yet.
 
 GlusterFS ships nl-cache off by default because its bricks push no
 invalidations unless ``features.cache-invalidation`` is set; pyglfs bricks
@@ -56,12 +61,13 @@ import errno
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from pyglfs.client.layer import DirEntry, EntryReply, Layer, Lookup, RenameReply
 from pyglfs.client.mdcache import CoherentCache
 from pyglfs.rpc.brickops import NAME_MAX, Iatt
+from pyglfs.rpc.connection import take_in_all
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +121,10 @@ class NlCache(CoherentCache):
 
     def __init__(self, name: str, child: Layer, *, timeout: float = 1.0,
                  invalidation: bool = False, limit: int = DEFAULT_LIMIT,
-                 clock: Any = time.monotonic) -> None:
+                 clock: Any = time.monotonic,
+                 take_in: Callable[[], None] = take_in_all) -> None:
         super().__init__(name, [child])
+        self._take_in = take_in
         self.timeout = timeout
         self.invalidation = invalidation
         self.limit = max(limit, DIR_COST + 16 * NAME_COST)
@@ -252,13 +260,24 @@ class NlCache(CoherentCache):
             self._touch(pgfid, name)
 
     # -- lookups ------------------------------------------------------------------
-    async def lookup(self, pgfid: bytes, name: bytes) -> Lookup:
+    def _knows_absent(self, pgfid: bytes, name: bytes) -> bool:
         d = self._dirs.get(pgfid)
-        if d is not None:
-            if self._clock() - d.t >= self.timeout:
-                self._drop(pgfid)
-            elif name in d.absent or (d.present is not None and name not in d.present
-                                      and ordinary(name)):
+        if d is None:
+            return False
+        if self._clock() - d.t >= self.timeout:
+            self._drop(pgfid)
+            return False
+        return name in d.absent or (d.present is not None and name not in d.present
+                                    and ordinary(name))
+
+    async def lookup(self, pgfid: bytes, name: bytes) -> Lookup:
+        if self._knows_absent(pgfid, name):
+            if self.invalidation:
+                # An event the bricks pushed before they answered the change
+                # that made this name may still wait in a socket: take it in
+                # (it drops the directory) before answering from the table.
+                self._take_in()
+            if self._knows_absent(pgfid, name):
                 self.hits += 1
                 self._dirs.move_to_end(pgfid)
                 raise OSError(errno.ENOENT, "no such name (nl-cache)")

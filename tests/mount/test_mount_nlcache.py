@@ -163,3 +163,33 @@ async def test_files_made_in_a_directory_made_here_cost_no_lookup(
         assert len(set(missed[len(made):])) == len(missed[len(made):]), "asked twice"
     bad = m.unexpected_errors()
     assert bad is None, bad
+
+
+RACE_ROUNDS = 300
+
+
+def test_a_directory_made_elsewhere_is_seen_at_once(nl_mounts: tuple[Path, Path]) -> None:
+    """The bricks push B's invalidation before they answer A, so once A's mkdir
+    returned, B must not answer "absent" from a listing it made before: not
+    even when B's reader task has not yet taken the event from its socket."""
+    a, b = nl_mounts
+    d = f"race-{uuid.uuid4().hex[:8]}"
+    os.mkdir(a / d)
+    assert os.listdir(b / d) == []
+    stale: list[tuple[str, int]] = []
+    for i in range(RACE_ROUNDS):
+        name = f"d{i:03d}"
+        os.mkdir(a / d / name)
+        if i % 2:
+            if name not in os.listdir(b / d):
+                stale.append(("list", i))
+            if not _exists(b / d / name):
+                stale.append(("stat", i))
+        else:
+            # B's last listing made the directory complete there: the name is
+            # absent from what B knows, and only the event says otherwise
+            if not _exists(b / d / name):
+                stale.append(("stat", i))
+            if name not in os.listdir(b / d):
+                stale.append(("list", i))
+    assert stale == [], f"{len(stale)} stale answers in {RACE_ROUNDS} rounds"

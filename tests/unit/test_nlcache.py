@@ -190,6 +190,34 @@ async def test_a_directory_made_here_answers_every_lookup_of_a_new_name() -> Non
     assert nlc.stats()["complete"] == 1
 
 
+async def test_events_waiting_in_the_sockets_come_before_a_negative_answer() -> None:
+    """``take_in`` stands for the brick sockets: an event already in one (a
+    name made elsewhere) is taken in before the table answers "absent", and
+    only then."""
+    waiting: list[dict[str, Any]] = []
+    calls = []
+
+    def take_in() -> None:
+        calls.append(len(waiting))
+        while waiting:
+            fake.parent_event(waiting.pop())
+
+    nlc, fake, _ = make(take_in=take_in)
+    await nlc.mkdir(ROOT_GFID, b"d", D_GFID, 0o40755, 0, 0)
+    assert not await exists(nlc, D_GFID, b"x")
+    assert calls == [0] and fake.lookups == []
+    fake.names[(D_GFID, b"x")] = E_GFID
+    waiting.append({"gfids": [D_GFID], "entries": [[D_GFID, b"x"]]})
+    assert await exists(nlc, D_GFID, b"x")
+    assert calls == [0, 1] and fake.lookups == [b"x"]
+    assert await exists(nlc, D_GFID, b"x")  # a miss: nothing to take in first
+    assert calls == [0, 1]
+    off = NlCache("off", Fake(), timeout=600, invalidation=False, take_in=take_in)
+    await off.mkdir(ROOT_GFID, b"d", D_GFID, 0o40755, 0, 0)
+    assert not await exists(off, D_GFID, b"y")
+    assert calls == [0, 1], "no events without cache-invalidation: nothing to take in"
+
+
 async def test_special_names_pass_through_a_complete_directory() -> None:
     nlc, fake, _ = make()
     await nlc.mkdir(ROOT_GFID, b"d", D_GFID, 0o40755, 0, 0)
@@ -521,8 +549,9 @@ async def test_every_entry_change_elsewhere_reaches_the_cache(tmp_path: Any) -> 
         for name, make_it in makers.items():
             assert not await exists(b, D_GFID, name)
             await make_it(name)
-            await wait_for(lambda n=name: told(n) == 2, 5, f"{name!r} told by both bricks")
+            # at once: the events are in b's sockets before a heard "done"
             assert await exists(b, D_GFID, name)
+            await wait_for(lambda n=name: told(n) == 2, 5, f"{name!r} told by both bricks")
         await a.unlink(D_GFID, b"c")
         assert await exists(b, D_GFID, b"l")
         await wait_for(lambda: told(b"c") == 4, 5, "unlink told by both bricks")
