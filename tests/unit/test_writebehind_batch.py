@@ -19,10 +19,12 @@ from helpers.replica import index_dir, open_replica
 from test_replicate_compound import count_requests
 from test_writebehind import FakeFile, G
 
-from pyglfs.client import writebehind
+from pyglfs.client import writebatch
 from pyglfs.client.layer import EntryReply, Layer
 from pyglfs.client.replicate.changelog import decode
-from pyglfs.client.writebehind import BATCH_BYTES, BATCH_OPS, LINGER_WRITES, WriteBehind
+from pyglfs.client.writebatch import LINGER_WRITES
+from pyglfs.client.writebehind import WriteBehind
+from pyglfs.client.writequeue import BATCH_BYTES, BATCH_OPS
 from pyglfs.rpc.brickops import ROOT_GFID, Iatt, afr_xattr
 
 V = "rvol"
@@ -82,7 +84,7 @@ async def _landed(fake: BatchFake, n: int) -> None:
 async def test_few_writes_after_a_batch_linger_for_more(
         wb: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     layer, fake = wb
-    monkeypatch.setattr(writebehind, "LINGER", 30.0)
+    monkeypatch.setattr(writebatch, "LINGER", 30.0)
     with trio.fail_after(5):
         await layer.write(G, 0, b"a")
         await trio.testing.wait_all_tasks_blocked()
@@ -105,7 +107,7 @@ async def test_few_writes_after_a_batch_linger_for_more(
 async def test_a_lingering_sender_finds_its_writes_taken_by_the_other(
         wb: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     layer, fake = wb
-    monkeypatch.setattr(writebehind, "LINGER", 0.2)
+    monkeypatch.setattr(writebatch, "LINGER", 0.2)
     with trio.fail_after(5):
         await layer.write(G, 0, b"a")  # sender one, at the gate
         await trio.testing.wait_all_tasks_blocked()
@@ -386,7 +388,7 @@ class CreatingFake(BatchFake):
 
 @pytest.fixture
 async def cwb(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[WriteBehind, CreatingFake]]:
-    monkeypatch.setattr(writebehind, "LINGER", 30.0)  # only what waits sends
+    monkeypatch.setattr(writebatch, "LINGER", 30.0)  # only what waits sends
     fake = CreatingFake()
     fake.calls = []
     fake.gate.set()
