@@ -29,6 +29,7 @@ from pathlib import Path
 import trio
 
 from pyglfs.mgmt.volstore import VolumeRecord, VolumeStore
+from pyglfs.volfiles.generator import brick_flags
 
 log = logging.getLogger(__name__)
 
@@ -240,6 +241,7 @@ class BrickSupervisor:
                "--volume", rec.name, "--volume-id", rec.id]
         if rec.username:
             cmd += ["--auth-file", str(self.store.auth_file(rec.name))]
+        cmd += brick_flags(rec.options)
         with open(self.log_dir / logname, "ab") as logf:
             proc = await trio.lowlevel.open_process(
                 cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=logf,

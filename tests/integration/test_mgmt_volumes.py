@@ -110,6 +110,9 @@ def test_create_info_start_status_stop_delete_on_two_nodes(
     assert [(x["host"], x["path"], x["online"]) for x in bricks] == [
         (a.ip, str(b1), True), (b.ip, str(b2), True)]
     assert all(pid_alive(x["pid"]) and x["port"] > 0 for x in bricks)
+    for x in bricks:  # the storage options the brick applies itself, at their defaults
+        argv = Path(f"/proc/{x['pid']}/cmdline").read_bytes().split(b"\0")
+        assert b"--drop-behind" in argv and b"--no-direct-writes" in argv, argv
     text = a.cli("volume", "status").stdout.splitlines()
     assert text[:3] == ["Status of volume: gvol0",
                         "Gluster process                             TCP Port  RDMA Port  "
@@ -266,3 +269,27 @@ def test_joining_node_learns_volumes_and_brick_host_cannot_be_detached(
     r = a.cli("peer", "probe", d.addr)
     assert r.returncode == 1 and "has volumes configured" in r.stderr, r.stderr
     assert d.vol_names() == ["other"] and d.peer_files() == []
+
+
+def test_storage_options_reach_the_bricks_at_start(
+        pair: tuple[VolNode, VolNode], tmp_path: Path) -> None:
+    """pyglfs-brickd reads no volfile: options it applies itself (storage.*) go on
+    its command line, as they are when the volume starts."""
+    a, b = pair
+    b1, b2 = tmp_path / "data" / "b1", tmp_path / "data" / "b2"
+    assert a.cli("volume", "create", "gvol1", "replica", "2", f"{a.ip}:{b1}", f"{b.ip}:{b2}",
+                 "force").returncode == 0
+    for key, value in (("storage.drop-behind", "off"), ("storage.direct-writes", "on")):
+        r = b.cli("volume", "set", "gvol1", key, value)
+        assert r.returncode == 0, r.stderr
+    r = a.cli("volume", "start", "gvol1")
+    assert r.returncode == 0, r.stderr
+    try:
+        pids = [x["pid"] for x in json.loads(
+            a.cli("volume", "status", "gvol1", json_out=True).stdout)["volumes"][0]["bricks"]]
+        assert len(pids) == 2
+        for pid in pids:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            assert b"--no-drop-behind" in argv and b"--direct-writes" in argv, argv
+    finally:
+        assert a.cli("volume", "stop", "gvol1").returncode == 0
