@@ -121,7 +121,7 @@ def test_overlapping_writes_and_truncate_keep_their_order(
         os.close(fd)
     want = b"x" * 8 + b"tail"
     assert (mnt.mountpoint / name).read_bytes() == want
-    assert _on_bricks(replica, name) == [_digest(want)] * 2
+    assert _reach_bricks(replica, name, _digest(want))
 
 
 def test_append_and_write_only_partial_pages(replica: Volume, mnt: Mount,
@@ -143,7 +143,7 @@ def test_append_and_write_only_partial_pages(replica: Volume, mnt: Mount,
             os.close(fd)
     want = b"a" * 5000 + b"B" * 100 + b"a" * 4900 + b"onetwo"
     assert p.read_bytes() == want
-    assert _on_bricks(replica, name) == [_digest(want)] * 2
+    assert _reach_bricks(replica, name, _digest(want))
 
 
 def test_mmap_writes_reach_the_bricks(replica: Volume, mnt: Mount,
@@ -159,7 +159,7 @@ def test_mmap_writes_reach_the_bricks(replica: Volume, mnt: Mount,
     want[100:105] = b"hello"
     want[40000:40003] = b"end"
     assert p.read_bytes() == bytes(want)
-    assert _on_bricks(replica, name) == [_digest(bytes(want))] * 2
+    assert _reach_bricks(replica, name, _digest(bytes(want)))
 
 
 def test_o_direct_writes_reach_the_bricks_before_returning(
