@@ -58,6 +58,11 @@ async def test_reads_skip_the_bricks(volume: Volume, tmp_path: Path) -> None:
             vf.write_text(generate(with_options(graph, {
                 xl.name: {"remote-host": p.host, "remote-port": str(p.port)}
                 for xl, p in zip(clients, proxies, strict=True)})))
+            vf_off = tmp_path / "proxied-off.vol"
+            vf_off.write_text(generate(with_options(graph, {
+                xl.name: {"remote-host": p.host, "remote-port": str(p.port),
+                          "local-read": "off"}
+                for xl, p in zip(clients, proxies, strict=True)})))
             a = await trio.to_thread.run_sync(mount_volume, vf, tmp_path / "mnt-a")
             b = await trio.to_thread.run_sync(mount_volume, own.volfile, tmp_path / "mnt-b")
 
@@ -91,6 +96,14 @@ async def test_reads_skip_the_bricks(volume: Volume, tmp_path: Path) -> None:
                     assert wait_for(lambda: _fds(a.pid) <= start, 10), \
                         f"mount fds {start} -> {_fds(a.pid)}"
                     assert "reads served locally" in a.log_text()
+                    # The volume option turns it off: the same reads reach a brick.
+                    c = mount_volume(vf_off, tmp_path / "mnt-c")
+                    with _unmounting(c):
+                        before = sum(p.ops["read"] for p in proxies)
+                        assert _read_direct(c.mountpoint / name, 0, BLOCK) == data[:BLOCK]
+                        assert sum(p.ops["read"] for p in proxies) == before + 1
+                        assert "reads served locally" not in c.log_text()
+                    assert c.unexpected_errors() is None
 
             try:
                 await trio.to_thread.run_sync(work)
