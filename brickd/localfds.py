@@ -145,7 +145,14 @@ class LocalFdServer:
             log.info("local reads offered on @%s", self.name)
             async with trio.open_nursery() as nursery:
                 while True:
-                    conn, _ = await sock.accept()
+                    try:
+                        conn, _ = await sock.accept()
+                    except OSError as e:
+                        # Out of fds (EMFILE/ENFILE) or a peer gone before the
+                        # accept: never the brick's end; try again shortly.
+                        log.warning("local reads: accept failed: %s", e)
+                        await trio.sleep(0.1)
+                        continue
                     if self._conns >= self.max_conns:
                         log.warning("local reads: %d connections already, refusing one",
                                     self._conns)

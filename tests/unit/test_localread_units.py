@@ -7,6 +7,8 @@ from __future__ import annotations
 import errno
 import os
 import resource
+import socket
+import struct
 import uuid
 from pathlib import Path
 
@@ -145,4 +147,37 @@ async def test_reader_redials_a_channel_the_brick_closed(tmp_path: Path) -> None
             r.reset()
             nursery.cancel_scope.cancel()
     finally:
+        os.close(hfd)
+
+
+async def test_server_survives_accept_failures(tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    hfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    server = LocalFdServer(hfd, "v", str(tmp_path), name=f"pyglfs-test-{uuid.uuid4().hex}")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        async with trio.open_nursery() as nursery:
+            assert await nursery.start(server.serve) is True
+            # No fd left for the brick's accept: it must log and keep serving.
+            resource.setrlimit(resource.RLIMIT_NOFILE,
+                               (len(os.listdir("/proc/self/fd")) - 1, hard))
+            try:
+                client.connect("\0" + server.name)
+                with trio.fail_after(5):
+                    while "accept failed" not in caplog.text:
+                        await trio.sleep(0.01)
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            client.setblocking(False)
+            token = server.offer("test")
+            assert token is not None
+            with trio.fail_after(5):
+                await trio.lowlevel.wait_writable(client)
+                client.send(token["token"] + uuid.uuid4().bytes)
+                await trio.lowlevel.wait_readable(client)
+            assert client.recv(16) == struct.pack("!i", errno.ENOENT)
+            nursery.cancel_scope.cancel()
+    finally:
+        client.close()
         os.close(hfd)
