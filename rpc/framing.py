@@ -235,14 +235,7 @@ class FrameReader:
         if src is buf:
             del buf[:pos]
         elif pos < n:
-            if self._fast is not None and self._want >= _BIG:
-                # The start of a big frame: straight into its buffer, not
-                # through ``_buf`` first.
-                big = self._big = self._take_big(self._want)
-                big[: n - pos] = memoryview(data)[pos:]
-                self._big_pos = n - pos
-            else:
-                buf += memoryview(data)[pos:]
+            buf += memoryview(data)[pos:]
         return out
 
 

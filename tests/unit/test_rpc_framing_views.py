@@ -21,6 +21,7 @@ import msgpack
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 
 from pyglfs.rpc import framing
 from pyglfs.rpc.brickops import MAX_IO, ArgError, validate
@@ -233,3 +234,37 @@ def test_the_brick_accepts_a_view_as_write_data_and_nothing_else_new() -> None:
     # Other bulk arguments stay bytes only.
     with pytest.raises(ArgError):
         validate("setxattr", {"gfid": b"g" * 16, "name": "user.x", "value": memoryview(b"v")})
+
+
+async def test_a_poll_that_takes_a_big_frames_start_while_the_reader_waits() -> None:
+    """The reader task parked in its small receive while another task polled
+    (a fan-out's late reply, nl-cache's take_in_all) and took the start of a
+    big frame: the rest that wakes the reader must continue that frame, not be
+    read as a new header (a reverted shortcut put the start where the parked
+    reader did not look: 'frame of 2,143,819,718 bytes announced')."""
+    t1, t2 = _pair()
+    reader = FrameReader(t2)
+    body = msgpack.packb({"id": 7, "reply": {"data": bytes(range(256)) * 4096}})
+    frame = struct.pack("!I", len(body)) + body
+    got: list[Any] = []
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                async def read() -> None:
+                    got.extend(await reader.receive() or [])
+
+                nursery.start_soon(read)
+                await trio.testing.wait_all_tasks_blocked()
+                t1.socket.sendall(frame[:100_000])
+                polled: list[Any] | None = []
+                for _ in range(1000):  # until the poll has taken the start in
+                    polled = reader.poll(0.0)
+                    if polled is None or reader._buf or reader._big_pos:
+                        break
+                    await trio.sleep(0.001)
+                assert polled in ([], None)
+                await t1.send_all(frame[100_000:])
+    finally:
+        t1.socket.close()
+        t2.socket.close()
+    assert got == [msgpack.unpackb(body)]
