@@ -23,6 +23,7 @@ answered; an fd is dropped when the brick says the inode changed
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -49,6 +50,8 @@ DEFAULT_LIMIT = 1024
 # per read against 2,437-8,971 at 64-128 us.
 SMALL_READ = 64 * 1024
 FETCH_TIMEOUT = 5.0
+DROP_WINDOW = 8 << 20
+DROP_LAG = 16 << 20
 _TOKEN_LEN = 16
 _REPLY = struct.Struct("!i")
 _UCRED = struct.Struct("3i")
@@ -81,6 +84,9 @@ class LocalReader:
         self.fetch_timeout = fetch_timeout
         self.fds: OrderedDict[bytes, int] = OrderedDict()
         self.opens: dict[bytes, int] = {}
+        # gfid -> (end of the last read, start of what is still cached): for
+        # dropping the brick's pages behind a sequential reader.
+        self._behind: dict[bytes, tuple[int, int]] = {}
         self.reads = 0
         self.fetches = 0
         self.fallbacks = 0
@@ -185,15 +191,32 @@ class LocalReader:
         self.drop(gfid)
 
     def drop(self, gfid: bytes) -> None:
+        self._behind.pop(gfid, None)
         fd = self.fds.pop(gfid, None)
         if fd is not None:
             os.close(fd)
 
     def drop_all(self) -> None:
+        self._behind.clear()
         while self.fds:
             os.close(self.fds.popitem()[1])
 
     # -- reads ----------------------------------------------------------------
+    def _drop_behind(self, gfid: bytes, fd: int, offset: int, end: int) -> None:
+        """Drop the brick's cached pages 16 MiB behind a sequential reader: the
+        data it read is in the FUSE page cache now, and the pages go back to
+        the free lists while they are still cheap to reuse."""
+        last = self._behind.get(gfid)
+        if last is None or abs(offset - last[0]) > DROP_WINDOW:
+            self._behind[gfid] = (end, offset)
+            return
+        kept = last[1]
+        if end - kept >= DROP_LAG + DROP_WINDOW:
+            with contextlib.suppress(OSError):  # advice only: never fails a good read
+                os.posix_fadvise(fd, kept, end - DROP_LAG - kept, os.POSIX_FADV_DONTNEED)
+            kept = end - DROP_LAG
+        self._behind[gfid] = (end, kept)
+
     async def read(self, gfid: bytes, offset: int, size: int) -> bytes | None:
         """``size`` bytes at ``offset`` read here, or None: ask the brick."""
         fd = self.fds.get(gfid)
@@ -223,6 +246,8 @@ class LocalReader:
         finally:
             if once:
                 os.close(fd)
+        if not once:
+            self._drop_behind(gfid, fd, offset, offset + len(data))
         self.reads += 1
         return data
 
@@ -311,7 +336,9 @@ class LocalReader:
             if gfid in self.opens and self._sock is not None:
                 self.fds[gfid] = fd
                 while len(self.fds) > self.limit:
-                    os.close(self.fds.popitem(last=False)[1])
+                    old, old_fd = self.fds.popitem(last=False)
+                    self._behind.pop(old, None)
+                    os.close(old_fd)
             return fd
 
     @staticmethod

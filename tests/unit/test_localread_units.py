@@ -181,3 +181,33 @@ async def test_server_survives_accept_failures(tmp_path: Path,
     finally:
         client.close()
         os.close(hfd)
+
+
+async def test_a_sequential_local_reader_drops_the_brick_pages_behind_it(tmp_path: Path) -> None:
+    """The data is in the FUSE page cache once read: the brick file's own copy is
+    dropped 16 MiB behind a sequential reader, and kept for reads that jump."""
+    from helpers.pagecache import resident_mib
+
+    mib = 1 << 20
+    seq, jumps = tmp_path / "seq", tmp_path / "jumps"
+    for p in (seq, jumps):
+        p.write_bytes(os.urandom(mib) * 48)
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())  # dirty pages cannot be dropped
+    r = LocalReader("t")
+    fds = {b"s" * 16: os.open(seq, os.O_RDONLY), b"j" * 16: os.open(jumps, os.O_RDONLY)}
+    try:
+        for gfid, fd in fds.items():
+            r.fds[gfid] = fd
+            r.opens[gfid] = 1
+        for k in range(48):
+            assert await r.read(b"s" * 16, k * mib, mib) == os.pread(fds[b"s" * 16], mib, k * mib)
+        for k in range(48):  # every read 9 MiB or more away from the last
+            off = (k * 29 % 48) * mib
+            assert len(await r.read(b"j" * 16, off, mib) or b"") == mib
+        assert resident_mib(seq) <= 16 + 8 + 2
+        assert resident_mib(jumps) >= 46
+        assert r.fallbacks == 0 and r.reads == 96
+    finally:
+        r.drop_all()
+    assert not r._behind
