@@ -18,9 +18,8 @@ the gfid's handle under ``.pyglfs/handles`` (never a path of the user tree,
 never following a symlink, never opening a fifo or a device); a gfid the
 brick does not hold is ENOENT.
 
-Wire (SOCK_SEQPACKET, one request per message): ``token (16) + gfid (16)``;
-reply ``errno`` as a 4-byte big-endian int (0: the fd rides along). A message
-of another size, or an unknown token, gets an error reply and the connection
+Wire (rpc/fdchannel.py): ``token (16) + gfid (16)``; reply ``errno`` as a
+4-byte big-endian int (0: the fd rides along). A message of another size, or an unknown token, gets an error reply and the connection
 is closed. Bounded: ``max_conns`` connections, one request at a time per
 connection, a connection that has sent no good request for ``idle_unauth``
 seconds is closed, and a reply the peer does not take within ``send_timeout``
@@ -37,23 +36,18 @@ import os
 import secrets
 import socket
 import stat
-import struct
 from collections import OrderedDict
 from typing import Any
 
 import trio
 
 from pyglfs.brickd.names import handle_rel
-from pyglfs.rpc.brickops import GFID_LEN
+from pyglfs.rpc.fdchannel import REPLY, REQUEST_LEN, TOKEN_LEN, fd_rights, peer_uid
 
 log = logging.getLogger(__name__)
 
-TOKEN_LEN = 16
-REQUEST_LEN = TOKEN_LEN + GFID_LEN
 MAX_CONNS = 128
 MAX_TOKENS = 4096
-_REPLY = struct.Struct("!i")
-_UCRED = struct.Struct("3i")
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 
 
@@ -61,13 +55,6 @@ def socket_name(volume: str, brick: str) -> str:
     """The abstract socket name (without its leading NUL) of a brick's fd channel."""
     digest = hashlib.sha256(f"{volume}\0{os.path.realpath(brick)}".encode()).hexdigest()
     return f"pyglfs-localread-{volume[:40]}-{digest[:24]}"
-
-
-def peer_uid(sock: Any) -> int:
-    """The uid of a connected Unix socket's peer (SO_PEERCRED); ``sock`` is a
-    stdlib or a trio socket."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
-    return int(_UCRED.unpack(raw)[1])
 
 
 def open_readonly(handles_fd: int, gfid: bytes) -> int:
@@ -214,8 +201,7 @@ class LocalFdServer:
             return
         try:
             with trio.move_on_after(self.send_timeout) as scope:
-                await conn.sendmsg([_REPLY.pack(0)],
-                                   [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])
+                await conn.sendmsg([REPLY.pack(0)], fd_rights(fd))
         finally:
             os.close(fd)
         if scope.cancelled_caught:
@@ -224,4 +210,4 @@ class LocalFdServer:
 
     async def _reply(self, conn: trio.socket.SocketType, code: int) -> None:
         with trio.move_on_after(self.send_timeout):
-            await conn.send(_REPLY.pack(code))
+            await conn.send(REPLY.pack(code))

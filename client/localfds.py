@@ -31,11 +31,12 @@ import os
 import resource
 import socket
 import stat
-import struct
 from collections import OrderedDict
 from typing import Any
 
 import trio
+
+from pyglfs.rpc.fdchannel import FD, REPLY, TOKEN_LEN, peer_uid, received_fds
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +53,8 @@ SMALL_READ = 64 * 1024
 FETCH_TIMEOUT = 5.0
 DROP_WINDOW = 8 << 20
 DROP_LAG = 16 << 20
-_TOKEN_LEN = 16
-_REPLY = struct.Struct("!i")
-_UCRED = struct.Struct("3i")
-_FD = struct.Struct("i")
 _GFID_XATTR = "trusted.gfid"
 _CLOSED_BY_PEER = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN})
-
-
-def _recv_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
-    fds: list[int] = []
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(data) - len(data) % _FD.size
-            fds.extend(x[0] for x in _FD.iter_unpack(data[:usable]))
-    return fds
 
 
 class LocalReader:
@@ -111,7 +99,7 @@ class LocalReader:
         True when its fd channel is reachable and trusted. Never raises."""
         self.reset()
         if (type(offer) is not dict or type(offer.get("socket")) is not str
-                or type(offer.get("token")) is not bytes or len(offer["token"]) != _TOKEN_LEN
+                or type(offer.get("token")) is not bytes or len(offer["token"]) != TOKEN_LEN
                 or type(offer.get("uid")) is not int):
             return False
         uid = offer["uid"]
@@ -136,8 +124,7 @@ class LocalReader:
         try:
             s.setblocking(False)
             s.connect(self._address)
-            peer = _UCRED.unpack(s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                              _UCRED.size))[1]
+            peer = peer_uid(s)
             if peer != self._uid:
                 raise OSError(errno.EACCES, f"the channel's listener runs as uid {peer}")
         except BaseException:
@@ -288,7 +275,7 @@ class LocalReader:
                     with trio.move_on_after(self.fetch_timeout) as scope:
                         await sock.send(self._token + gfid)
                         msg, anc, flags, _ = await sock.recvmsg(
-                            _REPLY.size + 1, socket.CMSG_SPACE(4 * _FD.size))
+                            REPLY.size + 1, socket.CMSG_SPACE(4 * FD.size))
                     if scope.cancelled_caught:
                         self._disable("the brick did not answer")
                         return None
@@ -308,16 +295,16 @@ class LocalReader:
                         continue
                     return None
                 break
-            fds = _recv_fds(anc)
+            fds = received_fds(anc)
             fd = fds.pop(0) if fds else None
             for extra in fds:
                 os.close(extra)
-            if len(msg) != _REPLY.size:
+            if len(msg) != REPLY.size:
                 if fd is not None:
                     os.close(fd)
                 self._disable("the channel closed" if not msg else "malformed reply")
                 return None
-            code = _REPLY.unpack(msg)[0]
+            code = REPLY.unpack(msg)[0]
             if code or fd is None:
                 if fd is not None:
                     os.close(fd)

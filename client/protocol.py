@@ -247,9 +247,9 @@ class ProtocolClient(Layer):
     async def read(self, gfid: bytes, offset: int, size: int) -> bytes:
         """From the local fd when there is one (``LocalReader``), else the brick.
         A brick that is down fails the read with ENOTCONN either way."""
-        local = self.local
-        if local is not None and local.active and self.rpc.is_up:
-            got = await local.read(gfid, offset, size)
+        if self.is_local:
+            assert self.local is not None
+            got = await self.local.read(gfid, offset, size)
             if got is not None:
                 return got
         data: bytes = (await self._call("read", {"gfid": gfid, "offset": offset,
