@@ -19,7 +19,17 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from targets import Target, TargetSkipped, is_mounted, pid_alive, say, stop_pid, unmount, wait_until
+from targets import (
+    Target,
+    TargetSkipped,
+    is_mounted,
+    own_block_groups,
+    pid_alive,
+    say,
+    stop_pid,
+    unmount,
+    wait_until,
+)
 
 GLUSTERD = "/usr/sbin/glusterd"
 NETNS = "pyglfs-bench"
@@ -79,6 +89,8 @@ class GlusterfsTarget(Target):
         b1, b2 = self.base / "b1", self.base / "b2"
         b1.mkdir(exist_ok=True)
         b2.mkdir(exist_ok=True)
+        own_block_groups(b1)
+        own_block_groups(b2)
         self._gluster("volume", "create", VOLUME, "replica", "2", f"{HOST}:{b1}", f"{HOST}:{b2}",
                       "force")
         self.volume = True

@@ -12,13 +12,15 @@ lookup, getattr and read again. Without root the caches cannot be dropped; the
 run says so once and the figures are warm.
 
 Creating phases (``small``'s create, ``tree``'s untar) start with the same drop,
-for another reason: on ext4 without a journal (this project's VMs) the inode
-allocator skips every inode freed in the last ~35 s whose inode-table block is
-still cached, one by one, so a create right after another target deleted 5,000
-files cost 800 us of kernel time instead of 130 (measured with plain system
-calls in a fresh directory). Without the drop a target's create figure
-depended on which target ran before it, and a replica-2 volume, which makes
-two inodes per file, paid it twice.
+and every target's directories sit in block groups of their own
+(``targets.own_block_groups``): on ext4 without a journal (this project's VMs)
+the inode allocator skips, one by one and at every allocation, each free inode
+of the group freed within the last minute (up to six when its table block is
+dirty) whose table block is cached. A create right after another target deleted 5,000
+files in the same group cost 140-800 us of kernel time per inode instead of
+~25 (measured with plain system calls in a fresh directory), so a target's
+create figure depended on which target ran before it, and a replica-2 volume,
+which makes two inodes per file, paid it twice.
 """
 
 from __future__ import annotations
