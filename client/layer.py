@@ -227,6 +227,25 @@ class Layer:
         assert iatt is not None, "writev of no writes"
         return iatt
 
+    async def writev_many(self, items: list[WriteItem]) -> list[Iatt | OSError]:
+        """Each ``(gfid, writes, attrs)`` item as ``writev(gfid, writes, None, attrs)``
+        of its own file: per item the attributes after it or the error it gave.
+        Items are distinct files' changes; a layer may send them together
+        (replicate: one request per brick). One that leaves ``write``,
+        ``writev`` and ``setattr`` alone forwards the items whole; one that
+        changes them gets them one by one through its ``writev``."""
+        cls = type(self)
+        if (cls.writev is Layer.writev and cls.write is Layer.write
+                and cls.setattr is Layer.setattr):
+            return await self.child.writev_many(items)
+        out: list[Iatt | OSError] = []
+        for gfid, writes, attrs in items:
+            try:
+                out.append(await self.writev(gfid, writes, None, attrs))
+            except OSError as e:
+                out.append(e)
+        return out
+
     async def fallocate(self, gfid: bytes, mode: int, offset: int, length: int,
                         xattrop: dict[str, bytes] | None = None) -> Iatt:
         return await self.child.fallocate(gfid, mode, offset, length, xattrop)
@@ -277,6 +296,8 @@ class Layer:
 
 
 CompoundReply = tuple[list[Any], tuple[int, OSError] | None]
+WriteItem = tuple[bytes, list[tuple[int, bytes]], dict[str, int] | None]
+"""A file's writes for ``writev_many``: gfid, ``(offset, data)`` writes, setattr fields."""
 
 
 async def run_each(layer: Layer, ops: list[tuple[str, dict[str, Any]]]) -> CompoundReply:

@@ -70,7 +70,7 @@ import trio
 
 from pyglfs.client.layer import DirEntry, Layer, Lookup
 from pyglfs.client.setattrbehind import SetattrBehind
-from pyglfs.client.writebatch import BatchSender
+from pyglfs.client.writebatch import BatchSender, Join
 from pyglfs.client.writequeue import (
     OFF_MAX,
     InodeQueue,
@@ -119,6 +119,7 @@ class WriteBehind(BatchSender, SetattrBehind, Layer):
         # > = 0: new files hold their first batch for their attributes (see _take_fresh)
         self._carry_score = 0
         self._nursery: trio.Nursery | None = None
+        self._join: Join | None = None
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -320,7 +321,8 @@ class WriteBehind(BatchSender, SetattrBehind, Layer):
 
     async def flush(self, gfid: bytes) -> None:
         self._kick(gfid)
-        self._hurry(gfid)
+        if not self._close_held(gfid):
+            self._hurry(gfid)
         if self.flush_behind and self._flush_later(gfid):
             return
         await self._drain(gfid)
@@ -352,7 +354,8 @@ class WriteBehind(BatchSender, SetattrBehind, Layer):
         at once and leaves the release to the task of the last one (the kernel
         never waits for a release)."""
         self._kick(gfid)
-        self._hurry(gfid)
+        if not self._close_held(gfid):
+            self._hurry(gfid)
         ino = self.inodes.get(gfid)
         self._closed(gfid)
         if (self.flush_behind and ino is not None and ino.queued and self._nursery is not None

@@ -45,11 +45,13 @@ class InodeQueue:
     report. ``unsent``: the small writes among them not yet in a batch, in order;
     ``senders``: tasks sending batches of them; ``setattrs``: how many of them are
     ``QueuedSetattr``; ``releases``: closes of the inode whose release waits for
-    the last queued change (release-behind)."""
+    the last queued change (release-behind); ``closing``: its last open was
+    closed with flush-behind while its first batch was held, so the batch joins
+    other files' (writebatch.py)."""
 
     __slots__ = ("queued", "nbytes", "error", "last", "flush_wanted", "unsent",
                  "unsent_bytes", "senders", "urgent", "hurry", "setattrs", "carried",
-                 "releases")
+                 "releases", "closing")
 
     def __init__(self) -> None:
         self.queued: list[QueuedWrite] = []
@@ -65,6 +67,7 @@ class InodeQueue:
         self.setattrs = 0
         self.carried = False
         self.releases = 0
+        self.closing = False
 
 
 class QueuedSetattr(QueuedWrite):

@@ -35,9 +35,9 @@ from typing import Any, cast
 
 import trio
 
-from pyglfs.client.layer import EntryReply, Layer, RenameReply
+from pyglfs.client.layer import EntryReply, Layer, RenameReply, WriteItem
 from pyglfs.client.protocol import ProtocolClient
-from pyglfs.client.replicate import changelog
+from pyglfs.client.replicate import batch, changelog
 from pyglfs.client.replicate.changelog import DATA, ENTRY, METADATA
 from pyglfs.client.replicate.eagerlock import (
     META_SPAN,
@@ -212,6 +212,14 @@ class Replicate(ReadOps):
             gfid, kinds, spans, lambda c, x: c.writev(gfid, writes, x, attrs), xattrop)
         iatt: Iatt = self._result(gfid, out)
         return iatt
+
+    async def writev_many(self, items: list[WriteItem]) -> list[Iatt | OSError]:
+        """Each file's ``writev`` as its own replicated change, the files' sub-ops
+        in one ``compound`` per brick (``batch``)."""
+        return await batch.writev_many(self.writer, items, self._writev_item, self._result)
+
+    async def _writev_item(self, item: WriteItem) -> Iatt:
+        return await self.writev(item[0], item[1], None, item[2])
 
     async def fallocate(self, gfid: bytes, mode: int, offset: int, length: int,
                         xattrop: dict[str, bytes] | None = None) -> Iatt:

@@ -65,6 +65,22 @@ class Outcome:
         return self.results[self.ok[0]]
 
 
+class Plan:
+    """A change's targets and per-brick ``xattrop`` (``Writer.plan``): ``marking[i]``
+    the kinds whose dirty mark brick i's request sets; ``missing`` the bricks
+    blamed in it."""
+
+    __slots__ = ("kinds", "targets", "missing", "xops", "marking")
+
+    def __init__(self, kinds: int, targets: list[int], missing: int,
+                 xops: list[dict[str, bytes] | None], marking: list[int]) -> None:
+        self.kinds = kinds
+        self.targets = targets
+        self.missing = missing
+        self.xops = xops
+        self.marking = marking
+
+
 class Writer:
     """Runs the changes of one replicate layer over its ``children``."""
 
@@ -90,7 +106,7 @@ class Writer:
                           f"bricks up {bits(up)} of {self.n}")
         return up
 
-    def _usable(self, locked: int) -> bool:
+    def usable(self, locked: int) -> bool:
         """False when re-taking the lock would reach a quorum this hold lacks."""
         up = self.locks.up_mask()
         return self.quorum.met(locked & up) or not self.quorum.met(up)
@@ -102,7 +118,7 @@ class Writer:
         for attempt in range(3):
             st = await self.locks.acquire(gfid, entry=False)
             try:
-                if attempt < 2 and not self._usable(st.locked_on):
+                if attempt < 2 and not self.usable(st.locked_on):
                     st.release_wanted = True
                     continue
                 await st.enter(spans)
@@ -132,7 +148,7 @@ class Writer:
                 locked = self.all
                 for st in held:
                     locked &= st.locked_on
-                if attempt < 2 and not self._usable(locked):
+                if attempt < 2 and not self.usable(locked):
                     for st in held:
                         st.release_wanted = True
                     continue
@@ -150,6 +166,18 @@ class Writer:
 
     async def _apply(self, states: list[LockState], kinds: int, call: Call,
                      extra: dict[str, bytes] | None, check_quorum: bool = True) -> Outcome:
+        plan = self.plan(states, kinds, extra)
+        children = self.children
+        xops = plan.xops
+        results = await fanout(self.n, plan.targets, lambda i: call(children[i], xops[i]),
+                               self.split)
+        return await self.conclude(states, plan, results, check_quorum)
+
+    def plan(self, states: list[LockState], kinds: int,
+             extra: dict[str, bytes] | None) -> Plan:
+        """The first half of a change under ``states`` (held): which bricks get
+        it and the ``xattrop`` each carries (dirty mark, blame of the missing);
+        no quorum among the locked bricks is EROFS (ENOTCONN with none up)."""
         locked = self.all
         for st in states:
             locked &= st.locked_on
@@ -186,14 +214,23 @@ class Writer:
                 for name, value in blames.items():
                     changelog.add(xop, name, value)
             xops[i] = xop or None
+        return Plan(kinds, targets, missing, xops, marking)
 
-        children = self.children
-        results = await fanout(self.n, targets, lambda i: call(children[i], xops[i]),
-                               self.split)
+    async def conclude(self, states: list[LockState], plan: Plan, results: list[Any],
+                       check_quorum: bool = True) -> Outcome:
+        """The second half: ``results`` (per brick, ``OSError`` for a failure)
+        counted in the holds' marks and blames; bricks that failed while another
+        succeeded are blamed on the good ones now. Every target failing raises
+        the error the caller gets."""
+        kinds = plan.kinds
+        kind_list = _KIND_LISTS[kinds]
+        targets = plan.targets
+        missing = plan.missing
         errors = {i: r for i in targets if isinstance(r := results[i], OSError)}
         ok = [i for i in targets if i not in errors]
         if not ok:
             raise pick_error(errors)
+        marking = plan.marking
         for i in ok:
             need = marking[i]
             if need:

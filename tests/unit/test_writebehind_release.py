@@ -19,12 +19,13 @@ from pyglfs.client.writebehind import WriteBehind
 from pyglfs.rpc.brickops import ROOT_GFID
 
 K4 = 4096
+Call = tuple[str, list[tuple[str, bytes | None, bool]]]
 
 
-def record_ops(env: ReplicaEnv) -> list[list[tuple[str, bytes | None]]]:
-    """Per brick, every op this client sends (a compound's sub-ops one by one),
-    with the gfid it is about."""
-    seen: list[list[tuple[str, bytes | None]]] = [[] for _ in env.bricks]
+def record(env: ReplicaEnv) -> list[list[Call]]:
+    """Per brick, every request this client sends: its op and its sub-ops (a lone
+    op is its own), each with its gfid and whether it carries an ``xattrop``."""
+    seen: list[list[Call]] = [[] for _ in env.bricks]
     for i in range(len(env.bricks)):
         pc = env.brick_client(env.rep, i)
         orig = pc.rpc.call
@@ -32,7 +33,8 @@ def record_ops(env: ReplicaEnv) -> list[list[tuple[str, bytes | None]]]:
         async def call(op: str, args: dict[str, Any], *, timeout: float | None = None,
                        _i: int = i, _orig: Callable[..., Any] = orig) -> Any:
             ops = args["ops"] if op == "compound" else [(op, args)]
-            seen[_i].extend((sub, a.get("gfid")) for sub, a in ops)
+            seen[_i].append((op, [(sub, a.get("gfid"), bool(a.get("xattrop")))
+                                  for sub, a in ops]))
             return await _orig(op, args, timeout=timeout)
 
         pc.rpc.call = call  # type: ignore[method-assign]
@@ -44,7 +46,7 @@ async def test_release_behind_reaches_each_brick_after_the_write(tmp_path: Path)
         rep = env.rep
         wb = WriteBehind("wb", rep, flush_behind=True)
         await env.nursery.start(wb.serve_writes)
-        seen = record_ops(env)
+        seen = record(env)
         files = [uuid.uuid4().bytes for _ in range(3)]
         with trio.fail_after(20):
             for i, f in enumerate(files):
@@ -59,7 +61,7 @@ async def test_release_behind_reaches_each_brick_after_the_write(tmp_path: Path)
             await given_back(rep, *files)
         for calls in seen:
             for f in files:
-                ops = [op for op, gfid in calls if gfid == f]
+                ops = [sub for _, subs in calls for sub, gfid, _ in subs if gfid == f]
                 assert ops == ["create", "write", "xattrop", "inodelk", "release"], ops
         for b in env.bricks:
             for i in range(3):
