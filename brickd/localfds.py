@@ -29,32 +29,29 @@ closes it too.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import math
 import os
-import secrets
 import socket
 import stat
-from collections import OrderedDict
 from typing import Any
 
 import trio
 
 from pyglfs.brickd.names import handle_rel
+from pyglfs.brickd.unixserver import UnixChannelServer
+from pyglfs.brickd.unixserver import socket_name as unix_socket_name
 from pyglfs.rpc.fdchannel import REPLY, REQUEST_LEN, TOKEN_LEN, fd_rights, peer_uid
 
 log = logging.getLogger(__name__)
 
 MAX_CONNS = 128
-MAX_TOKENS = 4096
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
 
 
 def socket_name(volume: str, brick: str) -> str:
     """The abstract socket name (without its leading NUL) of a brick's fd channel."""
-    digest = hashlib.sha256(f"{volume}\0{os.path.realpath(brick)}".encode()).hexdigest()
-    return f"pyglfs-localread-{volume[:40]}-{digest[:24]}"
+    return unix_socket_name("localread", volume, brick)
 
 
 def open_readonly(handles_fd: int, gfid: bytes) -> int:
@@ -82,113 +79,59 @@ def open_readonly(handles_fd: int, gfid: bytes) -> int:
     return fd
 
 
-class LocalFdServer:
-    """The fd channel of one brick. ``grant``/``revoke`` tokens from the RPC
+class LocalFdServer(UnixChannelServer):
+    """The fd channel of one brick. ``offer``/``revoke`` tokens from the RPC
     service (one per TCP connection); ``serve`` runs the socket."""
+
+    sock_type = socket.SOCK_SEQPACKET
+    what = "local reads"
 
     def __init__(self, handles_fd: int, volume: str, brick: str, *,
                  max_conns: int = MAX_CONNS, idle_unauth: float = 10.0,
                  send_timeout: float = 5.0, name: str | None = None) -> None:
+        super().__init__(name if name is not None else socket_name(volume, brick),
+                         max_conns=max_conns)
         self.handles_fd = handles_fd
-        self.name = name if name is not None else socket_name(volume, brick)
-        self.uid = os.geteuid()
-        self.max_conns = max_conns
         self.idle_unauth = idle_unauth
         self.send_timeout = send_timeout
-        self.listening = False
         self.served = 0
-        self._tokens: OrderedDict[bytes, str] = OrderedDict()
-        self._conns = 0
 
     def offer(self, who: str) -> dict[str, Any] | None:
         """What a client's welcome carries (a new token), or None while not listening."""
         if not self.listening:
             return None
-        token = secrets.token_bytes(TOKEN_LEN)
-        self._tokens[token] = who
-        while len(self._tokens) > MAX_TOKENS:
-            self._tokens.popitem(last=False)
-        return {"socket": self.name, "token": token, "uid": self.uid}
-
-    def revoke(self, token: Any) -> None:
-        if type(token) is bytes:
-            self._tokens.pop(token, None)
-
-    async def serve(self, *, task_status: trio.TaskStatus[bool] = trio.TASK_STATUS_IGNORED,
-                    ) -> None:
-        """Listen until cancelled; reports whether the channel is offered (a name
-        already taken in this network namespace leaves it off, with a warning)."""
-        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            try:
-                await sock.bind("\0" + self.name)
-                sock.listen(64)
-            except OSError as e:
-                log.warning("local reads off: cannot listen on @%s: %s", self.name, e)
-                task_status.started(False)
-                return
-            self.listening = True
-            task_status.started(True)
-            log.info("local reads offered on @%s", self.name)
-            async with trio.open_nursery() as nursery:
-                while True:
-                    try:
-                        conn, _ = await sock.accept()
-                    except OSError as e:
-                        # Out of fds (EMFILE/ENFILE) or a peer gone before the
-                        # accept: never the brick's end; try again shortly.
-                        log.warning("local reads: accept failed: %s", e)
-                        await trio.sleep(0.1)
-                        continue
-                    if self._conns >= self.max_conns:
-                        log.warning("local reads: %d connections already, refusing one",
-                                    self._conns)
-                        conn.close()
-                        continue
-                    self._conns += 1
-                    nursery.start_soon(self._serve_conn, conn)
-        finally:
-            self.listening = False
-            sock.close()
+        return {"socket": self.name, "token": self.grant(who), "uid": self.uid}
 
     async def _serve_conn(self, conn: trio.socket.SocketType) -> None:
-        try:
-            # Judged once its first request is read: a connection closed with
-            # a request still queued would reset the peer before it saw why.
-            same_uid = peer_uid(conn) == self.uid
-            authed = False
-            while True:
-                with trio.move_on_after(math.inf if authed else self.idle_unauth) as scope:
-                    msg, _anc, flags, _ = await conn.recvmsg(REQUEST_LEN + 1)
-                if scope.cancelled_caught:
-                    log.debug("local reads: no good request within %ss; closing",
-                              self.idle_unauth)
-                    return
-                if not msg:
-                    return
-                if not same_uid:
-                    log.warning("local reads: refused a peer of another uid")
-                    await self._reply(conn, errno.EACCES)
-                    return
-                code = self._check(msg, flags)
-                if code:
-                    await self._reply(conn, code)
-                    return
-                authed = True
-                await self._answer(conn, msg[TOKEN_LEN:])
-        except OSError as e:
-            log.debug("local reads: connection ended: %s", e)
-        except Exception:
-            log.exception("local reads: connection failed")
-        finally:
-            self._conns -= 1
-            conn.close()
+        # Judged once its first request is read: a connection closed with
+        # a request still queued would reset the peer before it saw why.
+        same_uid = peer_uid(conn) == self.uid
+        authed = False
+        while True:
+            with trio.move_on_after(math.inf if authed else self.idle_unauth) as scope:
+                msg, _anc, flags, _ = await conn.recvmsg(REQUEST_LEN + 1)
+            if scope.cancelled_caught:
+                log.debug("local reads: no good request within %ss; closing",
+                          self.idle_unauth)
+                return
+            if not msg:
+                return
+            if not same_uid:
+                log.warning("local reads: refused a peer of another uid")
+                await self._reply(conn, errno.EACCES)
+                return
+            code = self._check(msg, flags)
+            if code:
+                await self._reply(conn, code)
+                return
+            authed = True
+            await self._answer(conn, msg[TOKEN_LEN:])
 
     def _check(self, msg: bytes, flags: int) -> int:
         if len(msg) != REQUEST_LEN or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
             log.warning("local reads: malformed request (%d bytes); closing", len(msg))
             return errno.EINVAL
-        if msg[:TOKEN_LEN] not in self._tokens:
+        if not self.has_token(msg[:TOKEN_LEN]):
             log.warning("local reads: unknown token; closing")
             return errno.EACCES
         return 0

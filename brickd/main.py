@@ -21,6 +21,7 @@ import sys
 import uuid
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import click
 import trio
@@ -28,8 +29,10 @@ import trio
 from pyglfs.brickd.auth import AuthFileError, Credentials, load_credentials
 from pyglfs.brickd.layout import BrickRefused
 from pyglfs.brickd.localfds import LocalFdServer
-from pyglfs.brickd.server import serve_brick
+from pyglfs.brickd.localrpc import LocalRpcServer
+from pyglfs.brickd.server import BrickService, open_brick_service
 from pyglfs.brickd.store import open_store
+from pyglfs.rpc.server import serve_rpc
 from pyglfs.rpc.tuning import reexec_with_tuned_malloc
 
 log = logging.getLogger(__name__)
@@ -87,13 +90,14 @@ def setup_logging(level: str, log_file: str | None) -> None:
 
 async def run_brick(
     brick: Path, volume: str, volume_id: str, host: str, port: int,
-    credentials: Credentials | None, local_reads: bool = True,
+    credentials: Credentials | None, local_reads: bool = True, local_rpc: bool = True,
     direct_writes: bool = False, drop_behind: bool = True,
 ) -> None:
     """Serve until SIGTERM/SIGINT. Store refusals propagate to the caller.
 
     ``direct_writes`` and ``drop_behind`` are the storage.direct-writes and
-    storage.drop-behind volume options (brickd/fileio.py).
+    storage.drop-behind volume options (brickd/fileio.py); ``local_rpc``
+    also serves clients on this host over a Unix stream (brickd/localrpc.py).
     """
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         store = open_store(brick, volume_id)
@@ -105,10 +109,14 @@ async def run_brick(
                 if local_reads:
                     localfds = LocalFdServer(store.handles_fd, volume, str(brick))
                     await nursery.start(localfds.serve)
-                bound = await nursery.start(partial(
-                    serve_brick, store, volume, host, port, credentials=credentials,
-                    localfds=localfds,
-                ))
+                service = await nursery.start(partial(
+                    _serve_service, store, volume, credentials, localfds))
+                front: Any = service
+                if local_rpc:
+                    localrpc = LocalRpcServer(volume, str(brick))
+                    front = localrpc.front(service)
+                    await nursery.start(localrpc.serve)
+                bound = await nursery.start(serve_rpc, front, host, port)
                 address = format_address(host, bound)
                 log.info("brick %s of volume %s listening on %s", brick, volume, address)
                 print(f"listening on {address}", flush=True)
@@ -118,6 +126,18 @@ async def run_brick(
                 nursery.cancel_scope.cancel()
         finally:
             store.close()
+
+
+async def _serve_service(
+    store: Any, volume: str, credentials: Credentials | None,
+    localfds: LocalFdServer | None,
+    task_status: trio.TaskStatus[BrickService] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Hold the brick's one service (shared by its TCP and Unix listeners) until cancelled."""
+    async with open_brick_service(
+            store, volume, credentials=credentials, localfds=localfds) as service:
+        task_status.started(service)
+        await trio.sleep_forever()
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -131,6 +151,8 @@ async def run_brick(
               help='JSON {"username": ..., "password": ...} clients must present.')
 @click.option("--local-reads/--no-local-reads", default=True, show_default=True,
               help="Hand clients on this host read-only fds of files (short-circuit reads).")
+@click.option("--local-rpc/--no-local-rpc", default=True, show_default=True,
+              help="Serve clients on this host over a Unix stream socket as well as TCP.")
 @click.option("--direct-writes/--no-direct-writes", default=False, show_default=True,
               envvar="PYGLFS_BRICK_DIRECT_WRITES",
               help="Big aligned writes bypass the page cache (storage.direct-writes).")
@@ -142,8 +164,8 @@ async def run_brick(
               type=click.Choice(LOG_LEVELS, case_sensitive=False))
 def cli(
     brick: str, listen: tuple[str, int], volume: str, volume_id: str, auth_file: str | None,
-    local_reads: bool, direct_writes: bool, drop_behind: bool, log_file: str | None,
-    log_level: str,
+    local_reads: bool, local_rpc: bool, direct_writes: bool, drop_behind: bool,
+    log_file: str | None, log_level: str,
 ) -> None:
     """Serve one brick directory of a pyglfs volume."""
     try:
@@ -163,7 +185,7 @@ def cli(
     host, port = listen
     try:
         trio.run(run_brick, path, volume, volume_id, host, port, credentials, local_reads,
-                 direct_writes, drop_behind)
+                 local_rpc, direct_writes, drop_behind)
     except KeyboardInterrupt:
         pass
     except Exception as e:

@@ -4,7 +4,7 @@ Translator types map to layers:
 
 - ``protocol/client`` -> ``ProtocolClient`` (``remote-host``, ``remote-port``,
   ``remote-subvolume``, ``username``/``password``, ``ping-timeout``,
-  ``local-read``);
+  ``local-read``, ``local-rpc``);
 - ``cluster/replicate`` -> ``Replicate`` (``afr-pending-xattr``, ``quorum-type``,
   ``quorum-count``, ``post-op-delay-secs``, ``eager-lock``,
   ``read-subvolume-index``, ``choose-local``);
@@ -125,7 +125,8 @@ class _Builder:
             volume=self.volume, brick_path=brick, client_id=self.client_id,
             username=xl.opt("username"), password=xl.opt("password"),
             ping_timeout=xl.opt_float("ping-timeout", 10.0, min=0.1),
-            call_timeout=self.call_timeout, local_read=xl.opt_bool("local-read", True))
+            call_timeout=self.call_timeout, local_read=xl.opt_bool("local-read", True),
+            local_rpc=xl.opt_bool("local-rpc", True))
 
     def replicate(self, xl: Xlator, children: list[Layer]) -> Replicate:
         if not children:

@@ -30,7 +30,10 @@ from pyglfs.client.layer import (
 from pyglfs.client.localfds import LocalReader
 from pyglfs.client.mdcache import EVENT as INVALIDATION_EVENT
 from pyglfs.rpc.brickops import Iatt
+from pyglfs.rpc.connection import open_rpc_connection
 from pyglfs.rpc.errors import oserror_from_name
+from pyglfs.rpc.localrpc import is_local as is_local_rpc
+from pyglfs.rpc.localrpc import open_brick_connection
 from pyglfs.rpc.reconnect import ReconnectingClient
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,7 @@ class ProtocolClient(Layer):
     def __init__(self, name: str, *, host: str, port: int, volume: str, brick_path: str,
                  client_id: str, username: str | None = None, password: str | None = None,
                  ping_timeout: float = 10.0, call_timeout: float | None = None,
-                 local_read: bool = True) -> None:
+                 local_read: bool = True, local_rpc: bool = True) -> None:
         super().__init__(name)
         # Short-circuit reads of a brick on this host (client/localfds.py).
         self.local: LocalReader | None = LocalReader(name) if local_read else None
@@ -63,7 +66,9 @@ class ProtocolClient(Layer):
         self.rpc = ReconnectingClient(
             host, port, volume=volume, client_id=client_id, auth=auth,
             on_up=self._up, on_down=self._down, on_event=self._event,
-            ping_timeout=ping_timeout)
+            ping_timeout=ping_timeout,
+            # A brick on this host is spoken to over its Unix stream (rpc/localrpc.py).
+            opener=open_brick_connection if local_rpc else open_rpc_connection)
 
     def __repr__(self) -> str:
         return f"<ProtocolClient {self.name} {self.host}:{self.port}:{self.brick_path}>"
@@ -84,9 +89,15 @@ class ProtocolClient(Layer):
     def is_up(self) -> bool:
         return self.rpc.is_up
 
+    @property
+    def is_local_rpc(self) -> bool:
+        """Whether requests go over the brick's Unix stream now (not TCP)."""
+        return is_local_rpc(self.rpc.connection)
+
     def _up(self) -> None:
-        log.info("connected to brick %s:%s brick=%s", self.host, self.port, self.brick_path)
         conn = self.rpc.connection
+        log.info("connected to brick %s:%s brick=%s%s", self.host, self.port, self.brick_path,
+                 " (local rpc)" if is_local_rpc(conn) else "")
         if self.local is not None and conn is not None:
             self.local.connect(conn.welcome.get("local_read"))
         if self.parent is not None:

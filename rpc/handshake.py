@@ -20,12 +20,16 @@ from pyglfs.rpc.framing import FrameReader, FrameWriter
 
 log = logging.getLogger(__name__)
 
+PEER_KEY = "_peer"
+
 
 class Authenticator(Protocol):
     """``authenticate`` judges a hello. A service may also define
     ``welcome_extra(hello) -> dict``: fields added to an accepted client's
-    welcome (a brick's local-read offer), asked only after ``authenticate``
-    accepted it."""
+    welcome (a brick's local-read and local-RPC offers), asked only after
+    ``authenticate`` accepted it. The hello they see carries, under
+    ``PEER_KEY``, the transport's peer as the server saw it (``host:port``;
+    whatever the client sent there is replaced)."""
 
     def authenticate(self, hello: dict[str, Any]) -> None: ...
 
@@ -81,6 +85,7 @@ async def server_handshake(
         await _refuse(writer, peer, "?", str(exc))
         raise
     client_id = hello["client_id"]
+    hello[PEER_KEY] = peer
     if hello["version"] != PROTOCOL_VERSION:
         await _refuse(
             writer, peer, client_id,

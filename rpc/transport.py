@@ -35,6 +35,7 @@ class ByteStream(Protocol):
 
 
 _IOV_MAX = 512
+UNIX_SNDBUF = 2 << 20
 _CLOSED_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})
 
 
@@ -55,6 +56,8 @@ class SocketTransport:
     def __init__(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self.socket = sock
+        # SO_RCVLOWAT does not delay a Unix socket's readiness: nothing to save.
+        self._tcp = sock.family != socket.AF_UNIX
         self.blocked = True
         # The last receive got less than it asked for, so the kernel had nothing
         # more: wait for readability before trying again instead of paying for a
@@ -137,7 +140,7 @@ class SocketTransport:
         burst into one for the whole frame. Errors are ignored: it only saves
         wake-ups.
         """
-        if n == self._lowat or self._closed:
+        if n == self._lowat or self._closed or not self._tcp:
             return
         try:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
@@ -204,12 +207,21 @@ async def aclose_forcefully(stream: ByteStream) -> None:
 
 def fast_transport(stream: trio.abc.Stream) -> ByteStream:
     """The transport to use for ``stream``: a SocketTransport taking over the socket
-    of a trio.SocketStream, else ``stream`` itself."""
+    of a trio.SocketStream (TCP or a Unix stream), else ``stream`` itself."""
     if type(stream) is not trio.SocketStream:
         return stream
     tsock = stream.socket
     family, type_, proto = tsock.family, tsock.type, tsock.proto
     fd = tsock.detach()
     sock = socket.socket(family, type_, proto, fileno=fd)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if family == socket.AF_UNIX:
+        # A Unix stream's sender may queue only its send buffer (default 208 KiB)
+        # until the reader takes it: room for a whole 1 MiB write saves wake-ups.
+        # The kernel caps it at net.core.wmem_max; a refusal only costs speed.
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, UNIX_SNDBUF)
+        except OSError:
+            pass
+    else:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return SocketTransport(sock)

@@ -128,6 +128,9 @@ VOLUME_OPTIONS: dict[str, VolumeOption] = _opts(
     ("client.local-read", "client", "local-read", _bool, "on",
      "a client reads the files of a brick on its own host itself, through a "
      "read-only descriptor the brick hands over (short-circuit read)"),
+    ("client.local-rpc", "client", "local-rpc", _bool, "on",
+     "a client speaks to a brick on its own host over a Unix stream socket "
+     "instead of TCP loopback"),
     ("cluster.quorum-type", RP, "quorum-type", _choice("none", "auto", "fixed"), "auto",
      "how many bricks must be up for writes: auto = more than half (replica 2: the first)"),
     ("cluster.quorum-count", RP, "quorum-count", _int(1), "1",
