@@ -72,7 +72,8 @@ def apply_xattrop(fd: int, deltas: dict[str, bytes],
     for name, delta in deltas.items():
         if not name.startswith(AFR_PREFIX) or len(name) <= _AFR_PREFIX_LEN:
             raise OSError(errno.EPERM, f"{name}: not a changelog xattr")
-        x, y, z = _decode(name, delta)
+        if len(delta) != COUNTERS_LEN:
+            _decode(name, delta)
         if current is not None:
             now = current.get(name)
         else:
@@ -82,13 +83,15 @@ def apply_xattrop(fd: int, deltas: dict[str, bytes],
                 if e.errno != errno.ENODATA:
                     raise
                 now = None
-        if now is None:
-            a, b, c = x, y, z
-        else:
-            a, b, c = _decode(name, now)
-            a += x
-            b += y
-            c += z
+        if now is None or now == ZERO:
+            # Zeros plus the delta is the delta (its size checked above).
+            updates[name] = delta
+            continue
+        x, y, z = _unpack(delta)
+        a, b, c = _decode(name, now)
+        a += x
+        b += y
+        c += z
         if not (_INT32_MIN <= a <= _INT32_MAX and _INT32_MIN <= b <= _INT32_MAX
                 and _INT32_MIN <= c <= _INT32_MAX):
             raise OSError(errno.EINVAL, f"{name}: changelog counter out of range")
@@ -162,10 +165,14 @@ class HealIndex:
             os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
             dir_fd=internal_dir_fd,
         )
-        self._gfids: SortedList = SortedList()
-        # The same gfids, for membership tests at the cost of a hash lookup: every
-        # changelog update asks (a SortedList answers by bisection).
+        # The indexed gfids. ``_gfids`` is their sorted view for :meth:`list`, as of
+        # the last listing: changes since then wait in ``_added`` / ``_removed``
+        # (disjoint), so a gfid indexed and unindexed between two listings (a new
+        # file's first write cycle) never touches the sorted view.
         self._members: set[bytes] = set()
+        self._gfids: SortedList = SortedList()
+        self._added: set[bytes] = set()
+        self._removed: set[bytes] = set()
         self._base = ""
         for name in os.listdir(self._fd):
             if name.startswith(_BASE_PREFIX):
@@ -176,10 +183,10 @@ class HealIndex:
             except ValueError:
                 gfid = b""
             if len(gfid) == GFID_LEN:
-                self._gfids.add(gfid)
                 self._members.add(gfid)
             else:
                 log.warning("heal index: ignoring stray entry %r", name)
+        self._gfids.update(self._members)
         if not self._base:
             self._new_base()
 
@@ -190,7 +197,7 @@ class HealIndex:
             self._fd = -1
 
     def __len__(self) -> int:
-        return len(self._gfids)
+        return len(self._members)
 
     def __contains__(self, gfid: object) -> bool:
         return gfid in self._members
@@ -241,8 +248,11 @@ class HealIndex:
                 self._new_base()
         else:
             raise OSError(errno.EIO, "heal index: cannot link an entry")
-        self._gfids.add(gfid)
         self._members.add(gfid)
+        if gfid in self._removed:
+            self._removed.discard(gfid)
+        else:
+            self._added.add(gfid)
 
     def discard(self, gfid: bytes) -> None:
         """Unindex ``gfid`` (idempotent); for clean counters or a deleted inode."""
@@ -252,8 +262,11 @@ class HealIndex:
             os.unlink(gfid.hex(), dir_fd=self._fd)
         except FileNotFoundError:
             pass
-        self._gfids.remove(gfid)
         self._members.discard(gfid)
+        if gfid in self._added:
+            self._added.discard(gfid)
+        else:
+            self._removed.add(gfid)
 
     def list(self, cookie: int, count: int) -> tuple[builtins.list[bytes], int, bool]:
         """Up to about ``count`` indexed gfids from ``cookie`` on (0 = start).
@@ -265,6 +278,12 @@ class HealIndex:
         if cookie < 0 or cookie >= 1 << 64:
             raise OSError(errno.EINVAL, "bad index cookie")
         count = max(count, 1)
+        if self._added or self._removed:
+            for gfid in self._removed:
+                self._gfids.remove(gfid)
+            self._gfids.update(self._added)
+            self._removed.clear()
+            self._added.clear()
         start = self._gfids.bisect_left(cookie.to_bytes(8, "big"))
         page: builtins.list[bytes] = builtins.list(self._gfids.islice(start, start + count))
         end = start + len(page)

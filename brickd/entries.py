@@ -130,28 +130,42 @@ class EntryOps(StoreCore):
         """
         pfd = self._parent(pgfid, name)
         self._check_new(gfid, uid, gid)
-        with self._entry_change([(pgfid, pfd)], xattrop):
-            fd = os.open(name, _CREATE, mode & 0o777, dir_fd=pfd)
-            linked = False
-            try:
-                os.setxattr(fd, GFID_XATTR, gfid)
-                try:
-                    self._link_handle(pfd, name, gfid)
-                except FileExistsError:
-                    raise self._gfid_taken(gfid, name) from None
-                linked = True
-                st = self._own(pfd, name, fd, uid, gid, mode & 0o7777)
-            except BaseException:
-                os.close(fd)
-                self._undo_create(pfd, name)
-                if linked:
-                    self._unlink_handle(gfid)
-                raise
+        if xattrop:
+            with self._entry_change([(pgfid, pfd)], xattrop):
+                fd, st = self._create_file(pfd, name, gfid, mode, uid, gid)
+        else:
+            fd, st = self._create_file(pfd, name, gfid, mode, uid, gid)
         self._made(gfid)
         self.files.put(gfid, fd)
         self._count_open(gfid, conn_id)
         self._dir_changed(pgfid)
-        return {"iatt": self._iatt(gfid, st, False), "postparent": self._postparent(pgfid, pfd)}
+        return {"iatt": self._iatt(gfid, st, False),
+                "postparent": self._iatt(pgfid, os.stat(pfd), True)}
+
+    def _create_file(self, pfd: int, name: bytes, gfid: bytes, mode: int, uid: int,
+                     gid: int) -> tuple[int, os.stat_result]:
+        """The new regular file's open fd and attributes, with its gfid, handle,
+        owner and exact mode; on failure nothing of it is left."""
+        fd = os.open(name, _CREATE, mode & 0o777, dir_fd=pfd)
+        linked = False
+        try:
+            os.setxattr(fd, GFID_XATTR, gfid)
+            try:
+                self._link_handle(pfd, name, gfid)
+            except FileExistsError:
+                raise self._gfid_taken(gfid, name) from None
+            linked = True
+            st = os.stat(fd)
+            if (st.st_uid != uid or st.st_gid != gid
+                    or st.st_mode & 0o7777 != mode & 0o7777):
+                st = self._own(pfd, name, fd, uid, gid, mode & 0o7777)
+        except BaseException:
+            os.close(fd)
+            self._undo_create(pfd, name)
+            if linked:
+                self._unlink_handle(gfid)
+            raise
+        return fd, st
 
     async def mkdir(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
                     gid: int, xattrop: dict[str, bytes] | None = None) -> dict[str, Any]:

@@ -80,8 +80,11 @@ log = logging.getLogger(__name__)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    n = os.pwrite(fd, data, offset)
+    if n == len(data):
+        return
     view = memoryview(data)
-    done = 0
+    done = n if n > 0 else 0
     while done < len(view):
         n = os.pwrite(fd, view[done:], offset + done)
         if n <= 0:

@@ -245,20 +245,23 @@ def _refuse(op: Any, args: Any) -> NoReturn:
     raise OSError(errno.ENOSYS, f"operation {op!r} is not supported by this brick")
 
 
+# The handlers below are plain functions returning the op's coroutine: awaiting
+# that directly saves a coroutine of their own on every request.
+
 def _lock_handler(meth: Callable[..., Awaitable[Any]]) -> Handler:
-    async def handler(args: dict[str, Any], conn: ServerConnection) -> Any:
-        return await meth(conn_id=conn, **args)
+    def handler(args: dict[str, Any], conn: ServerConnection) -> Awaitable[Any]:
+        return meth(conn_id=conn, **args)
 
     return handler
 
 
 def _store_handler(meth: Callable[..., Awaitable[Any]], with_conn: bool) -> Handler:
     if with_conn:
-        async def handler(args: dict[str, Any], conn: ServerConnection) -> Any:
-            return await meth(conn_id=conn.conn_id, **args)
+        def handler(args: dict[str, Any], conn: ServerConnection) -> Awaitable[Any]:
+            return meth(conn_id=conn.conn_id, **args)
     else:
-        async def handler(args: dict[str, Any], conn: ServerConnection) -> Any:
-            return await meth(**args)
+        def handler(args: dict[str, Any], conn: ServerConnection) -> Awaitable[Any]:
+            return meth(**args)
 
     return handler
 
