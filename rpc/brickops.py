@@ -285,6 +285,8 @@ _INLINE: dict[Check, str] = {
     _is_gfid: f"type(v) is bytes and len(v) == {GFID_LEN}",
     _is_name: "type(v) is bytes and 0 < len(v) <= 4096",
     _is_str: "type(v) is str and len(v) <= 4096",
+    _is_bytes: f"type(v) is bytes and len(v) <= {MAX_IO}",
+    _LOCK_TYPE: "v in ('rd', 'wr', 'un')",
 }
 
 
@@ -370,6 +372,7 @@ def validate_compound(args: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     is refused, as is any op outside ``COMPOUND_OPS``.
     """
     out: list[tuple[str, dict[str, Any]]] = []
+    validators = VALIDATORS
     for i, item in enumerate(args["ops"]):
         if type(item) is not list or len(item) != 2 or type(item[0]) is not str:
             raise ArgError(f"compound: sub-op {i} is not [op, args]")
@@ -377,7 +380,7 @@ def validate_compound(args: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         if op not in COMPOUND_OPS:
             raise ArgError(f"compound: sub-op {i}: {op!r} may not be part of a compound")
         try:
-            validate(op, sub)
+            validators[op](sub)
         except ArgError as e:
             raise ArgError(f"compound: sub-op {i}: {e}") from None
         if sub.get("block"):
