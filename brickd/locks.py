@@ -114,7 +114,8 @@ class _FairLocks:
             and self._overlap(a.span, b.span)
         )
 
-    async def lock(self, key: Hashable, req: _Req, block: bool) -> None:
+    def try_lock(self, key: Hashable, req: _Req) -> bool:
+        """Grant ``req`` now if nothing granted or queued conflicts with it."""
         q = self._res.get(key)
         if q is None:
             q = self._res[key] = _Queue()
@@ -124,10 +125,16 @@ class _FairLocks:
         ):
             req.granted = True
             q.granted.append(req)
+            return True
+        self._tidy(key, q)
+        return False
+
+    async def lock(self, key: Hashable, req: _Req, block: bool) -> None:
+        if self.try_lock(key, req):
             return
         if not block:
-            self._tidy(key, q)
             raise OSError(errno.EAGAIN, "lock held by another owner")
+        q = self._res[key]  # a conflict: the queue is not empty, so not tidied away
         req.event = trio.Event()
         q.waiting.append(req)
         self._notify(key, q, req)
@@ -414,6 +421,14 @@ class LockManager:
         else:
             await self._inode.lock(key, _Req(o, type, span), bool(block))
         return {}
+
+    def try_whole_inodelk(self, conn_id: Hashable, gfid: bytes, domain: str,
+                          owner: bytes) -> bool:
+        """A whole-file "wr" inode lock for ``(conn_id, owner)`` if it is free now
+        (what a non-blocking ``inodelk`` of all of ``gfid`` does, without its
+        await); False if another owner holds or waits for a part of it."""
+        return self._inode.try_lock((gfid, domain),
+                                    _Req((conn_id, owner), "wr", (0, OFFSET_MAX)))
 
     async def entrylk(
         self, *, conn_id: Hashable, pgfid: bytes, domain: str, type: str, owner: bytes,

@@ -278,13 +278,8 @@ def _create_and_lock(create: Handler, locks: LockManager) -> Handler:
         result = await create(args, conn)
         if lock is None:
             return result
-        try:
-            await locks.inodelk(conn_id=conn, gfid=args["gfid"], domain=lock["domain"],
-                                type="wr", start=0, len=0, owner=lock["owner"], block=False)
-        except OSError:
-            result["locked"] = False
-        else:
-            result["locked"] = True
+        result["locked"] = locks.try_whole_inodelk(conn, args["gfid"], lock["domain"],
+                                                   lock["owner"])
         return result
 
     return handler
