@@ -38,8 +38,8 @@ Coherence
 - An entry operation that fails with an error that leaves the name's state
   unknown drops its directory.
 - The table answers "absent" only after the events already in the brick
-  sockets were taken in (``take_in_all``, one non-blocking receive per
-  connection): a brick pushes an invalidation before it answers the change,
+  sockets were taken in (``take_in_all``: one poll(2) of all the sockets,
+  a receive from each that has data): a brick pushes an invalidation before it answers the change,
   so a name another client made and was told is made is not denied here
   just because the reader task has not run yet.
 

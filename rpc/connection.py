@@ -36,6 +36,7 @@ import errno
 import logging
 import math
 import os
+import select
 import types
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from contextlib import asynccontextmanager
@@ -63,6 +64,10 @@ EventCallback = Callable[[str, dict[str, Any]], None]
 
 _LOST: dict[str, Any] = {}
 _open: set[RpcConnection] = set()
+# take_in_all's poll set: the socket fds of the open connections that can look,
+# rebuilt after a connection opens or closes (a closed connection's fd number
+# may be reused).
+_watch: tuple[Callable[[int], list[tuple[int, int]]], dict[int, RpcConnection]] | None = None
 _TIMED_OUT: dict[str, Any] = {}
 # A split call awaited this long after its send first looks for its reply in the socket.
 LOOK_AFTER = 50e-6
@@ -168,7 +173,15 @@ class RpcConnection:
         self._bg_nursery: trio.Nursery | None = None
         self.busy_poll = BusyPoll(busy_poll if reader.can_poll else 0.0)
         self._can_look = reader.can_poll
-        _open.add(self)
+        # ``_look``: poll(2) the socket before receiving from it, since a receive
+        # that finds nothing costs an exception (~2.4 us, a poll ~0.5 us).
+        self._fd = _socket_fd(stream) if self._can_look else -1
+        self._readable: Callable[[int], list[tuple[int, int]]] | None = None
+        if self._fd >= 0:
+            poller = select.poll()
+            poller.register(self._fd, select.POLLIN)
+            self._readable = poller.poll
+        _opened(self)
 
     def __repr__(self) -> str:
         return f"<RpcConnection {self.peer}>"
@@ -220,7 +233,8 @@ class RpcConnection:
         ``look``: a split call, awaited after other work (see ``_look``).
         """
         reply = c.reply
-        if look and reply is None and self._can_look and perf_counter() - c.sent > LOOK_AFTER:
+        if look and reply is None and self._readable is not None and \
+                perf_counter() - c.sent > LOOK_AFTER:
             reply = self._look(c)
         pending = self._pending
         poll = self.busy_poll
@@ -269,7 +283,9 @@ class RpcConnection:
         """One non-blocking receive, for a reply that may be in already: the
         second reply a fan-out awaits usually came while it handled the first,
         and taking it here saves the reader task's step and this task's."""
-        self._take_in()
+        assert self._readable is not None
+        if self._readable(0):
+            self._take_in()
         return c.reply
 
     def _take_in(self) -> None:
@@ -319,7 +335,7 @@ class RpcConnection:
         if self.close_reason is not None:
             return
         self.close_reason = reason
-        _open.discard(self)
+        _closed(self)
         pending = self._pending
         self._pending = {}
         for c in pending.values():
@@ -466,9 +482,30 @@ class RpcConnection:
         self._next_deadline = earliest
 
 
+def _socket_fd(stream: ByteStream) -> int:
+    sock = getattr(stream, "socket", None)
+    try:
+        return int(sock.fileno()) if sock is not None else -1
+    except (OSError, ValueError):
+        return -1
+
+
+def _opened(conn: RpcConnection) -> None:
+    global _watch
+    _open.add(conn)
+    _watch = None
+
+
+def _closed(conn: RpcConnection) -> None:
+    global _watch
+    _open.discard(conn)
+    _watch = None
+
+
 def take_in_all() -> None:
     """Deliver the replies and events already in the sockets of every open
-    connection of this process, with one non-blocking receive each.
+    connection of this process, without waiting: one poll(2) over all their
+    sockets, then one receive from each socket that has data.
 
     For a cache about to answer from what it knows: a server pushes an
     invalidation before it answers the change that caused it, so once the
@@ -477,8 +514,21 @@ def take_in_all() -> None:
     handlers run before the answer. A connection that is not a socket, or is
     in the middle of a big frame, is left to its reader.
     """
-    for conn in list(_open):
-        if conn._can_look:
+    global _watch
+    if _watch is None:
+        poller = select.poll()
+        conns: dict[int, RpcConnection] = {}
+        for c in _open:
+            if c._fd >= 0:
+                poller.register(c._fd, select.POLLIN)
+                conns[c._fd] = c
+        _watch = (poller.poll, conns)
+    ready, conns = _watch
+    if not conns:
+        return
+    for fd, _ in ready(0):
+        conn = conns.get(fd)
+        if conn is not None and conn.close_reason is None:
             conn._take_in()
 
 
