@@ -54,12 +54,15 @@ FRESH_HOLD = 0.02
 """Longest a new file's first batch waits for its close (with flush-behind),
 to join other closed files' batch; its close usually comes within a
 millisecond (write, then close)."""
-JOIN_DELAY = 0.005
+JOIN_DELAY = 0.02
 JOIN_FILES = COMPOUND_MAX
 JOIN_BYTES = BATCH_BYTES
 """Closed files' last writes wait up to ``JOIN_DELAY`` seconds for other files'
 to share their requests (``writev_many``), at most ``JOIN_FILES`` files and
-``JOIN_BYTES`` bytes in one batch."""
+``JOIN_BYTES`` bytes in one batch. A single-threaded create-write-close loop
+closes a file every ~2 ms: 20 ms gives batches of ~10 files (measured, 2,000
+files: a brick's sendmsg per file 1.77 -> 1.27 with 5 ms, 1.11 with 20 ms);
+the give-back that follows waits longer anyway (``CLOSE_BATCH_DELAY``)."""
 
 
 class Join:
