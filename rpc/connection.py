@@ -203,7 +203,8 @@ class RpcConnection:
             raise self._lost_error()
         rid, c = self._send(op, args, timeout)
         try:
-            await self._writer.flush()
+            if not self._writer.send_now():
+                await self._writer.flush()
             if split:
                 await _yield_sent()
             reply = await self._wait(rid, c, split)

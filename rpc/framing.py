@@ -311,6 +311,33 @@ class FrameWriter:
         )))
         self._out.append(data)
 
+    def send_now(self) -> bool:
+        """Send what is queued now, over a socket the kernel takes it all from at
+        once (one ``sendmsg``, no coroutine, no checkpoint); False when the caller
+        must ``await flush()`` instead: another task is sending, the kernel took
+        only part, not a socket, or the writer is broken (flush then does what
+        it does in those cases)."""
+        fast = self._fast
+        if fast is None or self._sending or self.broken is not None:
+            return False
+        bufs = self._out
+        if not bufs:
+            return True
+        try:
+            n = fast.try_send_buffers(bufs)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._failed(exc)
+            return True
+        rest = _advance(bufs, n)
+        if rest:
+            self._out = rest
+            return False
+        self._out = []
+        self._queued = 0
+        if self._drained is not None:
+            self._wake_drained()
+        return True
+
     async def flush(self) -> None:
         """Send everything queued, unless another task is already doing so."""
         if self._sending:
