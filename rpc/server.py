@@ -93,9 +93,13 @@ def peer_name(stream: ByteStream) -> str:
     sock = getattr(stream, "socket", None)
     if sock is not None:
         try:
+            if sock.family == socket.AF_UNIX:
+                pid = struct.unpack("3i", sock.getsockopt(
+                    socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+                return f"unix:pid={pid}"
             addr = sock.getpeername()
             return f"{addr[0]}:{addr[1]}"
-        except (OSError, IndexError, TypeError):
+        except (OSError, IndexError, TypeError, struct.error):
             pass
     return type(stream).__name__
 

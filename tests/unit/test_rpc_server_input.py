@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
+import socket
 import struct
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -19,7 +21,7 @@ import trio.testing
 from pyglfs.rpc import messages
 from pyglfs.rpc.brickops import PROTOCOL_VERSION
 from pyglfs.rpc.framing import FrameReader, encode_frame
-from pyglfs.rpc.server import serve_rpc_stream
+from pyglfs.rpc.server import peer_name, serve_rpc_stream
 from pyglfs.rpc.testing import TEST_AUTH, EchoService, open_memory_connection
 
 HELLO = messages.hello(volume="vol0", client_id="raw", auth=TEST_AUTH)
@@ -262,3 +264,19 @@ async def test_in_flight_limit_applies_backpressure(autojump_clock: Any) -> None
             for i in range(6):
                 nursery.start_soon(conn.call, "sleep", {"t": 1, "n": i})
         assert trio.current_time() - start == pytest.approx(3, abs=0.01)
+
+
+def test_peer_names_for_log_lines() -> None:
+    class Stream:
+        def __init__(self, sock: socket.socket) -> None:
+            self.socket = sock
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        assert peer_name(Stream(a)) == f"unix:pid={os.getpid()}"
+    listener = socket.create_server(("127.0.0.1", 0))
+    with listener, socket.create_connection(listener.getsockname()) as c:
+        server_side, addr = listener.accept()
+        with server_side:
+            assert peer_name(Stream(server_side)) == f"127.0.0.1:{addr[1]}"
+    assert peer_name(Stream(c)) == "Stream"  # closed: the stream's type
