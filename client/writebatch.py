@@ -54,15 +54,19 @@ FRESH_HOLD = 0.02
 """Longest a new file's first batch waits for its close (with flush-behind),
 to join other closed files' batch; its close usually comes within a
 millisecond (write, then close)."""
+JOIN_STREAM = 0.01
 JOIN_DELAY = 0.02
 JOIN_FILES = COMPOUND_MAX
 JOIN_BYTES = BATCH_BYTES
-"""Closed files' last writes wait up to ``JOIN_DELAY`` seconds for other files'
-to share their requests (``writev_many``), at most ``JOIN_FILES`` files and
-``JOIN_BYTES`` bytes in one batch. A single-threaded create-write-close loop
-closes a file every ~2 ms: 20 ms gives batches of ~10 files (measured, 2,000
-files: a brick's sendmsg per file 1.77 -> 1.27 with 5 ms, 1.11 with 20 ms);
-the give-back that follows waits longer anyway (``CLOSE_BATCH_DELAY``)."""
+"""A new file closed within ``JOIN_STREAM`` seconds of the last one that joined
+waits up to ``JOIN_DELAY`` for more to share its requests (``writev_many``):
+at most ``JOIN_FILES`` files and ``JOIN_BYTES`` bytes in one batch. One closed
+after a pause goes at once, so a lone close adds no delay (a brick failure
+right after it finds the data there, as before batching). Sending as soon as
+no batch was on its way (self-clocked) gave batches of one file: the bricks
+answer faster than a create-write-close loop closes files (~2 ms each);
+20 ms gives ~10 (a brick's sendmsg per file 1.77 -> 1.11, strace over 2,000
+files). The give-back that follows waits longer anyway (``CLOSE_BATCH_DELAY``)."""
 
 
 class Join:
@@ -90,6 +94,7 @@ class BatchSender(Layer):
     _nursery: trio.Nursery | None
     _carry_score: int
     _join: Join | None
+    _joined_at: float
     flush_behind: bool
 
     if TYPE_CHECKING:
@@ -128,8 +133,10 @@ class BatchSender(Layer):
 
     def _close_held(self, gfid: bytes) -> bool:
         """The last open of ``gfid`` here closes (flush or release) with
-        flush-behind: its unsent writes go with the next batch of closed files
-        instead of at once. True when so; False when the caller hurries them."""
+        flush-behind while the first batch of the new file waits for that
+        (nothing else of it was sent): the batch goes with the next batch of
+        closed files instead of alone. True when so; False when the caller
+        hurries the inode's writes."""
         ino = self.inodes.get(gfid)
         if not self.flush_behind or ino is None or ino.urgent or self._nursery is None:
             return False
@@ -139,7 +146,7 @@ class BatchSender(Layer):
         j = self._join
         if j is not None and gfid in j.gfids and not j.sending:
             return True  # joined at its flush; this is its release
-        if not ino.unsent:
+        if not ino.unsent or not (ino.held or o is not None and o.fresh):
             return False
         ino.closing = True
         if ino.hurry is not None:
@@ -163,11 +170,13 @@ class BatchSender(Layer):
                         and len(ino.unsent) < LINGER_WRITES and ino.unsent_bytes < BATCH_BYTES):
                     landed = False
                     ino.hurry = trio.Event()
+                    ino.held = held
                     try:
-                        with trio.move_on_after(FRESH_HOLD if held else LINGER):
+                        with trio.move_on_after(FRESH_HOLD if held and self.flush_behind else LINGER):
                             await ino.hurry.wait()
                     finally:
                         ino.hurry = None
+                        ino.held = False
                     continue  # the other sender may have taken them meanwhile
                 landed = False
                 batch = take_batch(ino)
@@ -196,9 +205,10 @@ class BatchSender(Layer):
 
     def _take_fresh(self, gfid: bytes) -> bool:
         """Whether the first batch of ``gfid`` waits for its close: a file created
-        here, while files created recently had attributes set before their close
-        (tar does; a plain create-write-close does not, and holding its write
-        until the close would only delay it)."""
+        here, with flush-behind (its close joins it to other closed files' batch)
+        or while files created recently had attributes set before their close
+        (tar does; without flush-behind, a plain create-write-close does not, and
+        holding its write until the close would only delay it)."""
         o = self.opened.get(gfid)
         if o is None or not o.fresh:
             return False
@@ -237,10 +247,14 @@ class BatchSender(Layer):
                              xattrop: None = None, attrs: dict[str, int] | None = None) -> Iatt:
         """``writev`` of a closed file, in the next batch of closed files."""
         j = self._join
+        now = trio.current_time()
         if j is None or j.sending:
             assert self._nursery is not None
             j = self._join = Join()
+            if now - self._joined_at > JOIN_STREAM:
+                j.go.set()
             self._nursery.start_soon(self._send_join, j)
+        self._joined_at = now
         k = len(j.items)
         j.items.append((gfid, writes, attrs))
         j.gfids.add(gfid)

@@ -30,9 +30,11 @@ Contracts:
   once, and the writes made while its batch is in flight form the next one,
   so random small writes cost a fraction of a brick request each (the
   senders: writebatch.py). A file created here holds its first batch until
-  something waits for it (its close) or ``LINGER``, and a queued setattr that follows a batch with nothing else
+  something waits for it (its close) or a short delay, and a queued setattr that follows a batch with nothing else
   queued rides in the same request: an extracted file's data and attributes
-  cost one request per brick.
+  cost one request per brick. With ``flush_behind``, what a file's last close
+  leaves unsent joins other closed files' writes: one request per brick for a
+  batch of files (``writev_many``).
 - Anything that reads or changes what a queued write touches waits for it:
   ``read`` (overlapping writes), ``stat``, ``setattr`` (truncate, times,
   owner), ``fallocate``, an ``open`` with O_TRUNC. Lookups and readdirplus do
@@ -63,6 +65,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -120,6 +123,7 @@ class WriteBehind(BatchSender, SetattrBehind, Layer):
         self._carry_score = 0
         self._nursery: trio.Nursery | None = None
         self._join: Join | None = None
+        self._joined_at = -math.inf  # when a closed file last joined a batch
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -204,6 +208,10 @@ class WriteBehind(BatchSender, SetattrBehind, Layer):
             w.deps = deps
             self._queue_small(gfid, ino, w)
         else:
+            o = self.opened.get(gfid)
+            if o is not None:
+                o.fresh = False  # not a small new file: its first batch goes alone
+            ino.held = False
             self._nursery.start_soon(self._land, gfid, ino, [w], self._send, ino, offset,
                                      data, [q.done for q in deps])
         return covering(gfid, self._known(gfid) or ino.last, w.end)

@@ -45,13 +45,14 @@ class InodeQueue:
     report. ``unsent``: the small writes among them not yet in a batch, in order;
     ``senders``: tasks sending batches of them; ``setattrs``: how many of them are
     ``QueuedSetattr``; ``releases``: closes of the inode whose release waits for
-    the last queued change (release-behind); ``closing``: its last open was
-    closed with flush-behind while its first batch was held, so the batch joins
-    other files' (writebatch.py)."""
+    the last queued change (release-behind); ``held``: the first batch of a new
+    file waits for its close, nothing else of it was sent; ``closing``: its last
+    open was closed with flush-behind meanwhile, so the batch joins other
+    files' (writebatch.py)."""
 
     __slots__ = ("queued", "nbytes", "error", "last", "flush_wanted", "unsent",
                  "unsent_bytes", "senders", "urgent", "hurry", "setattrs", "carried",
-                 "releases", "closing")
+                 "releases", "held", "closing")
 
     def __init__(self) -> None:
         self.queued: list[QueuedWrite] = []
@@ -67,6 +68,7 @@ class InodeQueue:
         self.setattrs = 0
         self.carried = False
         self.releases = 0
+        self.held = False
         self.closing = False
 
 

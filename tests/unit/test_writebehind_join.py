@@ -5,6 +5,7 @@ blame when a brick dies or fails one file's write; waiters send the batch."""
 from __future__ import annotations
 
 import errno
+import math
 import os
 import uuid
 from pathlib import Path
@@ -55,6 +56,7 @@ def content(k: int) -> bytes:
 
 async def test_closed_new_files_reach_each_brick_in_one_request(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writebatch, "JOIN_STREAM", math.inf)  # no batch goes at once
     monkeypatch.setattr(writebatch, "JOIN_DELAY", 30.0)
     monkeypatch.setattr(writebatch, "JOIN_FILES", 6)  # the batch goes when it holds 6
     async with open_replica(tmp_path, processes=True) as env:
@@ -83,6 +85,7 @@ async def test_closed_new_files_reach_each_brick_in_one_request(
 
 async def test_a_brick_killed_before_the_batch_is_blamed_for_exactly_its_files(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writebatch, "JOIN_STREAM", math.inf)  # no batch goes at once
     monkeypatch.setattr(writebatch, "JOIN_DELAY", 30.0)
     async with open_replica(tmp_path, processes=True) as env:
         wb = await start_wb(env)
@@ -125,6 +128,7 @@ class FailWrites(Layer):
 async def test_one_files_failed_write_leaves_the_others_whole(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Brick 1 fails f1's write: its compound stops there; f2 is sent again."""
+    monkeypatch.setattr(writebatch, "JOIN_STREAM", math.inf)  # no batch goes at once
     monkeypatch.setattr(writebatch, "JOIN_DELAY", 30.0)
     fail: list[FailWrites] = []
 
@@ -160,6 +164,7 @@ async def test_one_files_failed_write_leaves_the_others_whole(
 @pytest.mark.parametrize("waiter", ["read", "stat", "fsync"])
 async def test_a_waiter_sends_the_pending_batch(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, waiter: str) -> None:
+    monkeypatch.setattr(writebatch, "JOIN_STREAM", math.inf)  # no batch goes at once
     monkeypatch.setattr(writebatch, "JOIN_DELAY", 60.0)
     async with open_replica(tmp_path, processes=True) as env:
         wb = await start_wb(env)
@@ -177,3 +182,16 @@ async def test_a_waiter_sends_the_pending_batch(
             await wb.settle()
         for root in (env.bricks[0].root, env.bricks[1].root):
             assert (root / "f1").read_bytes() == content(1)
+
+
+async def test_a_lone_close_sends_at_once(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """No batch on its way: the closed file's writes go without waiting for others."""
+    monkeypatch.setattr(writebatch, "JOIN_DELAY", 60.0)
+    async with open_replica(tmp_path, processes=True) as env:
+        wb = await start_wb(env)
+        with trio.fail_after(20):
+            await new_file(wb, b"f0", content(0))
+            await wait_for(lambda: not wb.inodes, 10, "the write landed, unhurried")
+        for b in env.bricks:
+            assert (b.root / "f0").read_bytes() == content(0)
