@@ -195,3 +195,25 @@ async def test_a_lone_close_sends_at_once(tmp_path: Path,
             await wait_for(lambda: not wb.inodes, 10, "the write landed, unhurried")
         for b in env.bricks:
             assert (b.root / "f0").read_bytes() == content(0)
+
+
+async def test_a_file_with_a_big_write_does_not_join(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a new file whose whole content waited for its close joins: one that
+    already sent a big write closes as before (its small tail goes alone)."""
+    monkeypatch.setattr(writebatch, "JOIN_STREAM", math.inf)
+    monkeypatch.setattr(writebatch, "JOIN_DELAY", 60.0)
+    async with open_replica(tmp_path, processes=True) as env:
+        wb = await start_wb(env)
+        big = b"b" * (128 << 10)
+        with trio.fail_after(20):
+            gfid = uuid.uuid4().bytes
+            await wb.create(ROOT_GFID, b"f", gfid, 0o644, 0, 0, os.O_WRONLY)
+            await wb.write(gfid, 0, big)
+            await wb.write(gfid, len(big), content(1))
+            await wb.flush(gfid)
+            await wb.release(gfid)
+            await wait_for(lambda: not wb.inodes, 10, "the writes landed, unhurried")
+            assert wb._join is None
+        for b in env.bricks:
+            assert (b.root / "f").read_bytes() == big + content(1)
