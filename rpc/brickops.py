@@ -286,6 +286,7 @@ _INLINE: dict[Check, str] = {
     _is_name: "type(v) is bytes and 0 < len(v) <= 4096",
     _is_str: "type(v) is str and len(v) <= 4096",
     _is_bytes: f"type(v) is bytes and len(v) <= {MAX_IO}",
+    _is_data: f"(type(v) is bytes or type(v) is memoryview) and len(v) <= {MAX_IO}",
     _LOCK_TYPE: "v in ('rd', 'wr', 'un')",
 }
 
