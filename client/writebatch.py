@@ -55,7 +55,7 @@ FRESH_HOLD = 0.02
 to join other closed files' batch; its close usually comes within a
 millisecond (write, then close)."""
 JOIN_STREAM = 0.01
-JOIN_DELAY = 0.02
+JOIN_DELAY = 0.003
 JOIN_FILES = COMPOUND_MAX
 JOIN_BYTES = BATCH_BYTES
 """A new file closed within ``JOIN_STREAM`` seconds of the last one that joined
@@ -65,8 +65,12 @@ after a pause goes at once, so a lone close adds no delay (a brick failure
 right after it finds the data there, as before batching). Sending as soon as
 no batch was on its way (self-clocked) gave batches of one file: the bricks
 answer faster than a create-write-close loop closes files (~2 ms each);
-20 ms gives ~10 (a brick's sendmsg per file 1.77 -> 1.11, strace over 2,000
-files). The give-back that follows waits longer anyway (``CLOSE_BATCH_DELAY``)."""
+20 ms gave ~10 (a brick's sendmsg per file 1.77 -> 1.11, strace over 2,000
+files; 5 ms: 1.27), but a close's data then reaches the bricks up to 20 ms
+late, and another mount that opens the file meanwhile (close-to-open, with no
+lock between them on a single brick, or once the eager lock is given up on
+contention) sees the old data or has its own change overwritten. 3 ms keeps
+that window near what one request takes under load."""
 
 
 class Join:
