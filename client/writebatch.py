@@ -54,7 +54,7 @@ FRESH_HOLD = 0.02
 """Longest a new file's first batch waits for its close (with flush-behind),
 to join other closed files' batch; its close usually comes within a
 millisecond (write, then close)."""
-JOIN_STREAM = 0.01
+JOIN_STREAM = 0.003
 JOIN_DELAY = 0.003
 JOIN_FILES = COMPOUND_MAX
 JOIN_BYTES = BATCH_BYTES
