@@ -227,6 +227,18 @@ class Layer:
         assert iatt is not None, "writev of no writes"
         return iatt
 
+    @property
+    def batches_writes(self) -> bool:
+        """Whether ``writev_many`` sends distinct files' writes together (replicate:
+        one request per brick); where it does not, holding closed files' writes
+        for a batch would only delay them."""
+        cls = type(self)
+        if cls.writev_many is not Layer.writev_many:
+            return True
+        return (cls.writev is Layer.writev and cls.write is Layer.write
+                and cls.setattr is Layer.setattr and bool(self.children)
+                and self.child.batches_writes)
+
     async def writev_many(self, items: list[WriteItem]) -> list[Iatt | OSError]:
         """Each ``(gfid, writes, attrs)`` item as ``writev(gfid, writes, None, attrs)``
         of its own file: per item the attributes after it or the error it gave.

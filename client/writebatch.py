@@ -142,7 +142,8 @@ class BatchSender(Layer):
         closed files instead of alone. True when so; False when the caller
         hurries the inode's writes."""
         ino = self.inodes.get(gfid)
-        if not self.flush_behind or ino is None or ino.urgent or self._nursery is None:
+        if (not self.flush_behind or ino is None or ino.urgent or self._nursery is None
+                or not self.child.batches_writes):
             return False
         o = self.opened.get(gfid)
         if o is not None and o.count != 1 or self._queued_elsewhere(gfid):
@@ -209,17 +210,18 @@ class BatchSender(Layer):
 
     def _take_fresh(self, gfid: bytes) -> bool:
         """Whether the first batch of ``gfid`` waits for its close: a file created
-        here, with flush-behind (its close joins it to other closed files' batch)
-        or while files created recently had attributes set before their close
-        (tar does; without flush-behind, a plain create-write-close does not, and
-        holding its write until the close would only delay it)."""
+        here, with flush-behind over a layer that batches writes (its close joins
+        it to other closed files' batch) or while files created recently had
+        attributes set before their close (tar does; otherwise a plain
+        create-write-close does not, and holding its write until the close would
+        only delay it)."""
         o = self.opened.get(gfid)
         if o is None or not o.fresh:
             return False
         o.fresh = False
         if o.count != 1:
             return False
-        if self._carry_score >= 0 or self.flush_behind:
+        if self._carry_score >= 0 or self.flush_behind and self.child.batches_writes:
             return True
         o.missed = True
         return False

@@ -217,3 +217,24 @@ async def test_a_file_with_a_big_write_does_not_join(tmp_path: Path,
             assert wb._join is None
         for b in env.bricks:
             assert (b.root / "f").read_bytes() == big + content(1)
+
+
+async def test_over_a_layer_that_does_not_batch_closed_files_go_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without replicate below (a single brick's protocol client), a batch would
+    only delay the data, and no lock would order it against another mount's
+    change: closed files' writes go at once."""
+    monkeypatch.setattr(writebatch, "JOIN_STREAM", math.inf)
+    monkeypatch.setattr(writebatch, "JOIN_DELAY", 60.0)
+    async with open_replica(tmp_path, n=1, processes=True) as env:
+        brick = env.rep.children[0]
+        assert env.rep.batches_writes and not brick.batches_writes
+        wb = WriteBehind("wb", brick, flush_behind=True)
+        await env.nursery.start(wb.serve_writes)
+        with trio.fail_after(20):
+            for k in range(3):
+                await new_file(wb, b"f%d" % k, content(k))
+            assert wb._join is None
+            await wait_for(lambda: not wb.inodes, 10, "the writes landed without a batch")
+        for k in range(3):
+            assert (env.bricks[0].root / f"f{k}").read_bytes() == content(k)
