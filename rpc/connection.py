@@ -562,7 +562,7 @@ async def connect_stream(
     ETIMEDOUT) when the server cannot be reached or does not answer the hello
     within ``connect_timeout``. ``busy_poll`` is how long a lone call of an op not
     seen yet polls for its reply before it sleeps, in seconds (0: never; only over
-    TCP); later calls fit it to the op's recent round trips, up to
+    a socket, TCP or Unix); later calls fit it to the op's recent round trips, up to
     ``busypoll.MAX_BUDGET``.
     """
     transport = fast_transport(stream)
