@@ -232,12 +232,14 @@ class Layer:
         """Whether ``writev_many`` sends distinct files' writes together (replicate:
         one request per brick); where it does not, holding closed files' writes
         for a batch would only delay them."""
-        cls = type(self)
-        if cls.writev_many is not Layer.writev_many:
+        if type(self).writev_many is not Layer.writev_many:
             return True
+        return self._leaves_writes() and bool(self.children) and self.child.batches_writes
+
+    @classmethod
+    def _leaves_writes(cls) -> bool:
         return (cls.writev is Layer.writev and cls.write is Layer.write
-                and cls.setattr is Layer.setattr and bool(self.children)
-                and self.child.batches_writes)
+                and cls.setattr is Layer.setattr)
 
     async def writev_many(self, items: list[WriteItem]) -> list[Iatt | OSError]:
         """Each ``(gfid, writes, attrs)`` item as ``writev(gfid, writes, None, attrs)``
@@ -246,9 +248,7 @@ class Layer:
         (replicate: one request per brick). One that leaves ``write``,
         ``writev`` and ``setattr`` alone forwards the items whole; one that
         changes them gets them one by one through its ``writev``."""
-        cls = type(self)
-        if (cls.writev is Layer.writev and cls.write is Layer.write
-                and cls.setattr is Layer.setattr):
+        if self._leaves_writes():
             return await self.child.writev_many(items)
         out: list[Iatt | OSError] = []
         for gfid, writes, attrs in items:

@@ -280,16 +280,10 @@ class ProtocolClient(Layer):
         before it landed."""
         if len(writes) == 1 and attrs is None:
             return await self.write(gfid, writes[0][0], writes[0][1], xattrop)
-        ops: list[tuple[str, dict[str, Any]]] = [
-            ("write", {"gfid": gfid, "offset": off, "data": data}) for off, data in writes]
-        if attrs is not None:
-            ops.append(("setattr", {"gfid": gfid, **attrs}))
-        if xattrop is not None:
-            ops[0][1]["xattrop"] = xattrop
-        results, failed = await self.compound(ops)
+        results, failed = await self.compound(writev_ops(gfid, writes, xattrop, attrs))
         if failed is not None:
             raise failed[1]
-        return Iatt(*results[-1]["iatt"])
+        return writev_iatt(results)
 
     async def fallocate(self, gfid: bytes, mode: int, offset: int, length: int,
                         xattrop: dict[str, bytes] | None = None) -> Iatt:
@@ -366,3 +360,21 @@ class ProtocolClient(Layer):
         if err is None:
             return results, None
         return results, (err[0], oserror_from_name(err[1], err[2]))
+
+
+def writev_ops(gfid: bytes, writes: list[tuple[int, bytes]], xattrop: dict[str, bytes] | None,
+               attrs: dict[str, int] | None) -> list[tuple[str, dict[str, Any]]]:
+    """A ``writev`` as ``compound`` sub-ops: the writes, the first carrying
+    ``xattrop``, then the setattr."""
+    ops: list[tuple[str, dict[str, Any]]] = [
+        ("write", {"gfid": gfid, "offset": off, "data": data}) for off, data in writes]
+    if xattrop is not None:
+        ops[0][1]["xattrop"] = xattrop
+    if attrs is not None:
+        ops.append(("setattr", {"gfid": gfid, **attrs}))
+    return ops
+
+
+def writev_iatt(results: list[Any]) -> Iatt:
+    """The file's attributes after the sub-ops of ``writev_ops`` ran."""
+    return Iatt(*results[-1]["iatt"])

@@ -604,6 +604,16 @@ async def connect_stream(
         await aclose_forcefully(transport)
 
 
+async def open_tcp(host: str, port: int, timeout: float) -> trio.SocketStream:
+    """A TCP connection to host:port within ``timeout`` seconds; failing is the
+    transport's OSError (ENOTCONN or ETIMEDOUT)."""
+    try:
+        with trio.fail_after(timeout):
+            return await trio.open_tcp_stream(host, port)
+    except (OSError, trio.TooSlowError) as exc:
+        raise transport_error(exc, f"connect to {host}:{port}: {exc}") from exc
+
+
 @asynccontextmanager
 async def open_rpc_connection(
     host: str,
@@ -628,11 +638,7 @@ async def open_rpc_connection(
     HandshakeRefused.
     """
     deadline = trio.current_time() + connect_timeout
-    try:
-        with trio.fail_after(connect_timeout):
-            stream = await trio.open_tcp_stream(host, port)
-    except (OSError, trio.TooSlowError) as exc:
-        raise transport_error(exc, f"connect to {host}:{port}: {exc}") from exc
+    stream = await open_tcp(host, port, connect_timeout)
     async with connect_stream(
         stream, volume=volume, client_id=client_id, role=role, auth=auth, on_event=on_event,
         max_frame=max_frame, ping_timeout=ping_timeout, ping_interval=ping_interval,

@@ -37,8 +37,13 @@ from typing import Any
 
 import trio
 
-from pyglfs.rpc.connection import DEFAULT_CONNECT_TIMEOUT, RpcConnection, connect_stream
-from pyglfs.rpc.errors import HandshakeRefused, transport_error
+from pyglfs.rpc.connection import (
+    DEFAULT_CONNECT_TIMEOUT,
+    RpcConnection,
+    connect_stream,
+    open_tcp,
+)
+from pyglfs.rpc.errors import HandshakeRefused
 from pyglfs.rpc.fdchannel import TOKEN_LEN, peer_uid
 
 log = logging.getLogger(__name__)
@@ -111,11 +116,7 @@ async def open_brick_connection(
     it came with is still good when the brick checks it.
     """
     deadline = trio.current_time() + connect_timeout
-    try:
-        with trio.fail_after(connect_timeout):
-            stream = await trio.open_tcp_stream(host, port)
-    except (OSError, trio.TooSlowError) as exc:
-        raise transport_error(exc, f"connect to {host}:{port}: {exc}") from exc
+    stream = await open_tcp(host, port, connect_timeout)
     try:
         own = stream.socket.getsockname()
     except OSError:

@@ -30,6 +30,7 @@ from typing import Any
 import trio
 
 from pyglfs.client.layer import Layer, WriteItem
+from pyglfs.client.protocol import writev_iatt, writev_ops
 from pyglfs.client.replicate.changelog import DATA, METADATA
 from pyglfs.client.replicate.eagerlock import HELD, META_SPAN, LockState, Span
 from pyglfs.client.replicate.fanout import fanout
@@ -53,22 +54,14 @@ class _Joined:
         self.plan: Plan | None = None
 
     def ops(self, i: int) -> Ops:
-        """The sub-ops brick i runs for this file: its writes, the first carrying
-        the file's ``xattrop``, then its setattr."""
+        """The sub-ops brick i runs for this file, with the file's ``xattrop``."""
         gfid, writes, attrs = self.item
-        ops: Ops = [("write", {"gfid": gfid, "offset": off, "data": data})
-                    for off, data in writes]
         assert self.plan is not None
-        xop = self.plan.xops[i]
-        if xop is not None:
-            ops[0][1]["xattrop"] = xop
-        if attrs is not None:
-            ops.append(("setattr", {"gfid": gfid, **attrs}))
-        return ops
+        return writev_ops(gfid, writes, self.plan.xops[i], attrs)
 
 
 def kinds_spans(item: WriteItem) -> tuple[int, list[Span]]:
-    """The changelog kinds and lock spans of a file's ``writev`` (as ``Replicate.writev``)."""
+    """The changelog kinds and lock spans of a file's ``writev``."""
     _, writes, attrs = item
     spans = [(off, off + max(len(data), 1)) for off, data in writes]
     if attrs is None:
@@ -84,7 +77,7 @@ def _enter(writer: Writer, k: int, item: WriteItem) -> _Joined | None:
     if st is None or st.state != HELD or st.release_wanted or not writer.usable(st.locked_on):
         return None
     kinds, spans = kinds_spans(item)
-    if any(a[0] < b[1] and b[0] < a[1] for a in spans for b in st.spans):
+    if st.overlaps(spans):
         return None
     st.users += 1
     st.spans.extend(spans)
@@ -100,10 +93,6 @@ def _enter(writer: Writer, k: int, item: WriteItem) -> _Joined | None:
 def _leave(writer: Writer, j: _Joined) -> None:
     j.st.leave(j.spans)
     writer.locks.done(j.st)
-
-
-def _iatt(results: list[Any]) -> Iatt:
-    return Iatt(*results[-1]["iatt"])
 
 
 async def _send(child: Layer, i: int, js: list[_Joined]) -> list[Iatt | OSError]:
@@ -140,7 +129,7 @@ async def _send(child: Layer, i: int, js: list[_Joined]) -> list[Iatt | OSError]
         for pos, k in enumerate(chunk):
             end = at + len(ops[k])
             if failed is None or end <= failed[0]:
-                out[k] = _iatt(results[at:end])
+                out[k] = writev_iatt(results[at:end])
             else:
                 out[k] = failed[1]
                 pending[:0] = chunk[pos + 1:]  # did not run: send them again

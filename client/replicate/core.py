@@ -203,11 +203,7 @@ class Replicate(ReadOps):
         metadata with ``attrs``), as for a single write."""
         if len(writes) == 1 and attrs is None:
             return await self.write(gfid, writes[0][0], writes[0][1], xattrop)
-        spans = [(off, off + max(len(data), 1)) for off, data in writes]
-        kinds = _D
-        if attrs is not None:
-            kinds |= _M
-            spans.append(META_SPAN)
+        kinds, spans = batch.kinds_spans((gfid, writes, attrs))
         out = await self.writer.inode_op(
             gfid, kinds, spans, lambda c, x: c.writev(gfid, writes, x, attrs), xattrop)
         iatt: Iatt = self._result(gfid, out)

@@ -99,9 +99,13 @@ class LockState:
         ev, self.changed = self.changed, trio.Event()
         ev.set()
 
+    def overlaps(self, spans: list[Span]) -> bool:
+        """Whether a change of this client overlapping ``spans`` is in flight."""
+        return any(a[0] < b[1] and b[0] < a[1] for a in spans for b in self.spans)
+
     async def enter(self, spans: list[Span]) -> None:
         """Wait until no change of this client overlapping ``spans`` is in flight."""
-        while any(a[0] < b[1] and b[0] < a[1] for a in spans for b in self.spans):
+        while self.overlaps(spans):
             if self.gate is None:
                 self.gate = trio.Event()
             await self.gate.wait()
