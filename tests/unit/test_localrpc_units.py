@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import trio
+from helpers.replica import wait_for
 
 from pyglfs.brickd.localrpc import LocalRpcServer
 from pyglfs.brickd.server import open_brick_service
@@ -104,7 +105,7 @@ async def test_listener_serves_the_protocol_to_token_holders(tmp_path: Path) -> 
             async with connect_stream(stream, volume="v", client_id="c") as tcp:
                 token = tcp.welcome["local_rpc"]["token"]
                 assert local.has_token(token)
-            await _until(lambda: not local.has_token(token))
+            await wait_for(lambda: not local.has_token(token), 5, "the token revoked")
             # A hello for another volume is refused as over TCP.
             with pytest.raises(HandshakeRefused, match="volume 'w'"):
                 stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -128,16 +129,10 @@ async def test_listener_bounds_connections(tmp_path: Path) -> None:
             assert await nursery.start(local.serve) is True
             for s in socks:
                 s.connect("\0" + local.name)
-            await _until(lambda: local._conns == 2)
+            await wait_for(lambda: local._conns == 2, 5, "two connections")
             # Silent connections are dropped after the handshake timeout.
-            await _until(lambda: local._conns == 0)
+            await wait_for(lambda: local._conns == 0, 5, "the silent connections dropped")
             nursery.cancel_scope.cancel()
     finally:
         for s in socks:
             s.close()
-
-
-async def _until(cond: Any, timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not cond():
-            await trio.sleep(0.01)
