@@ -120,6 +120,27 @@ class Layer:
         if self.parent is not None:
             self.parent.on_event(self, name, args)
 
+    # -- directory leases (see createbehind.py and replicate/lease.py) --------
+    def lease_held(self, pgfid: bytes) -> bool:
+        """Whether this client holds the directory lease of ``pgfid`` on every brick
+        that is up: no other client can then read or change the directory's entries
+        (a brick holds their requests and recalls the lease) until it is given back.
+        Layers that cannot hold one say False."""
+        return len(self.children) == 1 and self.child.lease_held(pgfid)
+
+    def want_lease(self, pgfid: bytes) -> None:
+        """Entries of ``pgfid`` are being made here: take (or keep) its lease in the
+        background. Never waits."""
+        if len(self.children) == 1:
+            self.child.want_lease(pgfid)
+
+    async def lease_recalled(self, pgfid: bytes) -> None:
+        """Called upward before the lease of ``pgfid`` is given back (recalled by a
+        brick, or idle): a layer that answered entry changes in ``pgfid`` before the
+        bricks had them returns once they have (or have failed)."""
+        if self.parent is not None:
+            await self.parent.lease_recalled(pgfid)
+
     # -- entry operations -------------------------------------------------
     async def lookup(self, pgfid: bytes, name: bytes) -> Lookup:
         return await self.child.lookup(pgfid, name)

@@ -183,6 +183,13 @@ _XOP = _opt(_is_xattrop)
 # the holder of an inode or entry lock (gfid: the directory's) another client is
 # waiting for; "cache-invalidation" {"gfids", "entries"} or {"all": True} to the
 # other clients after a change (brickd/upcall.py).
+LEASE_DOMAIN = "pyglfs.dir-lease"
+"""The inode-lock domain of directory leases: a client holding a whole-range "wr"
+inodelk on a directory's gfid in this domain holds its lease. While it does, a
+brick holds other connections' requests that read or change that directory's
+entries (lookup of a name in it, readdir of it, entry ops in it) until the lease
+is given back; waiting for it is what tells the holder ("lock-contention")."""
+
 OPS: dict[str, dict[str, Check]] = {
     "null": {},
     "statfs": {},
