@@ -19,7 +19,11 @@ Contracts (see DESIGN.md, Replication):
   back gets this client's opens replayed in the background, best effort: a
   file it lacks is skipped, and a release it gets for an open it never saw
   is ignored by the brick.
-- Background work (post-ops, unlocks) runs under ``serve``; ``settle()``
+- Directory leases (``lease``): ``want_lease``/``lease_held`` for a layer above
+  that answers creates before the bricks have them; a brick's recall
+  (``lock-contention`` in ``LEASE_DOMAIN``) asks the parent's ``lease_recalled``
+  before the lease goes back.
+- Background work (post-ops, unlocks, leases) runs under ``serve``; ``settle()``
   finishes it now (unmount, tests).
 """
 
@@ -48,11 +52,12 @@ from pyglfs.client.replicate.eagerlock import (
 )
 from pyglfs.client.replicate.fanout import bits, fanout, is_transport, pick_error
 from pyglfs.client.replicate.fanout import mask as _mask
+from pyglfs.client.replicate.lease import Leases
 from pyglfs.client.replicate.quorum import Quorum
 from pyglfs.client.replicate.reads import ReadOps
 from pyglfs.client.replicate.readsel import InodeTable
 from pyglfs.client.replicate.transaction import Outcome, Writer
-from pyglfs.rpc.brickops import AFR_PREFIX, Iatt
+from pyglfs.rpc.brickops import AFR_PREFIX, LEASE_DOMAIN, Iatt
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +85,8 @@ class Replicate(ReadOps):
     def __init__(self, name: str, children: list[Layer], *,
                  pending_xattrs: list[str] | None = None, quorum_type: str = "auto",
                  quorum_count: int = 1, post_op_delay: float = 1.0, eager_lock: bool = True,
-                 read_child: int = -1, inode_table_size: int = 65536) -> None:
+                 read_child: int = -1, inode_table_size: int = 65536,
+                 leases: bool = True) -> None:
         super().__init__(name, children)
         n = len(self.children)
         if n < 1:
@@ -99,6 +105,8 @@ class Replicate(ReadOps):
         self.inodes = InodeTable(n, inode_table_size, read_child)
         self.writer = Writer(self.children, self.names, self.quorum, self.locks, self.inodes)
         self.opens: dict[bytes, int] = {}
+        self.leases = (Leases(self, self.children, self.owner, self.quorum, self.locks.up_mask)
+                       if leases else None)
         self._was_up = False
         # Bricks take a new file's lock in its create request; another layer
         # between replicate and the bricks gets the lock by a request of its own.
@@ -111,6 +119,8 @@ class Replicate(ReadOps):
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.locks.serve)
+            if self.leases is not None:
+                await nursery.start(self.leases.serve)
             for child in self.children:
                 await nursery.start(child.serve)
             self._was_up = self.is_up
@@ -118,7 +128,10 @@ class Replicate(ReadOps):
             await trio.sleep_forever()
 
     async def settle(self) -> None:
-        """Do every delayed post-op and give back every eager lock, now."""
+        """Give back every directory lease, do every delayed post-op and give back
+        every eager lock, now."""
+        if self.leases is not None:
+            await self.leases.settle()
         await self.locks.settle()
         await super().settle()
 
@@ -165,12 +178,20 @@ class Replicate(ReadOps):
         log.warning("replicate %s: brick %s (%s) is down, replica degraded: %s",
                     self.name, i, child.name, reason)
         self.locks.child_down(i)
+        if self.leases is not None:
+            self.leases.child_down(i)
         if self._was_up and not self.is_up:
             self._was_up = False
             if self.parent is not None:
                 self.parent.child_down(self, "no brick of the replica set is up")
 
     def on_event(self, child: Layer, name: str, args: dict[str, Any]) -> None:
+        if (name == "lock-contention" and args.get("domain") == LEASE_DOMAIN
+                and args.get("owner") == self.owner):
+            gfid = args.get("gfid")
+            if isinstance(gfid, bytes) and self.leases is not None:
+                self.leases.recall(gfid)
+            return
         if (name == "lock-contention" and args.get("domain") == self.name
                 and args.get("owner") == self.owner):
             gfid = args.get("gfid")
@@ -179,6 +200,15 @@ class Replicate(ReadOps):
                 self.locks.contended(gfid)
             return
         super().on_event(child, name, args)
+
+    # -- directory leases (lease.py) -----------------------------------------
+    def lease_held(self, pgfid: bytes) -> bool:
+        leases = self.leases
+        return leases is not None and leases.held(pgfid)
+
+    def want_lease(self, pgfid: bytes) -> None:
+        if self.leases is not None:
+            self.leases.want(pgfid)
 
     # -- inode changes ------------------------------------------------------
     def _result(self, gfid: bytes, out: Outcome) -> Any:

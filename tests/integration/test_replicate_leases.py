@@ -1,0 +1,255 @@
+"""Directory leases (client/replicate/lease.py) between two Replicate clients over
+two real pyglfs-brickd processes on 127.0.0.2 and 127.0.0.3: taking, recall by
+another client, idle give-back, bricks going down and coming back, quorum,
+settle."""
+
+from __future__ import annotations
+
+import errno
+import uuid
+from pathlib import Path
+
+import trio
+from helpers.replica import ReplicaEnv, open_replica, wait_for
+
+from pyglfs.client.layer import Layer
+from pyglfs.client.replicate import Replicate
+from pyglfs.rpc.brickops import LEASE_DOMAIN, ROOT_GFID
+
+
+def g() -> bytes:
+    return uuid.uuid4().bytes
+
+
+class Top(Layer):
+    """A parent of replicate that records ``lease_recalled`` and can hold it."""
+
+    def __init__(self, child: Layer) -> None:
+        super().__init__("top", [child])
+        self.entered: list[bytes] = []
+        self.returned: list[bytes] = []
+        self.gate: trio.Event | None = None
+
+    async def lease_recalled(self, pgfid: bytes) -> None:
+        self.entered.append(pgfid)
+        if self.gate is not None:
+            await self.gate.wait()
+        self.returned.append(pgfid)
+
+
+async def mkdir(rep: Replicate, name: bytes) -> bytes:
+    d = g()
+    await rep.mkdir(ROOT_GFID, name, d, 0o755, 0, 0)
+    return d
+
+
+async def lock(env: ReplicaEnv, rep: Replicate, i: int, pgfid: bytes, type: str = "wr",
+               block: bool = False) -> None:
+    """Brick i's lease lock on ``pgfid`` for ``rep``'s owner, as another mount's
+    lease manager would ask for it."""
+    await env.brick_client(rep, i).inodelk(pgfid, LEASE_DOMAIN, type, 0, 0, rep.owner, block)
+
+
+async def lockable(env: ReplicaEnv, rep: Replicate, i: int, pgfid: bytes) -> bool:
+    """Whether ``rep`` could take the lease lock on brick i now (given back at once)."""
+    try:
+        await lock(env, rep, i, pgfid)
+    except OSError as e:
+        assert e.errno == errno.EAGAIN
+        return False
+    await lock(env, rep, i, pgfid, "un")
+    return True
+
+
+async def take(rep: Replicate, pgfid: bytes) -> None:
+    rep.want_lease(pgfid)
+    await wait_for(lambda: rep.lease_held(pgfid), 5, "lease taken")
+
+
+def wanted(rep: Replicate, pgfid: bytes) -> bool:
+    rep.want_lease(pgfid)
+    return rep.lease_held(pgfid)
+
+
+async def two_clients(env: ReplicaEnv) -> tuple[Replicate, Top, Replicate]:
+    a = await env.new_client()
+    b = await env.new_client()
+    return a, Top(a), b
+
+
+async def test_take_recall_backoff(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, processes=True, client=False) as env:
+        a, top, b = await two_clients(env)
+        assert a.leases is not None
+        d = await mkdir(a, b"d")
+        assert not a.lease_held(d)
+        await take(a, d)
+        assert a.leases.table[d].on == 0b11
+        for i in (0, 1):
+            assert not await lockable(env, b, i, d)
+        # Wanting it again while held sends nothing and keeps it.
+        a.want_lease(d)
+        assert a.lease_held(d)
+
+        # B waits for the lease lock: A's parent is asked first, and the lock
+        # goes only after the parent's hook returned.
+        top.gate = trio.Event()
+        got = trio.Event()
+
+        async def b_waits() -> None:
+            await lock(env, b, 0, d, block=True)
+            got.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(b_waits)
+            await wait_for(lambda: top.entered == [d], 5, "lease_recalled called")
+            assert not a.lease_held(d)
+            with trio.move_on_after(0.3):
+                await got.wait()
+            assert not got.is_set(), "the lease went back before lease_recalled returned"
+            top.gate.set()
+            with trio.fail_after(5):
+                await got.wait()
+        assert top.returned == [d]
+        await wait_for(lambda: d not in a.leases.table, 5, "lease forgotten")
+        assert not a.lease_held(d)
+        # Backing off: wanting it does not take it again, even once B let go.
+        await lock(env, b, 0, d, "un")
+        a.want_lease(d)
+        assert d not in a.leases.table
+        assert await lockable(env, b, 1, d)
+        # After the back-off it is taken again.
+        await wait_for(lambda: wanted(a, d), 5, "lease retaken")
+        assert len(top.entered) == 1
+        await a.settle()
+        assert top.entered == [d, d]
+        for i in (0, 1):
+            assert await lockable(env, b, i, d)
+
+
+async def test_take_fails_where_another_holds_it(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, processes=True, client=False) as env:
+        a, top, b = await two_clients(env)
+        assert a.leases is not None
+        d = await mkdir(a, b"d")
+        await lock(env, b, 1, d)
+        a.want_lease(d)
+        # Refused on brick 1, granted and given back on brick 0; nothing was
+        # answered under it, so the parent is not asked.
+        await wait_for(lambda: d not in a.leases.table, 5, "failed take given up")
+        assert not a.lease_held(d)
+        assert await lockable(env, b, 0, d)
+        a.want_lease(d)
+        assert d not in a.leases.table, "taken again within the back-off"
+        assert top.entered == []
+
+
+async def test_idle_give_back_and_lru(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, processes=True, client=False) as env:
+        a, top, b = await two_clients(env)
+        assert a.leases is not None
+        a.leases.idle = 0.4
+        busy, quiet = await mkdir(a, b"busy"), await mkdir(a, b"quiet")
+        await take(a, busy)
+        await take(a, quiet)
+        # Wanted every 50 ms it stays; the other goes back once idle.
+        t0 = trio.current_time()
+        for _ in range(100):
+            a.want_lease(busy)
+            assert a.lease_held(busy)
+            if quiet not in a.leases.table:
+                break
+            await trio.sleep(0.05)
+        assert quiet not in a.leases.table
+        assert trio.current_time() - t0 >= 0.4
+        assert top.entered == [quiet]
+        for i in (0, 1):
+            assert await lockable(env, b, i, quiet)
+            assert not await lockable(env, b, i, busy)
+        # An idle give-back does not back off.
+        await take(a, quiet)
+
+        # Beyond max_leases the least recently used goes back first (quiet: it
+        # was taken after busy, but busy was wanted since).
+        a.leases.max_leases = 2
+        a.leases.idle = 2.0
+        third = await mkdir(a, b"third")
+        a.want_lease(quiet)
+        tick = a.leases._tick
+        await wait_for(lambda: a.leases._tick > tick, 5, "a sweep")
+        a.want_lease(busy)
+        a.want_lease(third)
+        await wait_for(lambda: quiet not in a.leases.table, 5, "LRU lease given back")
+        await wait_for(lambda: a.lease_held(third), 5, "third lease taken")
+        assert a.lease_held(busy)
+        assert await lockable(env, b, 0, quiet)
+        assert len(a.leases) == 2
+
+
+async def test_brick_down_and_back(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, processes=True, client=False) as env:
+        a, top, b = await two_clients(env)
+        assert a.leases is not None
+        d = await mkdir(a, b"d")
+        await take(a, d)
+        await env.bricks[1].kill()
+        await wait_for(lambda: not a.children[1].is_up, 5, "brick 1 down")
+        assert a.leases.table[d].on == 0b01
+        assert a.lease_held(d)
+        await env.bricks[1].start()
+        await wait_for(lambda: a.children[1].is_up and b.children[1].is_up, 15, "brick 1 back")
+        # The brick that came back does not hold it: not held until taken there.
+        assert not a.lease_held(d)
+        assert await lockable(env, b, 1, d)
+        await take(a, d)
+        assert a.leases.table[d].on == 0b11
+        assert not await lockable(env, b, 1, d)
+        assert top.entered == []
+
+        # Without quorum (auto: the first brick must be up) it is not held,
+        # and not taken.
+        other = await mkdir(a, b"other")
+        await env.bricks[0].kill()
+        await wait_for(lambda: not a.children[0].is_up, 5, "brick 0 down")
+        assert not a.lease_held(d)
+        a.want_lease(other)
+        assert other not in a.leases.table
+        assert a.leases.table[d].on == 0b10
+        await a.settle()
+        assert not a.leases.table
+        assert await lockable(env, b, 1, d)
+
+
+async def test_settle_gives_everything_back(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, processes=True, client=False) as env:
+        a, top, b = await two_clients(env)
+        assert a.leases is not None
+        dirs = [await mkdir(a, b"d%d" % k) for k in range(3)]
+        for d in dirs[:2]:
+            await take(a, d)
+        a.want_lease(dirs[2])  # still on its way when settle starts
+        await a.settle()
+        assert not a.leases.table
+        assert sorted(top.entered) == sorted(dirs[:2])
+        for d in dirs:
+            assert not a.lease_held(d)
+            for i in (0, 1):
+                assert await lockable(env, b, i, d)
+
+
+async def test_leases_off_and_unknown_recall(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, processes=True, client=False) as env:
+        a = await env.new_client(leases=False)
+        b = await env.new_client()
+        assert a.leases is None and b.leases is not None
+        d = await mkdir(a, b"d")
+        a.want_lease(d)
+        assert not a.lease_held(d)
+        assert await lockable(env, b, 0, d)
+        # A lock granted without our knowing (a lost reply) is given back when
+        # a brick says another client waits for it.
+        await lock(env, b, 0, d)
+        b.on_event(b.children[0], "lock-contention",
+                   {"gfid": d, "domain": LEASE_DOMAIN, "owner": b.owner})
+        await wait_for(lambda: d not in b.leases.table, 5, "unknown lease unlocked")
+        assert await lockable(env, a, 0, d)
