@@ -11,6 +11,10 @@ client's disconnect can drop exactly its locks (:meth:`LockManager.release_all`)
   locks, with the directory's gfid as ``gfid``.
 * POSIX locks (``lk``) for applications, with fcntl semantics.
 
+Inode locks in ``LEASE_DOMAIN`` (directory leases, ``brickd/leases.py``) are
+kept in a table of their own, keyed by gfid, so that "no lease anywhere" is
+one test of an empty dict on the brick's request path (``lease_table``).
+
 Internal locks are granted first come, first served: a request that conflicts
 with a waiter queued before it waits too, so a stream of readers cannot starve
 a writer. Locks of one owner never conflict with each other. An internal
@@ -36,6 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import trio
+
+from pyglfs.rpc.brickops import LEASE_DOMAIN
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +177,22 @@ class _FairLocks:
                 still.append(w)
         q.waiting = still
         self._regrant(key, q)
+
+    def granted_elsewhere(self, key: Hashable, conn_id: Hashable) -> bool:
+        q = self._res.get(key)
+        return q is not None and any(g.owner[0] != conn_id for g in q.granted)
+
+    def drop_writers(self, key: Hashable, conn_id: Hashable) -> list[Owner]:
+        """Remove the granted "wr" locks of other connections on ``key`` (their
+        owners are returned) and grant whoever may go on now."""
+        q = self._res.get(key)
+        if q is None:
+            return []
+        dropped = [g.owner for g in q.granted if g.kind == "wr" and g.owner[0] != conn_id]
+        if dropped:
+            q.granted = [g for g in q.granted if g.kind != "wr" or g.owner[0] == conn_id]
+            self._regrant(key, q)
+        return dropped
 
     def release_conn(self, conn_id: Hashable) -> None:
         for key, q in list(self._res.items()):
@@ -396,16 +418,55 @@ class LockManager:
         self._on_contention = on_contention
         self._inode = _FairLocks(_ranges_overlap, self._inode_contention, contention_delay)
         self._entry = _FairLocks(_names_overlap, self._inode_contention, contention_delay)
+        self._leases = _FairLocks(_ranges_overlap, self._lease_contention, contention_delay)
         self._posix = _PosixLocks()
+        self.lease_table: dict[Hashable, Any] = self._leases._res
+        """gfid -> lock state of its ``LEASE_DOMAIN`` inode locks, for directories
+        that have any (held or awaited): empty when no lease exists on the brick."""
 
     def _inode_contention(self, key: Hashable, holder: Owner) -> None:
         if self._on_contention is not None:
             gfid, domain = cast(tuple[bytes, str], key)
             self._on_contention(holder[0], gfid, domain, holder[1])
 
+    def _lease_contention(self, key: Hashable, holder: Owner) -> None:
+        if self._on_contention is not None:
+            self._on_contention(holder[0], cast(bytes, key), LEASE_DOMAIN, holder[1])
+
+    def _table(self, gfid: bytes, domain: str) -> tuple[_FairLocks, Hashable]:
+        if domain == LEASE_DOMAIN:
+            return self._leases, gfid
+        return self._inode, (gfid, domain)
+
     def is_idle(self) -> bool:
         """True when no lock is held or awaited (memory follows use)."""
-        return not (len(self._inode) or len(self._entry) or len(self._posix))
+        return not (len(self._inode) or len(self._entry) or len(self._leases)
+                    or len(self._posix))
+
+    # ---- directory leases (brickd/leases.py) ----
+
+    def lease_elsewhere(self, gfid: bytes, conn_id: Hashable) -> bool:
+        """Whether a ``LEASE_DOMAIN`` lock on ``gfid`` is granted to another
+        connection than ``conn_id`` (a lease, or another request's gate lock)."""
+        return self._leases.granted_elsewhere(gfid, conn_id)
+
+    def try_lease_gate(self, gfid: bytes, conn_id: Hashable, owner: bytes) -> bool:
+        """A whole-range "rd" ``LEASE_DOMAIN`` lock on ``gfid`` if it is free now."""
+        return self._leases.try_lock(gfid, _Req((conn_id, owner), "rd", (0, OFFSET_MAX)))
+
+    async def lease_gate(self, gfid: bytes, conn_id: Hashable, owner: bytes) -> None:
+        """Wait for a whole-range "rd" ``LEASE_DOMAIN`` lock on ``gfid``: queued
+        behind the lease, whose holder is told of the contention."""
+        await self._leases.lock(gfid, _Req((conn_id, owner), "rd", (0, OFFSET_MAX)), True)
+
+    def lease_ungate(self, gfid: bytes, conn_id: Hashable, owner: bytes) -> None:
+        """Drop what ``lease_gate`` took (no-op when it holds nothing)."""
+        self._leases.unlock(gfid, (conn_id, owner), (0, OFFSET_MAX))
+
+    def drop_leases(self, gfid: bytes, conn_id: Hashable) -> list[Owner]:
+        """Take the leases ("wr" ``LEASE_DOMAIN`` locks) on ``gfid`` away from every
+        connection but ``conn_id``; returns the owners that lost one."""
+        return self._leases.drop_writers(gfid, conn_id)
 
     async def inodelk(
         self, *, conn_id: Hashable, gfid: bytes, domain: str, type: str, start: int,
@@ -414,12 +475,12 @@ class LockManager:
         """Take (rd/wr) or drop (un) an inode lock; EAGAIN if held and not ``block``."""
         _check_kind(type)
         span = _span(start, len)
-        key = (gfid, domain)
+        table, key = self._table(gfid, domain)
         o: Owner = (conn_id, owner)
         if type == "un":
-            self._inode.unlock(key, o, span)
+            table.unlock(key, o, span)
         else:
-            await self._inode.lock(key, _Req(o, type, span), bool(block))
+            await table.lock(key, _Req(o, type, span), bool(block))
         return {}
 
     def try_whole_inodelk(self, conn_id: Hashable, gfid: bytes, domain: str,
@@ -427,8 +488,8 @@ class LockManager:
         """A whole-file "wr" inode lock for ``(conn_id, owner)`` if it is free now
         (what a non-blocking ``inodelk`` of all of ``gfid`` does, without its
         await); False if another owner holds or waits for a part of it."""
-        return self._inode.try_lock((gfid, domain),
-                                    _Req((conn_id, owner), "wr", (0, OFFSET_MAX)))
+        table, key = self._table(gfid, domain)
+        return table.try_lock(key, _Req((conn_id, owner), "wr", (0, OFFSET_MAX)))
 
     async def entrylk(
         self, *, conn_id: Hashable, pgfid: bytes, domain: str, type: str, owner: bytes,
@@ -463,4 +524,5 @@ class LockManager:
         """Drop every lock ``conn_id`` holds; its blocked requests fail with ENOTCONN."""
         self._inode.release_conn(conn_id)
         self._entry.release_conn(conn_id)
+        self._leases.release_conn(conn_id)
         self._posix.release_conn(conn_id)

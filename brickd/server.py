@@ -13,6 +13,10 @@ A ``compound`` runs its sub-ops in order through the same handlers, with the
 same connection state and upcalls as separate requests; it stops at the first
 sub-op that fails and says which one, so the client knows what happened.
 
+While a directory is leased (``brickd/leases.py``), other connections' requests
+on its entries wait at the lease gate before they run; such a request is never
+run inline, in the connection's reader task, which must keep answering pings.
+
 The handshake admits a client only for this brick's volume and, when the brick
 has credentials, only with exactly those credentials.
 """
@@ -30,10 +34,18 @@ import trio
 
 from pyglfs.brickd.auth import Credentials
 from pyglfs.brickd.changelog import HealIndex
+from pyglfs.brickd.leases import GATED_OPS, LEASE_RECALL_TIMEOUT, LeaseGate, LeaseUpcall
 from pyglfs.brickd.localfds import LocalFdServer
 from pyglfs.brickd.locks import LockManager
-from pyglfs.brickd.upcall import CHANGING_OPS, Upcall
-from pyglfs.rpc.brickops import OPS, VALIDATORS, ArgError, validate, validate_compound
+from pyglfs.brickd.upcall import CHANGING_OPS
+from pyglfs.rpc.brickops import (
+    LEASE_DOMAIN,
+    OPS,
+    VALIDATORS,
+    ArgError,
+    validate,
+    validate_compound,
+)
 from pyglfs.rpc.errors import HandshakeRefused
 from pyglfs.rpc.messages import error_fields
 from pyglfs.rpc.server import ServerConnection, serve_rpc
@@ -64,6 +76,8 @@ class BrickService:
     ``conn_id=`` where it tracks per-connection state) and ``release_all``.
     ``nursery`` runs the service's background sends (lock-contention events),
     so a blocked lock request never waits on the holder's socket.
+    ``lease_recall_timeout``: how long a directory lease may keep a request
+    waiting before the brick takes it away (``brickd/leases.py``).
     """
 
     def __init__(
@@ -76,6 +90,7 @@ class BrickService:
         index: HealIndex | None = None,
         server_name: str | None = None,
         localfds: LocalFdServer | None = None,
+        lease_recall_timeout: float = LEASE_RECALL_TIMEOUT,
     ) -> None:
         self.store = store
         self.localfds = localfds
@@ -84,15 +99,20 @@ class BrickService:
         self.server_name = server_name
         self.index = index if index is not None else getattr(store, "heal_index", None)
         self.locks = LockManager(on_contention=self._contention)
+        self.leases = LeaseGate(self.locks, lease_recall_timeout)
+        self._lease_table = self.locks.lease_table
         self._nursery = nursery
-        self.upcall = Upcall(nursery)
+        self.upcall = LeaseUpcall(nursery)
         self._table: dict[str, Handler] = self._build_table()
         # op -> (validator, handler, whether it changes something others cache)
         self._ops: dict[str, tuple[Callable[[Any], Any], Handler, bool]] = {
             op: (VALIDATORS[op], handler, op in CHANGING_OPS)
             for op, handler in self._table.items()
         }
-        self.inline_ops = _INLINE_OWN | frozenset(getattr(store, "inline_ops", ()))
+        inline_ops = _INLINE_OWN | frozenset(getattr(store, "inline_ops", ()))
+        # Entry ops may wait at the lease gate: inline only while no lease is near.
+        self._gated_inline = inline_ops & GATED_OPS
+        self.inline_ops = inline_ops - GATED_OPS
         # (op, args) -> bool: ops run inline only for some arguments (small reads).
         self._store_inline_when: Callable[[str, dict[str, Any]], bool] | None = getattr(
             store, "inline_when", None)
@@ -135,6 +155,8 @@ class BrickService:
             self._nursery.start_soon(_await_logged, result, conn)
 
     def _contention(self, holder: Hashable, gfid: bytes, domain: str, owner: bytes) -> None:
+        if domain == LEASE_DOMAIN and self.leases.is_gate_owner(owner):
+            return
         conn = holder
         if isinstance(conn, ServerConnection) and not conn.closed:
             self._nursery.start_soon(_send_contention, conn, gfid, domain, owner)
@@ -153,7 +175,10 @@ class BrickService:
             raise OSError(errno.EINVAL, str(e)) from None
         upcall = self.upcall
         upcall.seen(conn)
-        result = await handler(args, conn)
+        if self._lease_table and op in GATED_OPS:
+            result = await self.leases.run(op, args, conn, handler)
+        else:
+            result = await handler(args, conn)
         if changing:
             upcall.changed(op, args, result, conn)
         if upcall.ready:
@@ -162,7 +187,10 @@ class BrickService:
 
     def _inline_when(self, op: str, args: dict[str, Any]) -> bool:
         """Whether ``op`` with these (not yet validated) ``args`` never awaits
-        anything but brief local work: a compound is when all its sub-ops are."""
+        anything but brief local work: a compound is when all its sub-ops are.
+        An entry op is while no lease lock exists on a directory it names."""
+        if op in self._gated_inline:
+            return not self._lease_table or self.leases.may_run_inline(op, args)
         if op != "compound":
             when = self._store_inline_when
             return when is not None and when(op, args)
@@ -170,14 +198,18 @@ class BrickService:
         if type(ops) is not list:
             return False
         inline = self.inline_ops
+        gated = self._gated_inline
         when = self._store_inline_when
         for item in ops:
             if (type(item) is not list or len(item) != 2 or type(item[0]) is not str
                     or type(item[1]) is not dict):
                 return False
             sub = item[0]
-            if not (sub in inline or sub in _NONBLOCKING_LOCK_OPS
-                    or (when is not None and when(sub, item[1]))):
+            if sub in gated:
+                if self._lease_table and not self.leases.may_run_inline(sub, item[1]):
+                    return False
+            elif not (sub in inline or sub in _NONBLOCKING_LOCK_OPS
+                      or (when is not None and when(sub, item[1]))):
                 return False
         return True
 
@@ -214,6 +246,7 @@ class BrickService:
         locks = self.locks
         for name in LOCK_OPS:
             table[name] = _lock_handler(getattr(locks, name))
+        table["inodelk"] = self._inodelk_handler()
         for op in OPS:
             if op in table:
                 continue
@@ -224,6 +257,25 @@ class BrickService:
         if "create" in table:
             table["create"] = _create_and_lock(table["create"], self.locks)
         return table
+
+    def _inodelk_handler(self) -> Handler:
+        """``inodelk`` whose grant of a lease lock is answered only after the
+        cache-invalidation events owed to the connection (``brickd/leases.py``)."""
+        inodelk = self.locks.inodelk
+        send_owed = self.upcall.send_owed
+
+        async def lease_lock(args: dict[str, Any], conn: ServerConnection) -> Any:
+            result = await inodelk(conn_id=conn, **args)
+            if args["type"] != "un":
+                await send_owed(conn)
+            return result
+
+        def handler(args: dict[str, Any], conn: ServerConnection) -> Awaitable[Any]:
+            if args["domain"] == LEASE_DOMAIN:
+                return lease_lock(args, conn)
+            return inodelk(conn_id=conn, **args)
+
+        return handler
 
     async def _index_list(self, args: dict[str, Any], conn: ServerConnection) -> dict[str, Any]:
         if self.index is None:
@@ -317,12 +369,14 @@ async def open_brick_service(
     index: HealIndex | None = None,
     server_name: str | None = None,
     localfds: LocalFdServer | None = None,
+    lease_recall_timeout: float = LEASE_RECALL_TIMEOUT,
 ) -> AsyncIterator[BrickService]:
     """A BrickService whose background sends stop when the block exits."""
     async with trio.open_nursery() as nursery:
         service = BrickService(
             store, volume, nursery=nursery, credentials=credentials, index=index,
             server_name=server_name, localfds=localfds,
+            lease_recall_timeout=lease_recall_timeout,
         )
         try:
             yield service
