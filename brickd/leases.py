@@ -120,6 +120,10 @@ class LeaseGate:
 
     def _leased_dirs(self, op: str, args: dict[str, Any]) -> list[bytes]:
         table = self.table
+        names = DIR_ARGS.get(op)
+        if names is not None and len(names) == 1:
+            d = args[names[0]]
+            return [d] if d in table else []
         if op == "compound":
             try:
                 subs = validate_compound(args)
