@@ -105,8 +105,7 @@ class Replicate(ReadOps):
         self.inodes = InodeTable(n, inode_table_size, read_child)
         self.writer = Writer(self.children, self.names, self.quorum, self.locks, self.inodes)
         self.opens: dict[bytes, int] = {}
-        self.leases = (Leases(self, self.children, self.owner, self.quorum, self.locks.up_mask)
-                       if leases else None)
+        self.leases = Leases(self, self.children, self.locks, self.quorum) if leases else None
         self._was_up = False
         # Bricks take a new file's lock in its create request; another layer
         # between replicate and the bricks gets the lock by a request of its own.
@@ -150,7 +149,10 @@ class Replicate(ReadOps):
         log.info("replicate %s: brick %s (%s) is up", self.name, i, child.name)
         # The next holder of each lock must include the brick that came back.
         if self.locks._nursery is not None:
-            self.locks.release_all()
+            if self.leases is not None:
+                self.leases.child_up(self.locks.release_all)
+            else:
+                self.locks.release_all()
             if self.opens:
                 self.locks._nursery.start_soon(self._replay_opens, i)
         if not self._was_up:
@@ -197,7 +199,8 @@ class Replicate(ReadOps):
             gfid = args.get("gfid")
             if isinstance(gfid, bytes):
                 log.debug("replicate %s: lock on %s wanted elsewhere", self.name, gfid.hex())
-                self.locks.contended(gfid)
+                if self.leases is None or not self.leases.entry_contended(gfid):
+                    self.locks.contended(gfid)
             return
         super().on_event(child, name, args)
 

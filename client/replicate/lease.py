@@ -12,9 +12,10 @@ in it before the bricks have it. The contract:
   writes, and no give-back has started. It is O(1) and allocates nothing:
   every create asks.
 - ``want(pgfid)`` never waits. A lease that is held notes the use; one that is
-  not held is taken in the background (non-blocking, every up brick in
-  parallel). Granted everywhere: held. Otherwise what was granted is given
-  back and the directory is left alone for ``backoff`` seconds.
+  not held is taken in the background (the entry lock below, then the lease
+  lock, non-blocking, on every up brick in parallel). Granted everywhere:
+  held. Otherwise what was granted is given back and the directory is left
+  alone for ``backoff`` seconds.
 - A give-back first awaits the parent layer's ``lease_recalled(pgfid)`` (it
   returns once the bricks have every change it answered early), then
   unlocks. Once a give-back started, ``held`` is false. Causes: a brick's
@@ -22,7 +23,16 @@ in it before the bricks have it. The contract:
   two mounts creating in one directory do not pass it to and fro every
   millisecond), ``idle`` seconds without a use, more than ``max_leases``
   leases (least recently used first), and ``settle``.
-- A brick that goes down dropped the lock with our connection (``child_down``).
+- A brick that goes down dropped the lock with our connection (``child_down``);
+  one that comes back makes every lease go back (``child_up``), so the next
+  one is taken there too.
+- A lease holds replicate's eager entry lock on the directory as one more
+  user, taken before the lease lock and kept until the lease is back. The
+  creates answered early run under that entry lock; another client's entry
+  change waits for it (not at the brick's gate, while holding the entry lock
+  the creates need: that would wait for itself). Contention for that entry
+  lock recalls the lease first (``entry_contended``) and only then lets the
+  entry lock go, so the creates still pending keep it until they are done.
 - Idleness is told by one sweeper task, with ``IDLE_TICKS`` sweeps per
   ``idle``: a use stamps the sweep count, so the common path reads no clock.
 """
@@ -36,6 +46,7 @@ from typing import Any
 import trio
 
 from pyglfs.client.layer import Layer
+from pyglfs.client.replicate.eagerlock import EagerLocks, LockState
 from pyglfs.client.replicate.fanout import bits, fanout, splittable
 from pyglfs.client.replicate.giveback import Ops, send_ops
 from pyglfs.client.replicate.quorum import Quorum
@@ -62,9 +73,12 @@ class Lease:
     may have: a take whose reply was lost). ``last_use``: sweep count at the
     last ``want``. ``recalled``: a brick asked for it back (give back as soon
     as it is taken, then back off). ``was_held``: the parent may have answered
-    entry changes under it, so a give-back must ask the parent first."""
+    entry changes under it, so a give-back must ask the parent first.
+    ``entry``: the eager entry lock this lease holds as a user (once taken);
+    ``entry_contended``: another client waits for it (let it go afterwards)."""
 
-    __slots__ = ("pgfid", "state", "on", "last_use", "recalled", "was_held", "done")
+    __slots__ = ("pgfid", "state", "on", "last_use", "recalled", "was_held", "done",
+                 "entry", "entry_contended")
 
     def __init__(self, pgfid: bytes, tick: int) -> None:
         self.pgfid = pgfid
@@ -74,6 +88,8 @@ class Lease:
         self.recalled = False
         self.was_held = False
         self.done = trio.Event()
+        self.entry: LockState | None = None
+        self.entry_contended = False
 
     def __repr__(self) -> str:
         return (f"<Lease {self.pgfid.hex()} state={self.state} on={self.on:b} "
@@ -81,22 +97,24 @@ class Lease:
 
 
 class Leases:
-    """The directory leases of replicate layer ``layer`` over ``children``.
+    """The directory leases of replicate layer ``layer`` over ``children``,
+    with its eager ``locks`` (their owner is the leases' too).
 
-    ``up()`` is the bitmask of bricks up now; background work runs in the
-    nursery of ``serve``. Without it (not served) no lease is taken.
+    Background work runs in the nursery of ``serve``; without it (not served)
+    no lease is taken.
     """
 
-    def __init__(self, layer: Layer, children: list[Layer], owner: bytes, quorum: Quorum,
-                 up: Callable[[], int], *, backoff: float = LEASE_BACKOFF,
+    def __init__(self, layer: Layer, children: list[Layer], locks: EagerLocks,
+                 quorum: Quorum, *, backoff: float = LEASE_BACKOFF,
                  idle: float = LEASE_IDLE, max_leases: int = MAX_LEASES) -> None:
         self.layer = layer
         self.children = children
         self.n = len(children)
         self.split = splittable(children)
-        self.owner = owner
+        self.locks = locks
+        self.owner = locks.owner
         self.quorum = quorum
-        self._up = up
+        self._up = locks.up_mask
         self.backoff = backoff
         self.idle = idle
         self.max_leases = max_leases
@@ -151,12 +169,6 @@ class Leases:
         ls = self.table.get(pgfid)
         if ls is not None:
             ls.last_use = self._tick
-            if ls.state == HELD:
-                up = self._up()
-                if ls.on & up != up and self.quorum.met(up) and self._nursery is not None:
-                    # A brick came back: take it there too.
-                    ls.state = TAKING
-                    self._nursery.start_soon(self._take, ls)
             return
         if self._nursery is None or self._settling:
             return
@@ -187,30 +199,49 @@ class Leases:
         return True
 
     # -- taking ---------------------------------------------------------------
-    def _lock(self, pgfid: bytes, type: str) -> Callable[[int], Any]:
-        children, owner = self.children, self.owner
-        return lambda i: children[i].inodelk(pgfid, LEASE_DOMAIN, type, 0, 0, owner, False)
-
     async def _take(self, ls: Lease) -> None:
-        """Take ``ls`` (TAKING) on the up bricks that do not hold it yet."""
-        targets = bits(self._up() & ~ls.on)
-        res = await fanout(self.n, targets, self._lock(ls.pgfid, "wr"), self.split)
-        failed = {i: r for i in targets if isinstance(r := res[i], OSError)}
-        # A brick whose answer was lost may have granted it: unlock there too.
-        for i in targets:
-            ls.on |= 1 << i
+        """Take ``ls`` (TAKING): the directory's entry lock, then the lease lock
+        on every up brick; anything short of that is given back."""
+        why = ""
+        try:
+            ls.entry = await self.locks.acquire(ls.pgfid, entry=True)
+        except OSError as e:
+            why = f"entry lock: {e}"
         up = self._up()
-        ls.on &= up
-        if failed or ls.recalled or self._settling or not self.quorum.met(up):
-            if failed:
-                log.debug("replicate %s: lease of %s not taken on bricks %s: %s",
-                          self.layer.name, ls.pgfid.hex(), sorted(failed),
-                          ", ".join(str(e) for e in failed.values()))
+        if ls.entry is not None and not ls.recalled:
+            if ls.entry.locked_on & up != up:
+                why = "entry lock not held on every brick up"
+            else:
+                why = await self._lock_all(ls, up)
+                up = self._up()
+        if why or ls.recalled or self._settling or not self.quorum.met(up):
+            if why:
+                log.debug("replicate %s: lease of %s not taken: %s", self.layer.name,
+                          ls.pgfid.hex(), why)
             self._mark_giving(ls)
-            await self._give_back([ls], bool(failed) or ls.recalled)
+            await self._give_back([ls], bool(why) or ls.recalled)
             return
         ls.state = HELD
         ls.was_held = True
+
+    async def _lock_all(self, ls: Lease, up: int) -> str:
+        """Lock ``ls`` on bricks ``up``; what went wrong, or "" when every brick
+        up now granted it (and the entry lock is still held on all of them)."""
+        targets = bits(up)
+        pgfid, children, owner = ls.pgfid, self.children, self.owner
+        res = await fanout(self.n, targets, lambda i: children[i].inodelk(
+            pgfid, LEASE_DOMAIN, "wr", 0, 0, owner, False), self.split)
+        # A brick whose answer was lost may have granted it: unlock there too.
+        ls.on |= up
+        failed = [f"brick {i}: {r}" for i in targets if isinstance(r := res[i], OSError)]
+        if failed:
+            return ", ".join(failed)
+        now = self._up()
+        ls.on &= now
+        assert ls.entry is not None
+        if ls.on != now or ls.entry.locked_on & now != now:
+            return "a brick went down or came back meanwhile"
+        return ""
 
     # -- giving back ----------------------------------------------------------
     def _mark_giving(self, ls: Lease) -> None:
@@ -241,6 +272,17 @@ class Leases:
         if ls.state == HELD and self._nursery is not None:
             self._mark_giving(ls)
             self._nursery.start_soon(self._give_back, [ls], True)
+
+    def entry_contended(self, pgfid: bytes) -> bool:
+        """Another client waits for our entry lock on ``pgfid``: if a lease holds
+        it (or is being taken), recall the lease and let the entry lock go once
+        the lease is back; True then. False: the eager locks' business."""
+        ls = self.table.get(pgfid)
+        if ls is None or (ls.entry is None and ls.state != TAKING):
+            return False
+        ls.entry_contended = True
+        self.recall(pgfid)
+        return True
 
     async def _recalled(self, ls: Lease) -> None:
         parent = self.layer.parent
@@ -283,6 +325,11 @@ class Leases:
                     del self.table[ls.pgfid]
                 if backoff or ls.recalled:
                     self._backoff_until[ls.pgfid] = until
+                if ls.entry_contended:
+                    self.locks.contended(ls.pgfid)
+                if ls.entry is not None:
+                    self.locks.done(ls.entry)
+                    ls.entry = None
                 ls.done.set()
 
     # -- bricks and shutdown ----------------------------------------------------
@@ -291,6 +338,21 @@ class Leases:
         bit = ~(1 << i)
         for ls in self.table.values():
             ls.on &= bit
+
+    def child_up(self, then: Callable[[], None]) -> None:
+        """A brick came back: give every lease back (no back-off), then call
+        ``then`` (which may make the eager locks go back: done first, it would
+        keep the creates pending under a lease from their entry lock)."""
+        if not self.table or self._nursery is None:
+            then()
+            return
+        self._nursery.start_soon(self._settle_then, then)
+
+    async def _settle_then(self, then: Callable[[], None]) -> None:
+        try:
+            await self.settle()
+        finally:
+            then()
 
     async def settle(self) -> None:
         """Give every lease back; return when none is held or on its way."""

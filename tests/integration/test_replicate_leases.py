@@ -6,7 +6,9 @@ settle."""
 from __future__ import annotations
 
 import errno
+import os
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -16,24 +18,31 @@ from pyglfs.client.layer import Layer
 from pyglfs.client.replicate import Replicate
 from pyglfs.rpc.brickops import LEASE_DOMAIN, ROOT_GFID
 
+W = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+
 
 def g() -> bytes:
     return uuid.uuid4().bytes
 
 
 class Top(Layer):
-    """A parent of replicate that records ``lease_recalled`` and can hold it."""
+    """A parent of replicate that records ``lease_recalled``, can hold it
+    (``gate``) and can do work in it (``work``: what create-behind does there,
+    send the creates it answered early)."""
 
     def __init__(self, child: Layer) -> None:
         super().__init__("top", [child])
         self.entered: list[bytes] = []
         self.returned: list[bytes] = []
         self.gate: trio.Event | None = None
+        self.work: Callable[[bytes], Awaitable[None]] | None = None
 
     async def lease_recalled(self, pgfid: bytes) -> None:
         self.entered.append(pgfid)
         if self.gate is not None:
             await self.gate.wait()
+        if self.work is not None:
+            await self.work(pgfid)
         self.returned.append(pgfid)
 
 
@@ -196,15 +205,18 @@ async def test_brick_down_and_back(tmp_path: Path) -> None:
         await wait_for(lambda: not a.children[1].is_up, 5, "brick 1 down")
         assert a.leases.table[d].on == 0b01
         assert a.lease_held(d)
+        assert top.entered == []
         await env.bricks[1].start()
         await wait_for(lambda: a.children[1].is_up and b.children[1].is_up, 15, "brick 1 back")
-        # The brick that came back does not hold it: not held until taken there.
+        # The brick that came back does not hold it: not held until taken there
+        # too (every lease goes back, the parent asked first).
         assert not a.lease_held(d)
+        await wait_for(lambda: d not in a.leases.table, 5, "lease given back")
+        assert top.entered == [d]
         assert await lockable(env, b, 1, d)
         await take(a, d)
         assert a.leases.table[d].on == 0b11
         assert not await lockable(env, b, 1, d)
-        assert top.entered == []
 
         # Without quorum (auto: the first brick must be up) it is not held,
         # and not taken.
@@ -253,3 +265,75 @@ async def test_leases_off_and_unknown_recall(tmp_path: Path) -> None:
                    {"gfid": d, "domain": LEASE_DOMAIN, "owner": b.owner})
         await wait_for(lambda: d not in b.leases.table, 5, "unknown lease unlocked")
         assert await lockable(env, a, 0, d)
+
+
+async def test_lookup_elsewhere_waits_and_sees_the_early_create(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, processes=True, client=False) as env:
+        a, top, b = await two_clients(env)
+        d = await mkdir(a, b"d")
+        await take(a, d)
+        top.gate = trio.Event()
+        made = g()
+
+        async def send_early_create(pgfid: bytes) -> None:
+            await a.create(pgfid, b"x", made, 0o644, 0, 0, W)
+            await a.release(made)
+
+        top.work = send_early_create
+        found: list[bytes] = []
+
+        async def b_looks() -> None:
+            found.append((await b.lookup(d, b"x")).iatt.gfid)
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(b_looks)
+                await wait_for(lambda: top.entered == [d], 5, "lease_recalled called")
+                assert not a.lease_held(d)
+                with trio.move_on_after(0.3):
+                    await wait_for(lambda: bool(found), 1)
+                assert not found, "the lookup went on while the lease was held"
+                top.gate.set()
+        # Held at the brick until the lease came back, the lookup saw the file.
+        assert found == [made]
+        assert top.returned == [d]
+
+
+async def test_entry_change_elsewhere_waits_for_creates_under_the_lease(
+        tmp_path: Path) -> None:
+    async with open_replica(tmp_path, processes=True, client=False) as env:
+        a, top, b = await two_clients(env)
+        d = await mkdir(a, b"d")
+        await take(a, d)
+        mine = g()
+        order: list[str] = []
+
+        async def send_early_create(pgfid: bytes) -> None:
+            # The create this mount answered early, sent while the other mount
+            # already waits for the directory: it must not wait for that one.
+            await a.create(pgfid, b"x", mine, 0o644, 0, 0, W)
+            await a.release(mine)
+            order.append("a created")
+
+        top.work = send_early_create
+
+        async def b_creates() -> None:
+            try:
+                await b.create(d, b"x", g(), 0o644, 0, 0, W)
+            except OSError as e:
+                order.append(errno.errorcode[e.errno])
+            else:
+                order.append("b created")
+
+        with trio.fail_after(8):
+            await b_creates()
+        # O_EXCL stays exact: the early create is first, the other mount's fails.
+        assert order == ["a created", "EEXIST"]
+        assert top.entered == [d]
+        for brick in env.bricks:
+            assert (brick.root / "d" / "x").exists()
+        # B's lookup and create no longer wait, and A backs off.
+        a.want_lease(d)
+        assert not a.lease_held(d)
+        with trio.fail_after(5):
+            await b.create(d, b"y", g(), 0o644, 0, 0, W)
