@@ -13,7 +13,8 @@ client's disconnect can drop exactly its locks (:meth:`LockManager.release_all`)
 
 Inode locks in ``LEASE_DOMAIN`` (directory leases, ``brickd/leases.py``) are
 kept in a table of their own, keyed by gfid, so that "no lease anywhere" is
-one test of an empty dict on the brick's request path (``lease_table``).
+one test of an empty dict on the brick's request path (``lease_table``); there
+locks conflict only between connections, not between one connection's owners.
 
 Internal locks are granted first come, first served: a request that conflicts
 with a waiter queued before it waits too, so a stream of readers cannot starve
@@ -245,6 +246,19 @@ class _FairLocks:
             del self._res[key]
 
 
+class _ConnLocks(_FairLocks):
+    """Locks that conflict only between connections: a connection's owners never
+    exclude each other (directory leases: its requests' gate locks pass its
+    own lease, granted or awaited)."""
+
+    def _conflict(self, a: _Req, b: _Req) -> bool:
+        return (
+            a.owner[0] != b.owner[0]
+            and (a.kind == "wr" or b.kind == "wr")
+            and self._overlap(a.span, b.span)
+        )
+
+
 def _remove(seq: list[Any], item: Any) -> None:
     for i, x in enumerate(seq):
         if x is item:
@@ -418,7 +432,7 @@ class LockManager:
         self._on_contention = on_contention
         self._inode = _FairLocks(_ranges_overlap, self._inode_contention, contention_delay)
         self._entry = _FairLocks(_names_overlap, self._inode_contention, contention_delay)
-        self._leases = _FairLocks(_ranges_overlap, self._lease_contention, contention_delay)
+        self._leases = _ConnLocks(_ranges_overlap, self._lease_contention, contention_delay)
         self._posix = _PosixLocks()
         self.lease_table: dict[Hashable, Any] = self._leases._res
         """gfid -> lock state of its ``LEASE_DOMAIN`` inode locks, for directories

@@ -178,6 +178,28 @@ async def test_a_lease_requested_during_the_wait_still_lets_the_request_go(
     assert g.gate.taken_away == 1
 
 
+async def test_a_connection_waiting_for_the_lease_is_not_held_by_its_own_request(
+        autojump_clock: trio.testing.MockClock) -> None:
+    g = Gate()
+    await g.take("C", D)
+    async with trio.open_nursery() as n:
+        n.start_soon(lambda: g.locks.inodelk(conn_id="A", **lease(D, b"A", block=True)))
+        await wait_until(lambda: g.told)
+        r = Request(n, g, "A", "lookup", lookup(D))
+        await trio.sleep(RECALL / 2)
+        assert not r.started.is_set()  # C's lease holds A's request
+        await g.give("C", D)
+        given = trio.current_time()
+        await r.started.wait()  # A's own lease, granted first, does not
+        assert r.at == given
+        r.finish.set()
+    assert g.gate.taken_away == 0
+    await g.locks.inodelk(conn_id="A", **lease(D, b"other-owner"))  # one connection's owners
+    await g.give("A", D, b"A")
+    await g.give("A", D, b"other-owner")
+    assert g.locks.is_idle()
+
+
 def test_gated_ops_name_their_directories() -> None:
     assert {"lookup", "readdir", "create", "mkdir", "mknod", "symlink", "link", "unlink",
             "rmdir", "rename"} <= GATED_OPS
