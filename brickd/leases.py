@@ -63,6 +63,12 @@ DIR_ARGS: dict[str, tuple[str, ...]] = {
 }
 """op -> its arguments naming directories whose entries it reads or changes."""
 
+REPLACES: dict[str, tuple[str, str]] = {"rmdir": ("pgfid", "name"),
+                                        "rename": ("new_pgfid", "new_name")}
+"""op -> the (parent, name) of an entry it may remove: when that is a leased
+directory, the op waits for its lease too (it could remove the directory whose
+early creates the bricks do not have yet)."""
+
 # A compound is gated only if it may carry an entry op (today it may not: its
 # schema check would then run twice per compound while any lease exists).
 GATED_OPS = frozenset(DIR_ARGS) | (
@@ -74,8 +80,12 @@ Handler = Callable[[dict[str, Any], ServerConnection], Awaitable[Any]]
 class LeaseGate:
     """Holds other connections' entry requests while a directory is leased."""
 
-    def __init__(self, locks: LockManager, recall_timeout: float = LEASE_RECALL_TIMEOUT) -> None:
+    def __init__(self, locks: LockManager, recall_timeout: float = LEASE_RECALL_TIMEOUT,
+                 child: Callable[[bytes, bytes], Awaitable[bytes | None]] | None = None,
+                 ) -> None:
+        """``child(pgfid, name)``: the gfid ``name`` in ``pgfid`` has now, or None."""
         self.locks = locks
+        self.child = child
         self.table = locks.lease_table
         self.recall_timeout = recall_timeout
         self._serial = itertools.count(1)
@@ -91,6 +101,8 @@ class LeaseGate:
         table = self.table
         if not table:
             return True
+        if op in REPLACES:
+            return False
         for a in DIR_ARGS[op]:
             v = args.get(a)
             if type(v) is bytes and v in table:
@@ -102,6 +114,11 @@ class LeaseGate:
         """Run ``handler`` once no other connection's lease covers a directory
         ``op`` (validated) names; gate locks are dropped when it is done."""
         dirs = self._leased_dirs(op, args)
+        if op in REPLACES and self.child is not None:
+            parent, name = REPLACES[op]
+            d = await self.child(args[parent], args[name])
+            if d is not None and d in self.table and d not in dirs:
+                dirs = sorted([*dirs, d])
         if not dirs:
             return await handler(args, conn)
         locks = self.locks

@@ -99,7 +99,7 @@ class BrickService:
         self.server_name = server_name
         self.index = index if index is not None else getattr(store, "heal_index", None)
         self.locks = LockManager(on_contention=self._contention)
-        self.leases = LeaseGate(self.locks, lease_recall_timeout)
+        self.leases = LeaseGate(self.locks, lease_recall_timeout, self._child_gfid)
         self._lease_table = self.locks.lease_table
         self._nursery = nursery
         self.upcall = LeaseUpcall(nursery)
@@ -257,6 +257,16 @@ class BrickService:
         if "create" in table:
             table["create"] = _create_and_lock(table["create"], self.locks)
         return table
+
+    async def _child_gfid(self, pgfid: bytes, name: bytes) -> bytes | None:
+        lookup = getattr(self.store, "lookup", None)
+        if lookup is None:
+            return None
+        try:
+            gfid: bytes = (await lookup(pgfid, name))["iatt"][0]
+        except OSError:
+            return None
+        return gfid
 
     def _inodelk_handler(self) -> Handler:
         """``inodelk`` whose grant of a lease lock is answered only after the

@@ -180,6 +180,19 @@ async def test_rename_into_and_out_of_a_leased_dir_waits(
     assert {x[0] for x in r["entries"]} >= {b"out"}
 
 
+async def test_rmdir_of_a_leased_dir_waits_and_finds_the_holders_file(
+        ab: tuple[BrickClient, BrickClient]) -> None:
+    a, b = ab
+    name = f"d-{uuid.uuid4().hex[:10]}".encode()
+    d = await mkdir(a, name=name)
+    await a.call("inodelk", lease(d, b"A"))
+    async with trio.open_nursery() as n:
+        rm = Background(n, lambda: b.call("rmdir", {"pgfid": ROOT_GFID, "name": name}))
+        with pytest.raises(OSError) as ei:
+            await held_then_run(a, d, b"A", rm, lambda: create(a, d, b"early"))
+    assert ei.value.errno == errno.ENOTEMPTY
+
+
 async def test_entry_ops_of_other_dirs_and_without_a_lease_never_wait(
         ab: tuple[BrickClient, BrickClient]) -> None:
     a, b = ab
