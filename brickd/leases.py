@@ -5,8 +5,9 @@ inode lock on D's gfid in ``LEASE_DOMAIN`` (rpc/brickops.py). It may then
 answer creates in D before the bricks have them, so the brick must not let
 anyone else see or change D's entries meanwhile: a request of another
 connection that reads or changes D's entries (``DIR_ARGS``: a lookup in D, a
-readdir of D, an entry op with D as a parent, the same inside a compound) is
-held until the lease is given back.
+readdir of D, an entry op with D as a parent, the same inside a compound; an
+rmdir of D or a rename over it, ``REPLACES``) is held until the lease is
+given back.
 
 Holding is locking: the request queues a blocking whole-range "rd" lock on
 (D, ``LEASE_DOMAIN``) under an owner of its own (a *gate lock*), so the
