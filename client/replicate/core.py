@@ -150,9 +150,8 @@ class Replicate(ReadOps):
         # The next holder of each lock must include the brick that came back.
         if self.locks._nursery is not None:
             if self.leases is not None:
-                self.leases.child_up(self.locks.release_all)
-            else:
-                self.locks.release_all()
+                self.leases.child_up()
+            self.locks.release_all()
             if self.opens:
                 self.locks._nursery.start_soon(self._replay_opens, i)
         if not self._was_up:

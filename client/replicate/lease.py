@@ -25,7 +25,7 @@ in it before the bricks have it. The contract:
   leases (least recently used first), and ``settle``.
 - A brick that goes down dropped the lock with our connection (``child_down``);
   one that comes back makes every lease go back (``child_up``), so the next
-  one is taken there too.
+  one is taken there too; their entry locks are let go at once (see there).
 - A lease holds replicate's eager entry lock on the directory as one more
   user, taken before the lease lock and kept until the lease is back. The
   creates answered early run under that entry lock; another client's entry
@@ -40,7 +40,6 @@ in it before the bricks have it. The contract:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -238,8 +237,7 @@ class Leases:
             return ", ".join(failed)
         now = self._up()
         ls.on &= now
-        assert ls.entry is not None
-        if ls.on != now or ls.entry.locked_on & now != now:
+        if ls.on != now or ls.entry is None or ls.entry.locked_on & now != now:
             return "a brick went down or came back meanwhile"
         return ""
 
@@ -339,20 +337,22 @@ class Leases:
         for ls in self.table.values():
             ls.on &= bit
 
-    def child_up(self, then: Callable[[], None]) -> None:
-        """A brick came back: give every lease back (no back-off), then call
-        ``then`` (which may make the eager locks go back: done first, it would
-        keep the creates pending under a lease from their entry lock)."""
-        if not self.table or self._nursery is None:
-            then()
-            return
-        self._nursery.start_soon(self._settle_then, then)
-
-    async def _settle_then(self, then: Callable[[], None]) -> None:
-        try:
-            await self.settle()
-        finally:
-            then()
+    def child_up(self) -> None:
+        """A brick came back: every lease goes back (no back-off), so the next
+        one is taken there too. Their entry locks are let go at once, before
+        the caller makes the eager locks go back: a create pending under a
+        lease finds its entry lock short of that brick and waits for it to be
+        taken again, which a lease still holding it would never allow."""
+        held = []
+        for ls in self.table.values():
+            if ls.entry is not None:
+                self.locks.done(ls.entry)
+                ls.entry = None
+            if ls.state == HELD:
+                self._mark_giving(ls)
+                held.append(ls)
+        if held and self._nursery is not None:
+            self._nursery.start_soon(self._give_back, held, False)
 
     async def settle(self) -> None:
         """Give every lease back; return when none is held or on its way."""

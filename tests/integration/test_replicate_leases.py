@@ -203,8 +203,8 @@ async def test_brick_down_and_back(tmp_path: Path) -> None:
         await take(a, d)
         await env.bricks[1].kill()
         await wait_for(lambda: not a.children[1].is_up, 5, "brick 1 down")
-        assert a.leases.table[d].on == 0b01
         assert a.lease_held(d)
+        await wait_for(lambda: a.leases.table[d].on == 0b01, 5, "brick 1 cleared")
         assert top.entered == []
         await env.bricks[1].start()
         await wait_for(lambda: a.children[1].is_up and b.children[1].is_up, 15, "brick 1 back")
@@ -226,7 +226,7 @@ async def test_brick_down_and_back(tmp_path: Path) -> None:
         assert not a.lease_held(d)
         a.want_lease(other)
         assert other not in a.leases.table
-        assert a.leases.table[d].on == 0b10
+        await wait_for(lambda: a.leases.table[d].on == 0b10, 5, "brick 0 cleared")
         await a.settle()
         assert not a.leases.table
         assert await lockable(env, b, 1, d)
@@ -337,3 +337,33 @@ async def test_entry_change_elsewhere_waits_for_creates_under_the_lease(
         assert not a.lease_held(d)
         with trio.fail_after(5):
             await b.create(d, b"y", g(), 0o644, 0, 0, W)
+
+
+async def test_first_brick_back_with_a_create_pending(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, processes=True, client=False) as env:
+        a, top, b = await two_clients(env)
+        assert a.leases is not None
+        d = await mkdir(a, b"d")
+        await take(a, d)
+        await env.bricks[0].kill()
+        await wait_for(lambda: not a.children[0].is_up, 5, "brick 0 down")
+        assert not a.lease_held(d)
+        made = g()
+
+        async def send_early_create(pgfid: bytes) -> None:
+            # Its entry lock is held on brick 1 only: with brick 0 back it must
+            # be taken again there, which the lease must not stand in the way of.
+            await a.create(pgfid, b"x", made, 0o644, 0, 0, W)
+            await a.release(made)
+
+        top.work = send_early_create
+        await env.bricks[0].start()
+        with trio.fail_after(15):
+            await wait_for(lambda: top.returned == [d], 15, "lease given back")
+            await wait_for(lambda: d not in a.leases.table, 5, "lease forgotten")
+        await a.settle()
+        for brick in env.bricks:
+            assert (brick.root / "d" / "x").exists()
+        await wait_for(lambda: b.children[0].is_up, 15, "B back on brick 0")
+        for i in (0, 1):
+            assert await lockable(env, b, i, d)
