@@ -114,6 +114,7 @@ class Leases:
         self.owner = locks.owner
         self.quorum = quorum
         self._up = locks.up_mask
+        self._all = (1 << self.n) - 1
         self.backoff = backoff
         self.idle = idle
         self.max_leases = max_leases
@@ -162,7 +163,7 @@ class Leases:
         if ls is None or ls.state != HELD:
             return False
         up = self._up()
-        return ls.on & up == up and self.quorum.met(up)
+        return ls.on & up == up and (up == self._all or self.quorum.met(up))
 
     def want(self, pgfid: bytes) -> None:
         ls = self.table.get(pgfid)
