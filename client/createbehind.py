@@ -31,9 +31,10 @@ Contracts:
   creates are outstanding (else it waits for room). Every other create goes
   through. Every create and mkdir asks for the lease (``want_lease``).
 - An operation naming a pending file's gfid, or its (parent, name), waits for
-  the create and fails with its error if it failed; a listing of (or a
-  whole-directory entry lock on) a directory waits for every create pending in
-  it, and an ``rmdir`` or ``rename`` (whose target may be a directory with
+  the create and fails with its error if it failed. A listing of a directory,
+  a whole-directory entry lock on it, and its stat, setattr (tar sets a
+  directory's times after filling it) and fsync wait for every create pending
+  in it; an ``rmdir`` or ``rename`` (whose target may be a directory with
   pending creates) for those in every other directory too. Other operations
   pass without waiting.
 - A failed early create is logged (a warning naming the file), the caches above
@@ -41,6 +42,9 @@ Contracts:
   the file's later operations fail with the create's errno: write-behind
   reports it at the next write, close or fsync, as it reports a failed write.
   Its release is answered here (the bricks never opened it).
+- The parent's attributes answered with an early create are those last known
+  with the times of now; when the lease goes back, the caches above are told
+  to drop them (an invalidation of the directory), so they take the bricks'.
 - ``settle`` returns once every early create has its answer, then settles the
   child. Without ``serve`` running every create goes through.
 """
@@ -113,8 +117,10 @@ class CreateBehind(Layer):
         self._room: trio.Event | None = None
         self._failed: deque[bytes] = deque()
         self._parents: dict[bytes, Iatt] = {}
+        self._made_up: set[bytes] = set()  # directories whose times were answered here
         self._stale: dict[bytes, float] = {}
         self._all_stale_until = 0.0
+        self._used = False  # names were looked up, listed or changed through here
         self._nursery: trio.Nursery | None = None
 
     def __repr__(self) -> str:
@@ -141,6 +147,13 @@ class CreateBehind(Layer):
     async def lease_recalled(self, pgfid: bytes) -> None:
         while d := self._dirs.get(pgfid):
             await next(iter(d.values())).done.wait()
+        if pgfid in self._made_up:
+            # The caches above hold the directory's times as answered here: let
+            # them take the bricks' now.
+            self._made_up.discard(pgfid)
+            self._parents.pop(pgfid, None)
+            if self.parent is not None:
+                self.parent.on_event(self, EVENT, {"gfids": [pgfid], "entries": []})
         await super().lease_recalled(pgfid)
 
     # -- creating ---------------------------------------------------------------
@@ -149,6 +162,7 @@ class CreateBehind(Layer):
                      xattrop: dict[str, bytes] | None = None) -> EntryReply:
         child = self.child
         child.want_lease(pgfid)
+        self._used = True
         if pgfid in self._dirs:
             await self._after_name(pgfid, name)
         while (self._nursery is not None and xattrop is None
@@ -182,6 +196,7 @@ class CreateBehind(Layer):
         now = time.time_ns()
         parent = self._parents[pgfid]._replace(mtime_ns=now, ctime_ns=now)
         self._parents[pgfid] = parent
+        self._made_up.add(pgfid)
         p = _Pending(pgfid, name, gfid)
         self._pending[gfid] = p
         d = self._dirs.get(pgfid)
@@ -275,8 +290,7 @@ class CreateBehind(Layer):
     def on_event(self, child: Layer, name: str, args: dict[str, Any]) -> None:
         if name == EVENT:
             if args.get("all") is True:
-                self._parents.clear()
-                self._all_stale_until = self._clock() + STALE_WINDOW
+                self._forget_all()
             else:
                 gfids, entries = parse_event(args)
                 for g in gfids:
@@ -300,9 +314,11 @@ class CreateBehind(Layer):
         super().child_down(child, reason)
 
     def _forget_all(self) -> None:
-        """Events may have been lost: trust no directory's attributes or names."""
+        """Events may have been lost: trust no directory's attributes, nor for a while
+        any name the kernel learnt through here (none before the first use)."""
         self._parents.clear()
-        self._all_stale_until = self._clock() + STALE_WINDOW
+        if self._used:
+            self._all_stale_until = self._clock() + STALE_WINDOW
 
     @property
     def batches_writes(self) -> bool:
@@ -310,6 +326,7 @@ class CreateBehind(Layer):
 
     # -- entry operations ---------------------------------------------------------
     async def lookup(self, pgfid: bytes, name: bytes) -> Lookup:
+        self._used = True
         if pgfid in self._dirs:
             await self._after_name(pgfid, name)
         return await self.child.lookup(pgfid, name)
@@ -317,11 +334,14 @@ class CreateBehind(Layer):
     async def lookup_gfid(self, gfid: bytes) -> Lookup:
         if gfid in self._pending:
             await self._after(gfid)
+        elif gfid in self._dirs:
+            await self._after_dir(gfid)
         return await self.child.lookup_gfid(gfid)
 
     async def mkdir(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
                     gid: int, xattrop: dict[str, bytes] | None = None) -> EntryReply:
         self.child.want_lease(pgfid)
+        self._used = True
         if pgfid in self._dirs:
             await self._after_name(pgfid, name)
         reply = await self.child.mkdir(pgfid, name, gfid, mode, uid, gid, xattrop)
@@ -358,6 +378,7 @@ class CreateBehind(Layer):
 
     async def unlink(self, pgfid: bytes, name: bytes,
                      xattrop: dict[str, bytes] | None = None) -> Iatt | None:
+        self._used = True
         if pgfid in self._dirs:
             await self._after_name(pgfid, name)
         postparent = await self.child.unlink(pgfid, name, xattrop)
@@ -366,6 +387,7 @@ class CreateBehind(Layer):
 
     async def rmdir(self, pgfid: bytes, name: bytes,
                     xattrop: dict[str, bytes] | None = None) -> Iatt | None:
+        self._used = True
         if self._dirs:
             await self._after_name(pgfid, name)
             await self._after_others(pgfid)
@@ -376,6 +398,7 @@ class CreateBehind(Layer):
     async def rename(self, old_pgfid: bytes, old_name: bytes, new_pgfid: bytes,
                      new_name: bytes, flags: int = 0,
                      xattrop: dict[str, bytes] | None = None) -> RenameReply:
+        self._used = True
         if self._dirs:
             await self._after_name(old_pgfid, old_name)
             await self._after_name(new_pgfid, new_name)
@@ -388,6 +411,7 @@ class CreateBehind(Layer):
 
     async def readdir(self, gfid: bytes, cookie: int, count: int,
                       plus: bool = False) -> tuple[list[DirEntry], bool]:
+        self._used = True
         if gfid in self._dirs:
             await self._after_dir(gfid)
         return await self.child.readdir(gfid, cookie, count, plus)
@@ -405,6 +429,8 @@ class CreateBehind(Layer):
     async def stat(self, gfid: bytes) -> Iatt:
         if gfid in self._pending:
             await self._after(gfid)
+        elif gfid in self._dirs:
+            await self._after_dir(gfid)
         return await self.child.stat(gfid)
 
     async def setattr(self, gfid: bytes, *, mode: int | None = None, uid: int | None = None,
@@ -414,6 +440,8 @@ class CreateBehind(Layer):
                       xattrop: dict[str, bytes] | None = None) -> Iatt:
         if gfid in self._pending:
             await self._after(gfid)
+        elif gfid in self._dirs:
+            await self._after_dir(gfid)
         iatt = await self.child.setattr(
             gfid, mode=mode, uid=uid, gid=gid, size=size, atime_ns=atime_ns,
             mtime_ns=mtime_ns, atime_now=atime_now, mtime_now=mtime_now, xattrop=xattrop)
@@ -450,6 +478,8 @@ class CreateBehind(Layer):
     async def fsync(self, gfid: bytes, datasync: bool = False) -> None:
         if gfid in self._pending:
             await self._after(gfid)
+        elif gfid in self._dirs:
+            await self._after_dir(gfid)
         await self.child.fsync(gfid, datasync)
 
     async def read(self, gfid: bytes, offset: int, size: int) -> bytes:

@@ -16,7 +16,11 @@ Translator types map to layers:
 - ``performance/write-behind`` -> ``WriteBehind`` (``cache-size``: the bytes
   queued per file, GlusterFS's ``performance.write-behind-window-size``);
   ``write_behind=False`` (the mount option ``write-behind=no``) builds it as a
-  write-through layer instead. With ``wb_group`` (a mount passes one list for
+  write-through layer instead. Under it, ``CreateBehind``
+  (``pyglfs.client.createbehind``; option ``create-behind``, on by default):
+  not with write-through, nor when a name cache of the graph (md-cache,
+  nl-cache) has ``cache-invalidation`` off, since an early create relies on
+  the kernel's lookup before it being current. With ``wb_group`` (a mount passes one list for
   all its graphs) every write-behind layer of the mount waits for the writes
   the others still have queued, so a graph switch never lets a close, fsync or
   read overtake a write queued in the graph being retired; a graph without a
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import logging
 
+from pyglfs.client.createbehind import CreateBehind
 from pyglfs.client.layer import Layer
 from pyglfs.client.mdcache import MdCache
 from pyglfs.client.nlcache import DEFAULT_LIMIT as NLCACHE_LIMIT
@@ -159,6 +164,10 @@ class _Builder:
                        limit=xl.opt_size("nl-cache-limit", NLCACHE_LIMIT))
 
     def writebehind(self, xl: Xlator, child: Layer) -> WriteBehind:
+        if (xl.opt_bool("create-behind", True) and self.write_behind
+                and all(c.opt_bool("cache-invalidation", False)
+                        for c in self.graph.xlators.values() if c.type in (MDCACHE, NLCACHE))):
+            child = CreateBehind(f"{xl.name}-create-behind", child)
         wb = WriteBehind(xl.name, child, window=xl.opt_size("cache-size", DEFAULT_WINDOW),
                          queue=self.write_behind, group=self.wb_group,
                          flush_behind=xl.opt_bool("flush-behind", True))

@@ -15,9 +15,13 @@ import trio
 import trio.testing
 
 from pyglfs.client.createbehind import STALE_WINDOW, CreateBehind
+from pyglfs.client.graph import build_graph
 from pyglfs.client.layer import DirEntry, EntryReply, Layer, Lookup, WriteItem
 from pyglfs.client.mdcache import EVENT
+from pyglfs.client.writebehind import WriteBehind
 from pyglfs.rpc.brickops import Iatt
+from pyglfs.volfiles.generator import BrickSpec, VolumeSpec, client_graph
+from pyglfs.volfiles.model import Graph
 
 ROOT = b"\x01" * 16
 D = b"\xd1" * 16
@@ -89,6 +93,10 @@ class Bricks(Layer):
     async def stat(self, gfid: bytes) -> Iatt:
         self.log.append(("stat", gfid))
         return _iatt(gfid, stat.S_IFREG | 0o644)
+
+    async def setattr(self, gfid: bytes, **kw: Any) -> Iatt:
+        self.log.append(("setattr", gfid))
+        return _iatt(gfid, stat.S_IFDIR | 0o755)
 
     async def write(self, gfid: bytes, offset: int, data: bytes,
                     xattrop: dict[str, bytes] | None = None) -> Iatt:
@@ -245,6 +253,20 @@ async def test_a_listing_waits_for_the_directory_s_creates() -> None:
         assert t.done and bricks.log[-1] == ("readdir", D)
 
 
+async def test_the_directory_s_stat_and_setattr_wait_for_its_creates() -> None:
+    async with running() as (cb, bricks, _), trio.open_nursery() as nursery:
+        gate = bricks.gates[b"a"] = trio.Event()
+        await create(cb, b"a")
+        tasks = [Task(nursery, cb.stat, D), Task(nursery, cb.setattr, D)]
+        await trio.testing.wait_all_tasks_blocked()
+        assert not any(t.done for t in tasks)
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert all(t.done and t.error is None for t in tasks)
+        ops = [op for op, _ in bricks.log]
+        assert ops.index("created") < min(ops.index("stat"), ops.index("setattr"))
+
+
 async def test_rmdir_waits_for_creates_in_other_directories() -> None:
     async with running() as (cb, bricks, _), trio.open_nursery() as nursery:
         gate = bricks.gates[b"a"] = trio.Event()
@@ -271,6 +293,8 @@ async def test_lease_recalled_waits_for_that_directory_only() -> None:
         gate_e.set()
         await trio.testing.wait_all_tasks_blocked()
         assert re.done and not rd.done and top.recalled == [E]
+        # the directory's times answered here are dropped above
+        assert top.events == [(EVENT, {"gfids": [E], "entries": []})]
         gate_d.set()
         await trio.testing.wait_all_tasks_blocked()
         assert rd.done and top.recalled == [E, D]
@@ -358,3 +382,61 @@ async def test_an_entry_invalidation_sends_creates_through_for_a_while() -> None
         bricks.gates[b"b"] = trio.Event()
         await create(cb, b"b")  # early again
         bricks.gates[b"b"].set()
+
+
+async def test_an_invalidation_of_everything_counts_only_after_first_use() -> None:
+    clock = Clock()
+    bricks = Bricks()
+    cb = CreateBehind("cb", bricks, clock=clock)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cb.serve)
+        cb.on_event(bricks, EVENT, {"all": True})  # a brick connected: nothing known yet
+        await cb.mkdir(ROOT, b"d", D, 0o755, 0, 0)
+        bricks.leases.add(D)
+        bricks.gates[b"a"] = trio.Event()
+        await create(cb, b"a")  # early
+        cb.on_event(bricks, EVENT, {"all": True})  # a brick came back: events were lost
+        await cb.mkdir(ROOT, b"d2", E, 0o755, 0, 0)
+        bricks.leases.add(E)
+        t = Task(nursery, create, cb, b"b", E)
+        bricks.gates[b"b"] = trio.Event()
+        await trio.testing.wait_all_tasks_blocked()
+        assert not t.done
+        bricks.gates[b"a"].set()
+        bricks.gates[b"b"].set()
+        clock.now += STALE_WINDOW + 0.1
+        bricks.gates[b"c"] = trio.Event()
+        await create(cb, b"c", E)  # early again
+        bricks.gates[b"c"].set()
+        await cb.settle()
+        nursery.cancel_scope.cancel()
+
+
+def _graph(wb: str = "", **options: str) -> Graph:
+    spec = VolumeSpec("gv", "6a1e6c55-9f61-4a49-9f1c-6f3c3f7a8a01", 2,
+                      [BrickSpec("127.0.0.2", 49750, "/b/1"),
+                       BrickSpec("127.0.0.3", 49751, "/b/2")], options=dict(options))
+    graph = client_graph(spec)
+    if wb:
+        graph.xlators["gv-write-behind"].options["create-behind"] = wb
+    return graph
+
+
+def _under_write_behind(top: Layer) -> Layer | None:
+    layer = top
+    for _ in range(8):
+        if isinstance(layer, WriteBehind):
+            return layer.child
+        layer = layer.child
+    return None
+
+
+def test_the_graph_builds_it_under_write_behind() -> None:
+    below = _under_write_behind(build_graph(_graph(), client_id="c"))
+    assert isinstance(below, CreateBehind) and below.child.name == "gv-replicate-0"
+    for top in (build_graph(_graph("off"), client_id="c"),
+                build_graph(_graph(), client_id="c", write_behind=False),
+                build_graph(_graph(**{"features.cache-invalidation": "off"}),
+                            client_id="c")):
+        below = _under_write_behind(top)
+        assert below is not None and not isinstance(below, CreateBehind)

@@ -6,6 +6,7 @@ import errno
 
 import pytest
 
+from pyglfs.client.createbehind import CreateBehind
 from pyglfs.client.layer import Layer
 from pyglfs.client.mdcache import MdCache
 from pyglfs.client.protocol import ProtocolClient
@@ -127,7 +128,9 @@ def test_graph_from_generated_volfile() -> None:
     assert isinstance(nlc, NlCache) and nlc.invalidation and nlc.timeout == 600
     wb = nlc.child
     assert isinstance(wb, WriteBehind) and wb.name == "gv-write-behind" and wb.queue
-    rep = wb.child
+    cb = wb.child
+    assert isinstance(cb, CreateBehind) and cb.name == "gv-write-behind-create-behind"
+    rep = cb.child
     assert isinstance(rep, Replicate) and rep.name == "gv-replicate-0"
     assert rep.quorum.type == "fixed" and rep.quorum.count == 2
     assert rep.locks.delay == 0
@@ -138,7 +141,8 @@ def test_graph_from_generated_volfile() -> None:
     assert isinstance(pc, ProtocolClient)
     assert (pc.host, pc.port, pc.brick_path) == ("127.0.0.3", 49751, "/b/2")
     assert pc.rpc.ping_timeout == 3.0 and pc.rpc.volume == "gv"
-    assert pc.parent is rep and rep.parent is wb and wb.parent is nlc and nlc.parent is mdc
+    assert pc.parent is rep and rep.parent is cb and cb.parent is wb and wb.parent is nlc
+    assert nlc.parent is mdc
     assert mdc.parent is top
 
 
