@@ -125,6 +125,10 @@ class Leases:
         self._settling = 0
         self._nursery: trio.Nursery | None = None
         self._limiter = trio.CapacityLimiter(RECALL_PARALLEL)
+        self.taken = 0
+        """Leases granted so far (for logs and tests)."""
+        self.recalls = 0
+        """Recalls by a brick or for an entry lock so far."""
 
     def __len__(self) -> int:
         return len(self.table)
@@ -223,6 +227,7 @@ class Leases:
             return
         ls.state = HELD
         ls.was_held = True
+        self.taken += 1
 
     async def _lock_all(self, ls: Lease, up: int) -> str:
         """Lock ``ls`` on bricks ``up``; what went wrong, or "" when every brick
@@ -267,6 +272,7 @@ class Leases:
             self._nursery.start_soon(self._give_back, [ls], True)
             return
         log.debug("replicate %s: lease of %s recalled", self.layer.name, pgfid.hex())
+        self.recalls += 1
         ls.recalled = True
         if ls.state == HELD and self._nursery is not None:
             self._mark_giving(ls)

@@ -367,3 +367,35 @@ async def test_first_brick_back_with_a_create_pending(tmp_path: Path) -> None:
         await wait_for(lambda: b.children[0].is_up, 15, "B back on brick 0")
         for i in (0, 1):
             assert await lockable(env, b, i, d)
+
+
+async def test_two_mounts_creating_in_one_directory(tmp_path: Path) -> None:
+    async with open_replica(tmp_path, processes=True, client=False) as env:
+        a, top_a, b = await two_clients(env)
+        top_b = Top(b)
+        d = await mkdir(a, b"d")
+        n = 400
+        t0 = trio.current_time()
+
+        async def creating(rep: Replicate, prefix: bytes) -> None:
+            for k in range(n):
+                rep.want_lease(d)
+                x = g()
+                await rep.create(d, b"%s%03d" % (prefix, k), x, 0o644, 0, 0, W)
+                await rep.release(x)
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(creating, a, b"a")
+                nursery.start_soon(creating, b, b"b")
+            await a.settle()
+            await b.settle()
+        elapsed = trio.current_time() - t0
+        for brick in env.bricks:
+            assert len(list((brick.root / "d").iterdir())) == 2 * n
+        # The back-off keeps the lease from passing to and fro with every create.
+        assert a.leases is not None and b.leases is not None
+        recalls = a.leases.recalls + b.leases.recalls
+        assert recalls <= 2 * (elapsed / a.leases.backoff + 2), (recalls, elapsed)
+        assert a.leases.taken + b.leases.taken >= 1
+        assert len(top_a.entered) + len(top_b.entered) <= recalls + 2
