@@ -393,9 +393,10 @@ async def test_two_mounts_creating_in_one_directory(tmp_path: Path) -> None:
         elapsed = trio.current_time() - t0
         for brick in env.bricks:
             assert len(list((brick.root / "d").iterdir())) == 2 * n
-        # The back-off keeps the lease from passing to and fro with every create.
+        # The back-off keeps the lease from passing to and fro with every create
+        # (whether either mount gets it at all depends on timing: each one's entry
+        # changes recall the other's).
         assert a.leases is not None and b.leases is not None
         recalls = a.leases.recalls + b.leases.recalls
         assert recalls <= 2 * (elapsed / a.leases.backoff + 2), (recalls, elapsed)
-        assert a.leases.taken + b.leases.taken >= 1
         assert len(top_a.entered) + len(top_b.entered) <= recalls + 2
