@@ -123,6 +123,13 @@ class CreateBehind(Layer):
         self._used = False  # names were looked up, listed or changed through here
         self._nursery: trio.Nursery | None = None
 
+    def share_pending(self, other: CreateBehind) -> None:
+        """Wait for ``other``'s early creates as for this layer's own (its graph is
+        being replaced by this one's: a write here must not reach the bricks
+        before the create the old graph answered). Call before serving."""
+        self._pending = other._pending
+        self._dirs = other._dirs
+
     def __repr__(self) -> str:
         return (f"<CreateBehind {self.name} outstanding={self._outstanding} "
                 f"failed={len(self._failed)} parents={len(self._parents)}>")
@@ -141,7 +148,7 @@ class CreateBehind(Layer):
     async def settle(self) -> None:
         while self._outstanding:
             p = next(p for p in self._pending.values() if not p.done.is_set())
-            await p.done.wait()
+            await p.done.wait()  # maybe another graph's: then the loop goes on
         await super().settle()
 
     async def lease_recalled(self, pgfid: bytes) -> None:
@@ -317,6 +324,7 @@ class CreateBehind(Layer):
         """Events may have been lost: trust no directory's attributes, nor for a while
         any name the kernel learnt through here (none before the first use)."""
         self._parents.clear()
+        self._made_up.clear()  # the caches above drop everything too
         if self._used:
             self._all_stale_until = self._clock() + STALE_WINDOW
 

@@ -167,7 +167,12 @@ class _Builder:
         if (xl.opt_bool("create-behind", True) and self.write_behind
                 and all(c.opt_bool("cache-invalidation", False)
                         for c in self.graph.xlators.values() if c.type in (MDCACHE, NLCACHE))):
-            child = CreateBehind(f"{xl.name}-create-behind", child)
+            cb = CreateBehind(f"{xl.name}-create-behind", child)
+            for other in self.wb_group or ():
+                if isinstance(other.child, CreateBehind):  # a graph being replaced
+                    cb.share_pending(other.child)
+                    break
+            child = cb
         wb = WriteBehind(xl.name, child, window=xl.opt_size("cache-size", DEFAULT_WINDOW),
                          queue=self.write_behind, group=self.wb_group,
                          flush_behind=xl.opt_bool("flush-behind", True))

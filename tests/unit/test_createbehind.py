@@ -440,3 +440,25 @@ def test_the_graph_builds_it_under_write_behind() -> None:
                             client_id="c")):
         below = _under_write_behind(top)
         assert below is not None and not isinstance(below, CreateBehind)
+
+
+async def test_a_replacing_graph_waits_for_the_old_graph_s_creates() -> None:
+    async with running() as (old, bricks, _), trio.open_nursery() as nursery:
+        new = CreateBehind("cb2", bricks)
+        new.share_pending(old)
+        gate = bricks.gates[b"a"] = trio.Event()
+        g = (await create(old, b"a")).iatt.gfid
+        t = Task(nursery, new.write, g, 0, b"x")
+        await trio.testing.wait_all_tasks_blocked()
+        assert not t.done
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert t.done and t.error is None
+
+
+def test_a_mount_s_graphs_share_their_pending_creates() -> None:
+    group: list[WriteBehind] = []
+    first = _under_write_behind(build_graph(_graph(), client_id="c", wb_group=group))
+    second = _under_write_behind(build_graph(_graph(), client_id="c-g2", wb_group=group))
+    assert isinstance(first, CreateBehind) and isinstance(second, CreateBehind)
+    assert second._pending is first._pending and second._dirs is first._dirs
