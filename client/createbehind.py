@@ -84,6 +84,21 @@ PARENTS_MAX = 4096
 FAILED_MAX = 1024
 
 
+def _after_gfid(op: str, *, dir_too: bool = False) -> Any:
+    """A ``Layer`` op whose first argument is a gfid, forwarded once the gfid's
+    pending early create (``dir_too``: also every create pending in it as a
+    directory) has landed; the create's error if it failed."""
+    async def forward(self: CreateBehind, gfid: bytes, *args: Any, **kw: Any) -> Any:
+        if gfid in self._pending:
+            await self._after(gfid)
+        elif dir_too and gfid in self._dirs:
+            await self._after_dir(gfid)
+        return await getattr(self.child, op)(gfid, *args, **kw)
+
+    forward.__name__ = forward.__qualname__ = op
+    return forward
+
+
 class _Pending:
     """An early create on its way. ``error`` is set when it failed; a failed one
     stays known by gfid until its release (at most ``FAILED_MAX`` of them)."""
@@ -339,13 +354,6 @@ class CreateBehind(Layer):
             await self._after_name(pgfid, name)
         return await self.child.lookup(pgfid, name)
 
-    async def lookup_gfid(self, gfid: bytes) -> Lookup:
-        if gfid in self._pending:
-            await self._after(gfid)
-        elif gfid in self._dirs:
-            await self._after_dir(gfid)
-        return await self.child.lookup_gfid(gfid)
-
     async def mkdir(self, pgfid: bytes, name: bytes, gfid: bytes, mode: int, uid: int,
                     gid: int, xattrop: dict[str, bytes] | None = None) -> EntryReply:
         self.child.want_lease(pgfid)
@@ -434,12 +442,24 @@ class CreateBehind(Layer):
         await self.child.entrylk(pgfid, name, domain, type, owner, block)
 
     # -- inode operations -----------------------------------------------------------
-    async def stat(self, gfid: bytes) -> Iatt:
-        if gfid in self._pending:
-            await self._after(gfid)
-        elif gfid in self._dirs:
-            await self._after_dir(gfid)
-        return await self.child.stat(gfid)
+    # ops naming a gfid: after its pending create (stat, fsync: also a directory's)
+    lookup_gfid = _after_gfid("lookup_gfid", dir_too=True)
+    stat = _after_gfid("stat", dir_too=True)
+    fsync = _after_gfid("fsync", dir_too=True)
+    readlink = _after_gfid("readlink")
+    open = _after_gfid("open")
+    flush = _after_gfid("flush")
+    read = _after_gfid("read")
+    write = _after_gfid("write")
+    writev = _after_gfid("writev")
+    fallocate = _after_gfid("fallocate")
+    getxattr = _after_gfid("getxattr")
+    listxattr = _after_gfid("listxattr")
+    setxattr = _after_gfid("setxattr")
+    removexattr = _after_gfid("removexattr")
+    xattrop = _after_gfid("xattrop")
+    inodelk = _after_gfid("inodelk")
+    checksum = _after_gfid("checksum")
 
     async def setattr(self, gfid: bytes, *, mode: int | None = None, uid: int | None = None,
                       gid: int | None = None, size: int | None = None,
@@ -457,16 +477,6 @@ class CreateBehind(Layer):
             self._parents[gfid] = iatt
         return iatt
 
-    async def readlink(self, gfid: bytes) -> bytes:
-        if gfid in self._pending:
-            await self._after(gfid)
-        return await self.child.readlink(gfid)
-
-    async def open(self, gfid: bytes, flags: int) -> Iatt:
-        if gfid in self._pending:
-            await self._after(gfid)
-        return await self.child.open(gfid, flags)
-
     async def release(self, gfid: bytes) -> None:
         p = self._pending.get(gfid)
         if p is not None:
@@ -477,36 +487,6 @@ class CreateBehind(Layer):
                     del self._pending[gfid]
                 return
         await self.child.release(gfid)
-
-    async def flush(self, gfid: bytes) -> None:
-        if gfid in self._pending:
-            await self._after(gfid)
-        await self.child.flush(gfid)
-
-    async def fsync(self, gfid: bytes, datasync: bool = False) -> None:
-        if gfid in self._pending:
-            await self._after(gfid)
-        elif gfid in self._dirs:
-            await self._after_dir(gfid)
-        await self.child.fsync(gfid, datasync)
-
-    async def read(self, gfid: bytes, offset: int, size: int) -> bytes:
-        if gfid in self._pending:
-            await self._after(gfid)
-        return await self.child.read(gfid, offset, size)
-
-    async def write(self, gfid: bytes, offset: int, data: bytes,
-                    xattrop: dict[str, bytes] | None = None) -> Iatt:
-        if gfid in self._pending:
-            await self._after(gfid)
-        return await self.child.write(gfid, offset, data, xattrop)
-
-    async def writev(self, gfid: bytes, writes: list[tuple[int, bytes]],
-                     xattrop: dict[str, bytes] | None = None,
-                     attrs: dict[str, int] | None = None) -> Iatt:
-        if gfid in self._pending:
-            await self._after(gfid)
-        return await self.child.writev(gfid, writes, xattrop, attrs)
 
     async def writev_many(self, items: list[WriteItem]) -> list[Iatt | OSError]:
         if not self._pending:
@@ -522,50 +502,6 @@ class CreateBehind(Layer):
         rest = [item for i, item in enumerate(items) if i not in failed]
         done = iter(await self.child.writev_many(rest) if rest else [])
         return [failed[i] if i in failed else next(done) for i in range(len(items))]
-
-    async def fallocate(self, gfid: bytes, mode: int, offset: int, length: int,
-                        xattrop: dict[str, bytes] | None = None) -> Iatt:
-        if gfid in self._pending:
-            await self._after(gfid)
-        return await self.child.fallocate(gfid, mode, offset, length, xattrop)
-
-    async def getxattr(self, gfid: bytes, name: str) -> bytes:
-        if gfid in self._pending:
-            await self._after(gfid)
-        return await self.child.getxattr(gfid, name)
-
-    async def listxattr(self, gfid: bytes) -> list[str]:
-        if gfid in self._pending:
-            await self._after(gfid)
-        return await self.child.listxattr(gfid)
-
-    async def setxattr(self, gfid: bytes, name: str, value: bytes, flags: int = 0,
-                       xattrop: dict[str, bytes] | None = None) -> None:
-        if gfid in self._pending:
-            await self._after(gfid)
-        await self.child.setxattr(gfid, name, value, flags, xattrop)
-
-    async def removexattr(self, gfid: bytes, name: str,
-                          xattrop: dict[str, bytes] | None = None) -> None:
-        if gfid in self._pending:
-            await self._after(gfid)
-        await self.child.removexattr(gfid, name, xattrop)
-
-    async def xattrop(self, gfid: bytes, xattrop: dict[str, bytes]) -> dict[str, bytes]:
-        if gfid in self._pending:
-            await self._after(gfid)
-        return await self.child.xattrop(gfid, xattrop)
-
-    async def inodelk(self, gfid: bytes, domain: str, type: str, start: int, len: int,
-                      owner: bytes, block: bool = False) -> None:
-        if gfid in self._pending:
-            await self._after(gfid)
-        await self.child.inodelk(gfid, domain, type, start, len, owner, block)
-
-    async def checksum(self, gfid: bytes, offset: int, size: int, block: int) -> list[int]:
-        if gfid in self._pending:
-            await self._after(gfid)
-        return await self.child.checksum(gfid, offset, size, block)
 
     async def compound(self, ops: list[tuple[str, dict[str, Any]]]) -> CompoundReply:
         if self._pending:
