@@ -112,6 +112,8 @@ def test_parent_times_after_a_change_show_on_both_mounts(volume: Volume, tmp_pat
         after_create = os.stat(a)
         assert after_create.st_mtime_ns > OLD_NS and after_create.st_nlink == 2
         # create-behind answers the parent's times itself until its lease goes back
+        # (the other mount's listing recalls it)
+        assert os.listdir(b) == ["f"]
         assert wait_for(lambda: os.stat(b).st_mtime_ns == os.stat(a).st_mtime_ns, PROMPT)
         os.mkdir(a / "sub")
         assert os.stat(a).st_nlink == 3
