@@ -71,6 +71,7 @@ class SetattrBehind(Layer):
         self._opened(r.iatt, flags)
         o = self.opened[r.iatt.gfid]
         o.fresh = o.count == 1 and self._nursery is not None
+        o.pgfid = pgfid
         return r
 
     def _opened(self, iatt: Iatt, flags: int) -> None:
@@ -82,6 +83,17 @@ class SetattrBehind(Layer):
             o.iatt = iatt
         if flags & os.O_APPEND:
             o.append = True
+
+    def _queue(self, gfid: bytes) -> InodeQueue:
+        """The write queue of ``gfid``, made if it has none (knowing where the file
+        was created here, for ``lease_recalled``)."""
+        ino = self.inodes.get(gfid)
+        if ino is None:
+            ino = self.inodes[gfid] = InodeQueue()
+            o = self.opened.get(gfid)
+            if o is not None:
+                ino.pgfid = o.pgfid
+        return ino
 
     def _closed(self, gfid: bytes) -> None:
         o = self.opened.get(gfid)
@@ -134,9 +146,7 @@ class SetattrBehind(Layer):
             self._check_writable()
         except OSError:
             return None
-        ino = self.inodes.get(gfid)
-        if ino is None:
-            ino = self.inodes[gfid] = InodeQueue()
+        ino = self._queue(gfid)
         s = ino.queued[-1] if ino.queued else None
         if not isinstance(s, QueuedSetattr) or s.sent:
             s = QueuedSetattr()

@@ -163,6 +163,15 @@ class WriteBehind(BatchSender, SetattrBehind, Layer):
                 h.error = ino.error
         self.inodes.clear()
 
+    async def lease_recalled(self, pgfid: bytes) -> None:
+        """Another client waits to look into ``pgfid``: the queued writes of the
+        files created in it here go to the bricks first, so that once it finds
+        such a file it also reads what was written before its close (as a
+        lookup after the close would on one mount)."""
+        for gfid in [g for g, ino in self.inodes.items() if ino.pgfid == pgfid]:
+            await self._drain(gfid)
+        await super().lease_recalled(pgfid)
+
     async def settle(self) -> None:
         for gfid in list(self.inodes):
             self._kick(gfid)
@@ -186,9 +195,7 @@ class WriteBehind(BatchSender, SetattrBehind, Layer):
             return await self.child.write(gfid, offset, data, xattrop)
         self._check_writable()
         self._kick(gfid)
-        ino = self.inodes.get(gfid)
-        if ino is None:
-            ino = self.inodes[gfid] = InodeQueue()
+        ino = self._queue(gfid)
         while ino.queued and (ino.nbytes + n > self.window or self.nbytes + n > self.total):
             if ino.nbytes + n > self.window:
                 self._hurry(gfid)
@@ -196,7 +203,7 @@ class WriteBehind(BatchSender, SetattrBehind, Layer):
                 self._hurry_all()
             await self._freed.wait()
             if self.inodes.get(gfid) is not ino:  # drained and forgotten meanwhile
-                ino = self.inodes.setdefault(gfid, InodeQueue())
+                ino = self._queue(gfid)
         w = QueuedWrite(offset, offset + max(n, 1), n)
         deps = [q for m in self._members() for q in m._queued(gfid)
                 if q.start < w.end and w.start < q.end]

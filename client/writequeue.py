@@ -48,11 +48,12 @@ class InodeQueue:
     the last queued change (release-behind); ``held``: the first batch of a new
     file waits for its close, nothing else of it was sent; ``closing``: its last
     open was closed with flush-behind meanwhile, so the batch joins other
-    files' (writebatch.py)."""
+    files' (writebatch.py); ``pgfid``: the directory it was created in here, if it
+    was (a recall of that directory's lease sends its writes first)."""
 
     __slots__ = ("queued", "nbytes", "error", "last", "flush_wanted", "unsent",
                  "unsent_bytes", "senders", "urgent", "hurry", "setattrs", "carried",
-                 "releases", "held", "closing")
+                 "releases", "held", "closing", "pgfid")
 
     def __init__(self) -> None:
         self.queued: list[QueuedWrite] = []
@@ -70,6 +71,7 @@ class InodeQueue:
         self.releases = 0
         self.held = False
         self.closing = False
+        self.pgfid: bytes | None = None
 
 
 class QueuedSetattr(QueuedWrite):
@@ -96,9 +98,10 @@ class OpenInode:
     """A gfid open here: its opens, its attributes as the bricks last answered,
     whether an open appends (its writes' offsets come from the bricks' size), and
     whether it was created here and nothing was sent of it yet (``fresh``), and
-    whether its first batch went without waiting for its attributes (``missed``)."""
+    whether its first batch went without waiting for its attributes (``missed``),
+    and the directory it was created in here (``pgfid``)."""
 
-    __slots__ = ("count", "iatt", "append", "fresh", "missed")
+    __slots__ = ("count", "iatt", "append", "fresh", "missed", "pgfid")
 
     def __init__(self, iatt: Iatt) -> None:
         self.count = 1
@@ -106,6 +109,7 @@ class OpenInode:
         self.append = False
         self.fresh = False
         self.missed = False
+        self.pgfid: bytes | None = None
 
 
 def take_batch(ino: InodeQueue) -> list[QueuedWrite]:

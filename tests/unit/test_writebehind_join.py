@@ -238,3 +238,35 @@ async def test_over_a_layer_that_does_not_batch_closed_files_go_alone(
             await wait_for(lambda: not wb.inodes, 10, "the writes landed without a batch")
         for k in range(3):
             assert (env.bricks[0].root / f"f{k}").read_bytes() == content(k)
+
+
+async def test_a_lease_recall_sends_first_the_held_writes_of_files_made_in_that_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(writebatch, "JOIN_STREAM", math.inf)  # no batch goes at once
+    monkeypatch.setattr(writebatch, "JOIN_DELAY", 30.0)
+    async with open_replica(tmp_path, processes=True) as env:
+        wb = await start_wb(env)
+        with trio.fail_after(20):
+            dgfid = uuid.uuid4().bytes
+            await wb.mkdir(ROOT_GFID, b"d", dgfid, 0o755, 0, 0)
+            files = [await new_file(wb, b"f%d" % k, content(k)) for k in range(3)]
+            await joined(wb, files)
+            # another client waits to look into the root: its new files' data goes first
+            await wb.lease_recalled(ROOT_GFID)
+            for b in env.bricks:
+                for k in range(3):
+                    assert (b.root / f"f{k}").read_bytes() == content(k)
+            assert not wb.inodes
+            # a recall of another directory sends nothing of the files made elsewhere
+            elsewhere = uuid.uuid4().bytes
+            await wb.create(dgfid, b"g", elsewhere, 0o644, 0, 0, os.O_WRONLY)
+            await wb.write(elsewhere, 0, content(7))
+            await wb.flush(elsewhere)
+            await wb.release(elsewhere)
+            await joined(wb, [elsewhere])
+            await wb.lease_recalled(ROOT_GFID)
+            assert wb._join is not None and elsewhere in wb._join.gfids
+            await wb.lease_recalled(dgfid)
+            assert not wb.inodes
+            for b in env.bricks:
+                assert (b.root / "d" / "g").read_bytes() == content(7)
