@@ -202,6 +202,11 @@ VOLUME_OPTIONS: dict[str, VolumeOption] = _opts(
      "close returns before the file's queued writes reach the bricks (a write "
      "that already failed is still reported by close; fsync waits; later "
      "failures are logged)"),
+    ("performance.create-behind", _WB, "create-behind", _bool, "on",
+     "a create in a directory whose lease the mount holds is answered at once and "
+     "reaches the bricks moments later; other mounts' lookups, listings and entry "
+     "changes there wait at the bricks until it has (O_EXCL stays exact); a brick's "
+     "error shows at the file's next write, close or fsync"),
     ("performance.read-ahead", _RA, None, _bool, "off", "read-ahead translator"),
     ("performance.read-ahead-page-count", _RA, "page-count", _int(1, 16), "4",
      "pages read ahead"),

@@ -9,6 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pyglfs.client.createbehind import CreateBehind
+from pyglfs.client.graph import build_graph
 from pyglfs.volfiles.generator import (
     BrickSpec,
     VolumeSpec,
@@ -20,7 +22,7 @@ from pyglfs.volfiles.generator import (
     with_options,
     with_ports,
 )
-from pyglfs.volfiles.model import VolfileError
+from pyglfs.volfiles.model import Graph, VolfileError
 from pyglfs.volfiles.options import VOLUME_OPTIONS, validate_option
 from pyglfs.volfiles.parser import parse, parse_file
 
@@ -109,6 +111,25 @@ def test_write_behind_on_by_default_and_switched_off() -> None:
     off = client_graph(spec(options={"performance.write-behind": "off"}))
     assert not off.by_type("performance/write-behind")
     assert off["gvol0-nl-cache"].subvolume_names == ["gvol0-replicate-0"]
+
+
+def test_create_behind_is_a_write_behind_option_and_builds_no_layer_when_off() -> None:
+    def layers(g: Graph) -> list[str]:
+        top = build_graph(g, client_id="t")
+        names = []
+        while True:
+            names.append(type(top).__name__)
+            if len(top.children) != 1:
+                return names
+            top = top.child
+
+    off = client_graph(spec(options={"performance.create-behind": "off"}))
+    assert off["gvol0-write-behind"].options == {"create-behind": "off"}
+    assert CreateBehind.__name__ not in layers(off)
+    on = layers(client_graph(spec()))
+    assert on[on.index("WriteBehind") + 1] == CreateBehind.__name__
+    with pytest.raises(VolfileError):
+        validate_option("performance.create-behind", "sometimes")
 
 
 def test_md_cache_options() -> None:
