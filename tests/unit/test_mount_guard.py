@@ -18,12 +18,16 @@ from helpers.procs import pid_alive, stop_pids
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs: needs root")
 
 # Arms a guard for argv[1], says its PID, then waits for a signal; SIGTERM
-# makes it exit as the mount does when it is asked to.
+# makes it exit as the mount does when it is asked to. SIGHUP ends it whatever
+# the test runner's own disposition was (under nohup it is ignored, and a
+# child inherits that).
 GUARDED = """
 import signal, sys, time
 from pyglfs.client.daemon import Readiness
 def leave(*_):
     sys.exit(0)
+signal.signal(signal.SIGHUP, signal.SIG_DFL)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 signal.signal(signal.SIGTERM, leave)
 r = Readiness()
 r.guard_unmount(sys.argv[1])
