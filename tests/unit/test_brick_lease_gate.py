@@ -18,6 +18,7 @@ import pytest
 import trio
 import trio.testing
 from helpers.brickclient import BrickClient, MemoryBrick
+from helpers.replica import wait_for
 
 from pyglfs.brickd.leases import GATED_OPS, LeaseGate
 from pyglfs.brickd.locks import LockManager
@@ -37,12 +38,6 @@ RECALL = 0.5
 def lease(gfid: bytes, owner: bytes, kind: str = "wr", block: bool = False) -> dict[str, Any]:
     return {"gfid": gfid, "domain": LEASE_DOMAIN, "type": kind, "start": 0, "len": 0,
             "owner": owner, "block": block}
-
-
-async def wait_until(cond: Any, timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not cond():
-            await trio.sleep(0.001)
 
 
 class Gate:
@@ -95,7 +90,7 @@ async def test_a_request_waits_for_the_lease_and_its_gate_lock_keeps_it_off(
     await g.take("A", D)
     async with trio.open_nursery() as n:
         r = Request(n, g, "B", "lookup", lookup(D))
-        await wait_until(lambda: g.told)
+        await wait_for(lambda: g.told)
         assert g.told == [("A", D, LEASE_DOMAIN, b"L")]
         await trio.sleep(RECALL / 2)
         assert not r.started.is_set()
@@ -119,7 +114,7 @@ async def test_the_holders_own_connection_is_never_held(
     await g.take("A", D)
     async with trio.open_nursery() as n:
         other = Request(n, g, "B", "lookup", lookup(D))
-        await wait_until(lambda: g.told)
+        await wait_for(lambda: g.told)
         own = Request(n, g, "A", "create", {"pgfid": D, "name": b"y"})
         await own.started.wait()
         own.finish.set()
@@ -171,7 +166,7 @@ async def test_a_lease_requested_during_the_wait_still_lets_the_request_go(
     await g.take("A", D)
     async with trio.open_nursery() as n:
         r = Request(n, g, "B", "unlink", {"pgfid": D, "name": b"x"})
-        await wait_until(lambda: g.told)
+        await wait_for(lambda: g.told)
         n.start_soon(lambda: g.locks.inodelk(conn_id="C", **lease(D, b"C", block=True)))
         await r.started.wait()
         r.finish.set()
@@ -184,7 +179,7 @@ async def test_a_connection_waiting_for_the_lease_is_not_held_by_its_own_request
     await g.take("C", D)
     async with trio.open_nursery() as n:
         n.start_soon(lambda: g.locks.inodelk(conn_id="A", **lease(D, b"A", block=True)))
-        await wait_until(lambda: g.told)
+        await wait_for(lambda: g.told)
         r = Request(n, g, "A", "lookup", lookup(D))
         await trio.sleep(RECALL / 2)
         assert not r.started.is_set()  # C's lease holds A's request
@@ -259,7 +254,7 @@ async def test_recall_timeout_over_the_wire(brick: MemoryBrick) -> None:
             await b.call("lookup", {"pgfid": d, "name": b"x"})
         assert ei.value.errno == errno.ENOENT
         assert trio.current_time() - t0 >= RECALL * 0.9
-        await wait_until(lambda: any(e[0] == "lock-contention" for e in a.events))
+        await wait_for(lambda: any(e[0] == "lock-contention" for e in a.events))
         await b.call("inodelk", lease(d, b"B"))  # A's lease is gone
         assert brick.service.leases.taken_away == 1
 
@@ -314,7 +309,7 @@ async def test_a_lease_grant_is_answered_after_the_invalidations_owed(
         await b.call("create", {"pgfid": d, "name": b"f2", "gfid": uuid.uuid4().bytes,
                                 "mode": 0o644, "uid": 0, "gid": 0})
         # A's sender is stuck on the mkdir's event; the create's waits behind it.
-        await wait_until(lambda: svc.upcall._senders and svc.upcall._pending)
+        await wait_for(lambda: svc.upcall._senders and svc.upcall._pending)
         await a.send(messages.request(2, "inodelk", lease(d, b"A")))
         got = await a.until("id", 2)
     reply_at = next(i for i, m in enumerate(got) if m.get("id") == 2)
