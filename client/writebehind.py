@@ -12,7 +12,10 @@ Contracts:
   brick. ``flush`` (close) does too with ``flush_behind=False``; with
   ``flush_behind`` (GlusterFS's ``performance.flush-behind``, on by default in
   volfiles) it returns at once and the layer below gets its ``flush`` after
-  the inode's queued writes, in the task of the last one. The layer below
+  the inode's queued writes, in the task of the last one; but for a file
+  created here only while its directory's lease is held (``_flush_later``:
+  another client finds such a file by a lookup, which must see the data
+  written before the close). The layer below
   gets ``release`` after the queued writes and that flush, so replicate's
   post-op and unlock come after the data: with ``flush_behind`` a release
   returns at once (the kernel never waits for one; release-behind) and the
@@ -348,12 +351,18 @@ class WriteBehind(BatchSender, SetattrBehind, Layer):
         """Flush-behind: report a failure already seen, else leave the flush to the
         last queued write of ``gfid`` and say so. False (flush the usual way) when
         nothing is queued here, another layer of the group holds writes of the
-        inode, or no brick is up (the child's flush reports that now)."""
+        inode, no brick is up (the child's flush reports that now), or the file
+        was created here in a directory whose lease is not held: no other client
+        can have it cached, so its lookup must find what was written before the
+        close (under the lease the brick holds that lookup until a recall sends
+        the writes)."""
         self._take_error(gfid)
         ino = self.inodes.get(gfid)
         if ino is None or not ino.queued or self._nursery is None or not self.child.is_up:
             return False
         if self._queued_elsewhere(gfid):
+            return False
+        if ino.pgfid is not None and not self.lease_held(ino.pgfid):
             return False
         ino.flush_wanted = True
         return True

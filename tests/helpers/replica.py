@@ -157,6 +157,12 @@ class ReplicaEnv:
         raise AssertionError("index listing did not end")
 
 
+async def leased(layer: Layer, pgfid: bytes) -> None:
+    """Have ``layer`` take the lease of directory ``pgfid`` and wait until it holds it."""
+    layer.want_lease(pgfid)
+    await wait_for(lambda: layer.lease_held(pgfid), 5, "the directory's lease taken")
+
+
 @asynccontextmanager
 async def open_replica(tmp_path: Path, *, n: int = 2, processes: bool = False,
                        client: bool = True, **client_kwargs: Any) -> AsyncIterator[ReplicaEnv]:

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
-from helpers.replica import ReplicaEnv, open_replica, wait_for
+from helpers.replica import ReplicaEnv, leased, open_replica, wait_for
 
 from pyglfs.client.layer import Layer
 from pyglfs.client.replicate import Replicate
@@ -70,11 +70,6 @@ async def lockable(env: ReplicaEnv, rep: Replicate, i: int, pgfid: bytes) -> boo
     return True
 
 
-async def take(rep: Replicate, pgfid: bytes) -> None:
-    rep.want_lease(pgfid)
-    await wait_for(lambda: rep.lease_held(pgfid), 5, "lease taken")
-
-
 def wanted(rep: Replicate, pgfid: bytes) -> bool:
     rep.want_lease(pgfid)
     return rep.lease_held(pgfid)
@@ -92,7 +87,7 @@ async def test_take_recall_backoff(tmp_path: Path) -> None:
         assert a.leases is not None
         d = await mkdir(a, b"d")
         assert not a.lease_held(d)
-        await take(a, d)
+        await leased(a, d)
         assert a.leases.table[d].on == 0b11
         for i in (0, 1):
             assert not await lockable(env, b, i, d)
@@ -159,8 +154,8 @@ async def test_idle_give_back_and_lru(tmp_path: Path) -> None:
         assert a.leases is not None
         a.leases.idle = 0.4
         busy, quiet = await mkdir(a, b"busy"), await mkdir(a, b"quiet")
-        await take(a, busy)
-        await take(a, quiet)
+        await leased(a, busy)
+        await leased(a, quiet)
         # Wanted every 50 ms it stays; the other goes back once idle.
         t0 = trio.current_time()
         for _ in range(100):
@@ -176,7 +171,7 @@ async def test_idle_give_back_and_lru(tmp_path: Path) -> None:
             assert await lockable(env, b, i, quiet)
             assert not await lockable(env, b, i, busy)
         # An idle give-back does not back off.
-        await take(a, quiet)
+        await leased(a, quiet)
 
         # Beyond max_leases the least recently used goes back first (quiet: it
         # was taken after busy, but busy was wanted since).
@@ -200,7 +195,7 @@ async def test_brick_down_and_back(tmp_path: Path) -> None:
         a, top, b = await two_clients(env)
         assert a.leases is not None
         d = await mkdir(a, b"d")
-        await take(a, d)
+        await leased(a, d)
         await env.bricks[1].kill()
         await wait_for(lambda: not a.children[1].is_up, 5, "brick 1 down")
         assert a.lease_held(d)
@@ -214,7 +209,7 @@ async def test_brick_down_and_back(tmp_path: Path) -> None:
         await wait_for(lambda: d not in a.leases.table, 5, "lease given back")
         assert top.entered == [d]
         assert await lockable(env, b, 1, d)
-        await take(a, d)
+        await leased(a, d)
         assert a.leases.table[d].on == 0b11
         assert not await lockable(env, b, 1, d)
 
@@ -238,7 +233,7 @@ async def test_settle_gives_everything_back(tmp_path: Path) -> None:
         assert a.leases is not None
         dirs = [await mkdir(a, b"d%d" % k) for k in range(3)]
         for d in dirs[:2]:
-            await take(a, d)
+            await leased(a, d)
         a.want_lease(dirs[2])  # still on its way when settle starts
         await a.settle()
         assert not a.leases.table
@@ -271,7 +266,7 @@ async def test_lookup_elsewhere_waits_and_sees_the_early_create(tmp_path: Path) 
     async with open_replica(tmp_path, processes=True, client=False) as env:
         a, top, b = await two_clients(env)
         d = await mkdir(a, b"d")
-        await take(a, d)
+        await leased(a, d)
         top.gate = trio.Event()
         made = g()
 
@@ -304,7 +299,7 @@ async def test_entry_change_elsewhere_waits_for_creates_under_the_lease(
     async with open_replica(tmp_path, processes=True, client=False) as env:
         a, top, b = await two_clients(env)
         d = await mkdir(a, b"d")
-        await take(a, d)
+        await leased(a, d)
         mine = g()
         order: list[str] = []
 
@@ -344,7 +339,7 @@ async def test_first_brick_back_with_a_create_pending(tmp_path: Path) -> None:
         a, top, b = await two_clients(env)
         assert a.leases is not None
         d = await mkdir(a, b"d")
-        await take(a, d)
+        await leased(a, d)
         await env.bricks[0].kill()
         await wait_for(lambda: not a.children[0].is_up, 5, "brick 0 down")
         assert not a.lease_held(d)

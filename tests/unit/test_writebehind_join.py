@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import trio
-from helpers.replica import ReplicaEnv, index_dir, open_replica, wait_for
+from helpers.replica import ReplicaEnv, index_dir, leased, open_replica, wait_for
 from test_replicate_compound import given_back
 from test_writebehind_release import record
 
@@ -26,15 +26,21 @@ from pyglfs.rpc.brickops import ROOT_GFID, afr_xattr
 V = "rvol"
 K4 = 4096
 async def start_wb(env: ReplicaEnv) -> WriteBehind:
+    """Write-behind over the replicate, holding the root's lease (flush-behind
+    closes a new file only under its directory's lease)."""
     wb = WriteBehind("wb", env.rep, flush_behind=True)
     await env.nursery.start(wb.serve_writes)
+    await leased(wb, ROOT_GFID)
     return wb
 
 
-async def new_file(wb: WriteBehind, name: bytes, data: bytes) -> bytes:
-    """Create, write and close (flush, release) as an application's loop does."""
+async def new_file(wb: WriteBehind, name: bytes, data: bytes,
+                   pgfid: bytes = ROOT_GFID) -> bytes:
+    """Create, write and close (flush, release) as an application's loop does
+    (which keeps the directory's lease in use, as create-behind's creates do)."""
     gfid = uuid.uuid4().bytes
-    await wb.create(ROOT_GFID, name, gfid, 0o644, 0, 0, os.O_WRONLY)
+    wb.want_lease(pgfid)
+    await wb.create(pgfid, name, gfid, 0o644, 0, 0, os.O_WRONLY)
     await wb.write(gfid, 0, data)
     await wb.flush(gfid)
     await wb.release(gfid)
@@ -91,7 +97,8 @@ async def test_a_brick_killed_before_the_batch_is_blamed_for_exactly_its_files(
         wb = await start_wb(env)
         with trio.fail_after(30):
             before = await new_file(wb, b"before", content(9))
-            await wb.settle()
+            await wb.settle()  # which gives the lease back too
+            await leased(wb, ROOT_GFID)
             files = [await new_file(wb, b"f%d" % k, content(k)) for k in range(4)]
             await joined(wb, files)
             await env.bricks[1].kill()
@@ -258,11 +265,8 @@ async def test_a_lease_recall_sends_first_the_held_writes_of_files_made_in_that_
                     assert (b.root / f"f{k}").read_bytes() == content(k)
             assert not wb.inodes
             # a recall of another directory sends nothing of the files made elsewhere
-            elsewhere = uuid.uuid4().bytes
-            await wb.create(dgfid, b"g", elsewhere, 0o644, 0, 0, os.O_WRONLY)
-            await wb.write(elsewhere, 0, content(7))
-            await wb.flush(elsewhere)
-            await wb.release(elsewhere)
+            await leased(wb, dgfid)
+            elsewhere = await new_file(wb, b"g", content(7), dgfid)
             await joined(wb, [elsewhere])
             await wb.lease_recalled(ROOT_GFID)
             assert wb._join is not None and elsewhere in wb._join.gfids

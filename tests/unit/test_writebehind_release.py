@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from helpers.replica import ReplicaEnv, index_dir, open_replica
+from helpers.replica import ReplicaEnv, index_dir, leased, open_replica
 from test_replicate_compound import given_back
 
 from pyglfs.client.replicate.changelog import decode
@@ -49,7 +49,9 @@ async def test_release_behind_reaches_each_brick_after_the_write(tmp_path: Path)
         seen = record(env)
         files = [uuid.uuid4().bytes for _ in range(3)]
         with trio.fail_after(20):
+            await leased(wb, ROOT_GFID)  # a new file's close is behind only under it
             for i, f in enumerate(files):
+                wb.want_lease(ROOT_GFID)
                 await wb.create(ROOT_GFID, b"f%d" % i, f, 0o644, 0, 0, os.O_WRONLY)
                 await wb.write(f, 0, bytes([65 + i]) * K4)
                 await wb.flush(f)

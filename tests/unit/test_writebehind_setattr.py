@@ -39,6 +39,7 @@ class Recorder(Layer):
         self.gate.set()
         self.fail_setattr: OSError | None = None
         self.writable_error: OSError | None = None
+        self.leased: set[bytes] = set()
 
     @property
     def is_up(self) -> bool:
@@ -47,6 +48,9 @@ class Recorder(Layer):
     def check_writable(self) -> None:
         if self.writable_error is not None:
             raise self.writable_error
+
+    def lease_held(self, pgfid: bytes) -> bool:
+        return pgfid in self.leased
 
     def ops(self) -> list[str]:
         return [op for op, _ in self.calls]
@@ -163,6 +167,7 @@ async def test_tars_three_setattrs_become_one_after_the_write(
 async def test_flush_behind_close_sends_setattr_and_release_goes_after_it() -> None:
     async with trio.open_nursery() as nursery:
         layer, fake = await _layer(nursery, flush_behind=True)
+        fake.leased.add(P)
         with trio.fail_after(5):
             await _create(layer)
             fake.gate = trio.Event()
@@ -178,6 +183,33 @@ async def test_flush_behind_close_sends_setattr_and_release_goes_after_it() -> N
             await layer.settle()
             assert fake.ops() == ["create", "write", "setattr", "flush", "release"]
             assert _setattrs(fake) == [{"mode": 0o640, "mtime_ns": 9}]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_new_files_close_outside_a_lease_waits_for_its_writes() -> None:
+    """Another client has never seen a file created here, so its lookup finds
+    what is on the bricks: without the directory's lease (whose recall would
+    send the writes first) the close must not return before them."""
+    async with trio.open_nursery() as nursery:
+        layer, fake = await _layer(nursery, flush_behind=True)
+        with trio.fail_after(5):
+            await _create(layer)
+            fake.gate = trio.Event()
+            await layer.write(G, 0, b"data")
+            closed = trio.Event()
+
+            async def close() -> None:
+                await layer.flush(G)
+                closed.set()
+
+            nursery.start_soon(close)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not closed.is_set() and fake.ops() == ["create"]
+            fake.gate.set()
+            await closed.wait()
+            assert fake.ops() == ["create", "write", "flush"]
+            await layer.release(G)
+            assert fake.ops()[-1] == "release"
         nursery.cancel_scope.cancel()
 
 
@@ -302,6 +334,7 @@ async def test_an_unreported_setattr_failure_is_logged_at_release(
         caplog: pytest.LogCaptureFixture) -> None:
     async with trio.open_nursery() as nursery:
         layer, fake = await _layer(nursery, flush_behind=True)
+        fake.leased.add(P)
         with trio.fail_after(5):
             await _create(layer)
             fake.fail_setattr = OSError(errno.EIO, "disk")
