@@ -33,8 +33,9 @@ Coherence
   passes up an invalidation of everything): what the brick pushed while the
   connection was down was lost. So does the whole replica set going down.
 
-Memory: each table is a bounded LRU (``limit`` entries), independent of what
-the kernel holds, so forgotten inodes are never pinned.
+Memory: each table is a bounded LRU (``limit`` entries, ``TABLE_LIMIT`` by
+default: see there why not more), independent of what the kernel holds, so
+forgotten inodes are never pinned.
 """
 
 from __future__ import annotations
@@ -49,11 +50,12 @@ from typing import Any
 
 from pyglfs.client.layer import DirEntry, EntryReply, Layer, Lookup, RenameReply
 from pyglfs.rpc.brickops import Iatt
+from pyglfs.rpc.tuning import TABLE_LIMIT
 
 log = logging.getLogger(__name__)
 
 EVENT = "cache-invalidation"
-DEFAULT_LIMIT = 65536
+DEFAULT_LIMIT = TABLE_LIMIT
 XATTR_VALUE_MAX = 4096
 XATTRS_PER_INODE = 16
 _S_IFMT, _S_IFDIR = 0o170000, 0o040000

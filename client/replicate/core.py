@@ -58,6 +58,7 @@ from pyglfs.client.replicate.reads import ReadOps
 from pyglfs.client.replicate.readsel import InodeTable
 from pyglfs.client.replicate.transaction import Outcome, Writer
 from pyglfs.rpc.brickops import AFR_PREFIX, LEASE_DOMAIN, Iatt
+from pyglfs.rpc.tuning import TABLE_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class Replicate(ReadOps):
     def __init__(self, name: str, children: list[Layer], *,
                  pending_xattrs: list[str] | None = None, quorum_type: str = "auto",
                  quorum_count: int = 1, post_op_delay: float = 1.0, eager_lock: bool = True,
-                 read_child: int = -1, inode_table_size: int = 65536,
+                 read_child: int = -1, inode_table_size: int = TABLE_LIMIT,
                  leases: bool = True) -> None:
         super().__init__(name, children)
         n = len(self.children)

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from pyglfs.client.replicate.changelog import Masks
+from pyglfs.rpc.tuning import TABLE_LIMIT
 
 
 class InodeInfo:
@@ -43,7 +44,7 @@ class InodeTable:
     ``client/localfds.py``), else over all good bricks.
     """
 
-    def __init__(self, n: int, limit: int = 65536, prefer: int = -1,
+    def __init__(self, n: int, limit: int = TABLE_LIMIT, prefer: int = -1,
                  choose_local: bool = True) -> None:
         self.n = n
         self.limit = max(limit, 16)
